@@ -1,0 +1,57 @@
+"""Process-wide settings for the numba kernels: fastmath flags, task sizes, threading layer.
+
+Why a restricted fastmath set: ``reassoc`` lets LLVM vectorize the reductions, while leaving out
+``nnan``/``ninf`` keeps NaN and Inf propagating exactly as torch does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numba
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: Smallest number of elements one parallel task gets. Below two tasks' worth a call runs
+#: serially, so tiny tensors never wake the thread pool.
+MIN_TASK_ELEMENTS = 1 << 15
+
+#: Tasks per thread, so that uneven task sizes still balance.
+TASKS_PER_THREAD = 4
+
+
+def _choose_threading_layer() -> bool:
+    """Select a thread-safe numba threading layer unless the user chose one.
+
+    numba's default fallback, ``workqueue``, aborts the process when two Python threads launch
+    parallel kernels at once. ``tbb`` (pip install tbb) and GNU/Intel ``omp`` are safe for
+    concurrent callers, so we ask for ``threadsafe`` when one of them loads. Returns True when
+    calls must instead be serialized with a lock (only ``workqueue`` available).
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER") or numba.config.THREADING_LAYER != "default":
+        return numba.config.THREADING_LAYER == "workqueue"
+    for module in ("numba.np.ufunc.tbbpool", "numba.np.ufunc.omppool"):
+        try:
+            __import__(module)
+        except Exception:  # noqa: BLE001 - an unloadable layer is simply not a candidate
+            continue
+        numba.config.THREADING_LAYER = "threadsafe"
+        return False
+    return True
+
+
+NEEDS_CALL_LOCK = _choose_threading_layer()
+_CALL_LOCK = threading.Lock()
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+#: Context manager that wraps every kernel launch: a real lock only under ``workqueue``.
+kernel_guard = _CALL_LOCK if NEEDS_CALL_LOCK else _NoLock()

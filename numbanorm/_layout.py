@@ -1,0 +1,74 @@
+"""The one place that maps (array, layout, axes) to the canonical ``(outer, C, inner)`` view."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+
+class CanonicalView(NamedTuple):
+    """A C-contiguous 3-D view of an array, plus how it was obtained.
+
+    ``channels_moved`` is True when the channel axis of a non-C-contiguous array was moved last
+    to find a contiguous view (e.g. an NCHW array stored NHWC, like torch's channels_last).
+    """
+
+    x3: np.ndarray
+    channels_moved: bool
+
+
+def split_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+
+
+def canonical_view(a: np.ndarray, axis: int) -> CanonicalView | None:
+    """A copy-free ``(outer, C, inner)`` view with channel axis ``axis``, or None."""
+    if a.flags.c_contiguous:
+        return CanonicalView(a.reshape(split_shape(a.shape, axis)), False)
+    moved = np.moveaxis(a, axis, -1)
+    if moved.flags.c_contiguous:
+        return CanonicalView(moved.reshape(-1, a.shape[axis], 1), True)
+    return None
+
+
+def input_view(x: np.ndarray, axis: int) -> CanonicalView:
+    """Canonical view of ``x``, copying only when no copy-free view exists."""
+    view = canonical_view(x, axis)
+    if view is None:
+        view = canonical_view(np.ascontiguousarray(x), axis)
+    return view
+
+
+def output_view(
+    out: np.ndarray | None, x: np.ndarray, x_view: CanonicalView, axis: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(array to return, 3-D view the kernel writes, whether a copy back is needed).
+
+    The kernel writes straight into ``out`` when its layout matches the input's view; otherwise
+    into scratch that ``copy_back`` moves over. Allocated outputs keep the input's memory
+    layout (a channels-last input gives a channels-last output, as torch does).
+    """
+    if out is not None:
+        view = canonical_view(out, axis)
+        if view is not None and view.channels_moved == x_view.channels_moved:
+            return out, view.x3, False
+        return out, np.empty(x_view.x3.shape, x.dtype), True
+    if x_view.channels_moved:
+        result = np.moveaxis(np.empty(np.moveaxis(x, axis, -1).shape, x.dtype), -1, axis)
+        return result, canonical_view(result, axis).x3, False
+    result = np.empty(x.shape, x.dtype)
+    return result, result.reshape(x_view.x3.shape), False
+
+
+def copy_back(result: np.ndarray, scratch: np.ndarray, axis: int, channels_moved: bool) -> None:
+    """Copy a scratch result, laid out like the input's canonical view, into ``result``."""
+    target = np.moveaxis(result, axis, -1) if channels_moved else result
+    np.copyto(target, scratch.reshape(target.shape))
+
+
+def rows_view(a: np.ndarray, k: int) -> np.ndarray:
+    """``(rows, D)`` C-contiguous view over the last ``k`` dims, copying only if needed."""
+    rows = math.prod(a.shape[: a.ndim - k])
+    return np.ascontiguousarray(a).reshape(rows, math.prod(a.shape[a.ndim - k :]))
