@@ -4,3 +4,8 @@ from .functional import batch_norm, layer_norm
 
 __all__ = ["batch_norm", "layer_norm"]
 __version__ = "0.1.0"
+
+from .backward import batch_norm_backward, layer_norm_backward  # noqa: E402
+from .layers import BatchNorm, LayerNorm  # noqa: E402
+
+__all__ += ["batch_norm_backward", "layer_norm_backward", "BatchNorm", "LayerNorm"]

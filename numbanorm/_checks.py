@@ -112,3 +112,30 @@ def check_out(out: object, x: np.ndarray) -> np.ndarray | None:
     if not same and np.shares_memory(out, x):
         raise ValueError("out overlaps x without being x itself; pass out=x for in place, or a separate array")
     return out
+
+
+def check_like(a: object, name: str, x: np.ndarray) -> np.ndarray:
+    """An array-like with exactly the shape and dtype of ``x`` (e.g. a gradient of ``x``)."""
+    arr = as_float_array(a, name)
+    if arr.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x, {x.shape}, got {arr.shape}")
+    if arr.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x, {x.dtype}, got {arr.dtype}")
+    return arr
+
+
+def check_stat(s: object, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Saved statistics (mean, rstd, invstd) of exactly ``shape``, as a flat float64 array."""
+    arr = as_float_array(s, name)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (as returned by the forward), got {arr.shape}")
+    return np.ascontiguousarray(arr, np.float64).reshape(-1)
+
+
+def check_no_overlap(out: np.ndarray | None, a: np.ndarray, name: str) -> None:
+    """``out`` must be ``a`` itself or not share memory with it (it is read while out is written)."""
+    if out is None:
+        return
+    same = out.__array_interface__["data"][0] == a.__array_interface__["data"][0] and out.strides == a.strides
+    if not same and np.shares_memory(out, a):
+        raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")

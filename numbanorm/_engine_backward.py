@@ -1,0 +1,184 @@
+"""Backward kernels for LayerNorm and BatchNorm on the CPU.
+
+Same conventions as ``_engine.py``: the canonical ``(outer, C, inner)`` view, the engine's
+``_serial``/``_parallel`` decorators, ``plan_tasks``/``block_bounds`` to cut the work, a serial fast
+path for one task, sums in float64, per-task partial buffers merged after the parallel loop (no
+atomics, no shared writes). Per-channel/per-row vectors arrive as float64 from the caller.
+
+BatchNorm training, with x̂ = (x - mean)·invstd, N elements per channel and s = γ·invstd::
+
+    grad_x = s·(dy - Σdy/N - (x - mean)·invstd²·Σdy(x - mean)/N)
+           = p·dy - q·(x - mean) + r          (p, q, r per channel)
+
+so one pass gathers Σdy and Σdy·(x - mean) and one elementwise pass writes grad_x. In eval the
+statistics are constants, grad_x = dy·γ·invstd, and that write is fused into the one pass that
+gathers the sums for grad_weight/grad_bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._engine import _parallel, _serial, block_bounds, plan_tasks
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm
+# --------------------------------------------------------------------------------------------
+@_serial
+def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``.
+
+    When ``out3`` is not None (eval backward) also writes ``out3 = dy·scale[c]`` on the way.
+    """
+    C = x3.shape[1]
+    s_dy[:] = 0.0
+    s_dyx[:] = 0.0
+    if x3.shape[2] != 1:
+        for o in range(o0, o1):
+            for c in range(C):
+                m = mean[c]
+                a = 0.0
+                b = 0.0
+                for i in range(i0, i1):
+                    d = np.float64(g3[o, c, i])
+                    a += d
+                    b += d * (x3[o, c, i] - m)
+                    if out3 is not None:
+                        out3[o, c, i] = d * scale[c]
+                s_dy[c] += a
+                s_dyx[c] += b
+    else:
+        # Channels-last: all channels side by side so the lanes run over c.
+        for o in range(o0, o1):
+            for c in range(C):
+                d = np.float64(g3[o, c, 0])
+                s_dy[c] += d
+                s_dyx[c] += d * (x3[o, c, 0] - mean[c])
+                if out3 is not None:
+                    out3[o, c, 0] = d * scale[c]
+
+
+@_parallel
+def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
+    """Per-channel (Σdy, Σdy·(x - mean)) over axes 0 and 2; one pass over (g3, x3), parallel."""
+    outer, C, inner = x3.shape
+    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    ntask = n_o * n_i
+    part_dy = np.empty((ntask, C))
+    part_dyx = np.empty((ntask, C))
+    if ntask == 1:
+        block_grad_sums(g3, x3, 0, outer, 0, inner, mean, scale, out3, part_dy[0], part_dyx[0])
+    else:
+        for t in prange(ntask):
+            o0, o1 = block_bounds(outer, n_o, t // n_i)
+            i0, i1 = block_bounds(inner, n_i, t % n_i)
+            block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
+    s_dy = np.zeros(C)
+    s_dyx = np.zeros(C)
+    for t in range(ntask):
+        for c in range(C):
+            s_dy[c] += part_dy[t, c]
+            s_dyx[c] += part_dyx[t, c]
+    return s_dy, s_dyx
+
+
+@_serial
+def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
+    """``out3 = p[c]·dy - q[c]·(x - mean[c]) + r[c]``; with ``x3`` None just ``p[c]·dy``."""
+    C = g3.shape[1]
+    if g3.shape[2] != 1:
+        for o in range(o0, o1):
+            for c in range(C):
+                pc, qc, rc, m = p[c], q[c], r[c], mean[c]
+                if x3 is None:
+                    for i in range(i0, i1):
+                        out3[o, c, i] = g3[o, c, i] * pc
+                else:
+                    for i in range(i0, i1):
+                        out3[o, c, i] = g3[o, c, i] * pc - (x3[o, c, i] - m) * qc + rc
+    else:
+        for o in range(o0, o1):
+            if x3 is None:
+                for c in range(C):
+                    out3[o, c, 0] = g3[o, c, 0] * p[c]
+            else:
+                for c in range(C):
+                    out3[o, c, 0] = g3[o, c, 0] * p[c] - (x3[o, c, 0] - mean[c]) * q[c] + r[c]
+
+
+@_parallel
+def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
+    """Elementwise grad_x pass; safe when ``out3`` is ``g3`` or ``x3`` (same element read first)."""
+    outer, C, inner = g3.shape
+    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    if n_o * n_i == 1:
+        block_grad_input(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
+        return
+    for t in prange(n_o * n_i):
+        o0, o1 = block_bounds(outer, n_o, t // n_i)
+        i0, i1 = block_bounds(inner, n_i, t % n_i)
+        block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNorm: per row, one pass for the two row sums (and the γ/β partials), one pass for grad_x
+# while the row is still in cache.
+# --------------------------------------------------------------------------------------------
+@_serial
+def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
+    """grad_x for rows ``r0:r1``; adds Σ dy·x̂ and Σ dy per column into ``dw``/``db`` (with weight).
+
+    With g = dy·γ: grad_x = rstd·(g - mean(g) - x̂·mean(g·x̂)).
+    """
+    D = x2.shape[1]
+    for r in range(r0, r1):
+        m = mean[r]
+        s = rstd[r]
+        grow = g2[r]
+        xrow = x2[r]
+        a = 0.0
+        b = 0.0
+        for j in range(D):
+            xh = (xrow[j] - m) * s
+            d = np.float64(grow[j])
+            if weight is not None:
+                dw[j] += d * xh
+                db[j] += d
+                d *= weight[j]
+            a += d
+            b += d * xh
+        a /= D
+        b /= D
+        dst = out2[r]
+        for j in range(D):
+            xh = (xrow[j] - m) * s
+            d = np.float64(grow[j])
+            if weight is not None:
+                d *= weight[j]
+            dst[j] = (d - a - xh * b) * s
+
+
+@_parallel
+def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
+    """LayerNorm backward over rows of ``x2`` (R, D); returns float64 (Σ dy·x̂, Σ dy) per column
+    (empty when ``weight`` is None), reduced from one partial buffer per task."""
+    R, D = x2.shape
+    nblocks, _ = plan_tasks(R, 1, D, nthreads)
+    width = D if weight is not None else 0
+    part_dw = np.zeros((nblocks, width))
+    part_db = np.zeros((nblocks, width))
+    if nblocks == 1:
+        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, part_dw[0], part_db[0])
+    else:
+        for t in prange(nblocks):
+            r0, r1 = block_bounds(R, nblocks, t)
+            layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
+    grad_w = np.zeros(width)
+    grad_b = np.zeros(width)
+    for t in range(nblocks):
+        for j in range(width):
+            grad_w[j] += part_dw[t, j]
+            grad_b[j] += part_db[t, j]
+    return grad_w, grad_b

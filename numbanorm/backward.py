@@ -1,0 +1,129 @@
+"""Gradients of ``layer_norm`` and ``batch_norm`` with respect to x, weight and bias.
+
+Both take the statistics the forward returned with ``return_stats=True``, so nothing is
+recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import get_num_threads
+from numpy.typing import ArrayLike
+
+from . import _engine_backward as _kernels
+from ._checks import (
+    as_float_array,
+    check_channel_axis,
+    check_like,
+    check_no_overlap,
+    check_normalized_shape,
+    check_out,
+    check_param,
+    check_stat,
+)
+from ._config import kernel_guard
+from ._device import backend, is_device_array
+from ._layout import canonical_view, copy_back, input_view, output_view, rows_view
+
+__all__ = ["layer_norm_backward", "batch_norm_backward"]
+
+Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+
+def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
+                        mean: ArrayLike, rstd: ArrayLike, weight: ArrayLike | None = None, *,
+                        out: np.ndarray | None = None) -> Grads:
+    """Gradients of ``layer_norm(x, normalized_shape, weight, bias)`` given ``grad_out`` = dL/dy.
+
+    ``mean``/``rstd`` are the stats from ``layer_norm(..., return_stats=True)``. Returns
+    ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``normalized_shape``, reduced over
+    all rows) are None when ``weight`` is None. ``grad_bias`` does not depend on the bias, so it
+    is valid whether or not the forward had one. ``out`` receives grad_x (may be ``grad_out``).
+    """
+    if is_device_array(x):
+        return backend().layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+    x = as_float_array(x)
+    shape = check_normalized_shape(normalized_shape, x.shape)
+    grad_out = check_like(grad_out, "grad_out", x)
+    batch_shape = x.shape[: x.ndim - len(shape)]
+    mean = check_stat(mean, "mean", batch_shape)
+    rstd = check_stat(rstd, "rstd", batch_shape)
+    weight = check_param(weight, "weight", shape, x.dtype)
+    out = check_out(out, x)
+    check_no_overlap(out, grad_out, "grad_out")
+
+    k = len(shape)
+    x2, g2 = rows_view(x, k), rows_view(grad_out, k)
+    result = np.empty(x.shape, x.dtype) if out is None else out
+    target = result.reshape(x2.shape) if result.flags.c_contiguous else np.empty(x2.shape, x.dtype)
+    with kernel_guard:
+        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
+    if not result.flags.c_contiguous:
+        np.copyto(result, target.reshape(x.shape))
+    if weight is None:
+        return result, None, None
+    return result, gw.astype(x.dtype).reshape(shape), gb.astype(x.dtype).reshape(shape)
+
+
+def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, training: bool = True, *, channel_axis: int = 1,
+                        out: np.ndarray | None = None) -> Grads:
+    """Gradients of ``batch_norm(x, ..., weight, bias, training)`` given ``grad_out`` = dL/dy.
+
+    ``mean``/``invstd`` (shape ``(C,)``) are the stats from ``batch_norm(..., return_stats=True)``:
+    the batch statistics when the forward normalized with them, the running ones otherwise, and
+    ``training`` says which (it changes grad_x: batch statistics depend on x). Returns
+    ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``(C,)``) are None when ``weight``
+    is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
+    """
+    if is_device_array(x):
+        return backend().batch_norm_backward(grad_out, x, mean, invstd, weight, training,
+                                             channel_axis=channel_axis, out=out)
+    x = as_float_array(x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+    axis = check_channel_axis(channel_axis, x.ndim)
+    C = x.shape[axis]
+    grad_out = check_like(grad_out, "grad_out", x)
+    mean = check_stat(mean, "mean", (C,))
+    invstd = check_stat(invstd, "invstd", (C,))
+    weight = check_param(weight, "weight", (C,), x.dtype)
+    out = check_out(out, x)
+    check_no_overlap(out, grad_out, "grad_out")
+
+    view = input_view(x, axis)
+    g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
+    result, target, needs_copy = output_view(out, x, view, axis)
+    count = float(x.size // C) if C else 0.0
+    scale = invstd if weight is None else weight.astype(np.float64) * invstd
+    zeros = np.zeros(C)
+    nthreads = get_num_threads()
+    with kernel_guard:
+        if training:
+            s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, None, nthreads)
+            with np.errstate(divide="ignore", invalid="ignore"):  # count = 0: empty batch, no elements
+                q = scale * invstd * invstd * s_dyx / count
+                r = -scale * s_dy / count
+            _kernels.channel_grad_input(g3, view.x3, mean, scale, q, r, target, nthreads)
+        elif weight is not None:  # statistics are constants: grad_x written during the sums' pass
+            s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, target, nthreads)
+        else:  # nothing to reduce: grad_x = dy * invstd, x is not even read
+            _kernels.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
+    if needs_copy:
+        copy_back(result, target, axis, view.channels_moved)
+    if weight is None:
+        return result, None, None
+    return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
+
+
+def _matching_view(a: np.ndarray, axis: int, channels_moved: bool, shape: tuple[int, int, int]) -> np.ndarray:
+    """``a`` as a canonical view laid out like x's, so both are read with the same indices;
+    copies only when ``a``'s memory layout differs from x's (or has no copy-free view)."""
+    view = canonical_view(a, axis)
+    if view is not None and view.channels_moved == channels_moved:
+        return view.x3
+    if channels_moved:
+        return np.ascontiguousarray(np.moveaxis(a, axis, -1)).reshape(shape)
+    return np.ascontiguousarray(a).reshape(shape)

@@ -1,0 +1,274 @@
+"""Stateful layers with torch's attributes, behaviour and state-dict keys, on NumPy arrays.
+
+``BatchNorm`` mirrors ``torch.nn.BatchNorm{1,2,3}d`` and ``LayerNorm`` mirrors
+``torch.nn.LayerNorm``: parameters ``weight``/``bias``, buffers ``running_mean``/``running_var``/
+``num_batches_tracked``, ``train()``/``eval()``, and ``state_dict()``/``load_state_dict()`` that
+exchange checkpoints with torch (``load_state_dict(torch_module.state_dict())`` works without
+numbanorm importing torch). ``layer(x)`` runs the forward; ``layer.backward(grad_out)`` returns
+grad_x and stores ``grad_weight``/``grad_bias`` (overwritten, not accumulated).
+
+The forward keeps a reference to its input for the backward: do not modify it in place between
+the two.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from ._checks import SUPPORTED_DTYPES, as_float_array, check_channel_axis, check_eps, check_momentum
+from .backward import batch_norm_backward, layer_norm_backward
+from .functional import batch_norm, layer_norm
+
+__all__ = ["BatchNorm", "LayerNorm"]
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, like torch: keys it did not find / did not expect."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class _Norm:
+    """Shared state handling: train/eval, backward bookkeeping, state dicts."""
+
+    training: bool
+    dtype: np.dtype
+
+    def __call__(self, x: ArrayLike) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> _Norm:
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> _Norm:
+        return self.train(False)
+
+    def _checked_input(self, x: ArrayLike) -> np.ndarray:
+        x = as_float_array(x)
+        if x.dtype != self.dtype:
+            raise TypeError(f"x must have the layer's dtype {self.dtype}, got {x.dtype} "
+                            f"(create the layer with dtype={x.dtype.name} or convert x)")
+        return x
+
+    def _saved_or_raise(self) -> tuple:
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward call first: "
+                               "call the layer on an input, then backward(grad_out)")
+        return self._saved
+
+    # ---- state dicts ------------------------------------------------------------------------
+    def _state_names(self) -> list[str]:
+        raise NotImplementedError  # pragma: no cover
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers under torch's key names, as NumPy copies."""
+        return {name: np.array(getattr(self, name)) for name in self._state_names()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy values from ``state_dict`` (NumPy arrays, torch tensors, anything with ``__array__``).
+
+        Shapes must match exactly. Floating values are cast to the layer's dtype, as torch's
+        ``load_state_dict`` does; non-floating ones (integer ``num_batches_tracked`` aside) are a
+        TypeError. With ``strict`` a missing or unexpected key is a ValueError. Everything is
+        checked before anything is written, so a failed load leaves the layer as it was.
+        """
+        if not isinstance(state_dict, Mapping) and not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
+        names = self._state_names()
+        keys = list(state_dict.keys())
+        missing = [n for n in names if n not in keys]
+        # Like torch, a checkpoint from before num_batches_tracked existed still loads.
+        tolerated = [n for n in missing if n == "num_batches_tracked"]
+        missing = [n for n in missing if n not in tolerated]
+        unexpected = [k for k in keys if k not in names]
+        if strict and (missing or unexpected):
+            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        staged = {}
+        for name in names:
+            if name in keys:
+                staged[name] = self._converted(name, state_dict[name])
+        for name, value in staged.items():
+            np.copyto(getattr(self, name), value, casting="unsafe")
+        return IncompatibleKeys(missing, unexpected)
+
+    def _converted(self, name: str, value: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # e.g. a torch bfloat16 or CUDA tensor
+            raise TypeError(f"state_dict[{name!r}] cannot be converted to a NumPy array: {exc}") from exc
+        target = getattr(self, name)
+        if arr.shape != target.shape:
+            raise ValueError(f"state_dict[{name!r}] must have shape {target.shape}, got {arr.shape}")
+        if name == "num_batches_tracked":
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"state_dict[{name!r}] must be an integer, got dtype {arr.dtype}")
+        elif arr.dtype.kind != "f":
+            raise TypeError(f"state_dict[{name!r}] must be floating point (cast to {target.dtype}), "
+                            f"got dtype {arr.dtype}")
+        return arr.astype(target.dtype)
+
+
+def _check_dtype(dtype: DTypeLike) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class BatchNorm(_Norm):
+    """Batch normalization layer, as ``torch.nn.BatchNorm{1,2,3}d`` (any rank; ``channel_axis=-1``
+    for channels-last).
+
+    ``momentum=None`` uses the cumulative moving average (``1 / num_batches_tracked``). In eval
+    the running statistics are used, unless ``track_running_stats=False``: then there are none and
+    batch statistics are used in both modes. ``bias=False`` (keyword, as in torch ≥ 2.13) keeps
+    ``weight`` without ``bias``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, channel_axis: int = 1, dtype: DTypeLike = np.float32,
+                 bias: bool = True) -> None:
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
+            raise TypeError(f"channel_axis must be an int, got {type(channel_axis).__name__}")
+        self.num_features = int(num_features)
+        self.eps = check_eps(eps)
+        self.momentum = None if momentum is None else check_momentum(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.channel_axis = int(channel_axis)
+        self.dtype = _check_dtype(dtype)
+        C = self.num_features
+        self.weight = np.ones(C, self.dtype) if self.affine else None
+        self.bias = np.zeros(C, self.dtype) if self.affine and bias else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(C, self.dtype)
+            self.running_var = np.ones(C, self.dtype)
+            self.num_batches_tracked = np.zeros((), np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.training = True
+        self.grad_weight: np.ndarray | None = None
+        self.grad_bias: np.ndarray | None = None
+        self._saved: tuple | None = None
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """Normalize ``x``; in training also update the running statistics (torch's rule)."""
+        x = self._checked_input(x)
+        if x.ndim >= 2:  # fewer dims: batch_norm raises the error
+            axis = check_channel_axis(self.channel_axis, x.ndim)
+            if x.shape[axis] != self.num_features:
+                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
+                                 f"expected num_features={self.num_features}")
+        update = self.training and self.track_running_stats
+        factor = 0.0
+        if update:
+            n = int(self.num_batches_tracked) + 1
+            factor = 1.0 / n if self.momentum is None else self.momentum
+        use_batch_stats = self.training or self.running_mean is None
+        # Counted only after batch_norm succeeded (it validates before it mutates anything).
+        y, mean, invstd = batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                     training=use_batch_stats, momentum=factor, eps=self.eps,
+                                     channel_axis=self.channel_axis, return_stats=True)
+        if update:
+            self.num_batches_tracked += 1
+        weight = None if self.weight is None else self.weight.copy()
+        self._saved = (x, mean, invstd, weight, use_batch_stats)
+        return y
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        """grad_x for the last forward; stores ``grad_weight``/``grad_bias`` (None without them)."""
+        x, mean, invstd, weight, use_batch_stats = self._saved_or_raise()
+        gx, gw, gb = batch_norm_backward(grad_out, x, mean, invstd, weight, use_batch_stats,
+                                         channel_axis=self.channel_axis)
+        self.grad_weight = gw
+        self.grad_bias = gb if self.bias is not None else None
+        return gx
+
+    def _state_names(self) -> list[str]:
+        names = [n for n in ("weight", "bias") if getattr(self, n) is not None]
+        if self.track_running_stats:
+            names += ["running_mean", "running_var", "num_batches_tracked"]
+        return names
+
+    def __repr__(self) -> str:
+        extra = f", channel_axis={self.channel_axis}" if self.channel_axis != 1 else ""
+        return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}{extra})")
+
+
+class LayerNorm(_Norm):
+    """Layer normalization layer, as ``torch.nn.LayerNorm``, over the trailing ``normalized_shape``."""
+
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        if not isinstance(normalized_shape, Sequence) or not normalized_shape or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in normalized_shape
+        ):
+            raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints >= 0, "
+                            f"got {normalized_shape!r}")
+        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.eps = check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = _check_dtype(dtype)
+        self.weight = np.ones(self.normalized_shape, self.dtype) if self.elementwise_affine else None
+        self.bias = np.zeros(self.normalized_shape, self.dtype) if self.elementwise_affine and bias else None
+        self.training = True
+        self.grad_weight: np.ndarray | None = None
+        self.grad_bias: np.ndarray | None = None
+        self._saved: tuple | None = None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        x = self._checked_input(x)
+        y, mean, rstd = layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, return_stats=True)
+        weight = None if self.weight is None else self.weight.copy()
+        self._saved = (x, mean, rstd, weight)
+        return y
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        """grad_x for the last forward; stores ``grad_weight``/``grad_bias`` (None without them)."""
+        x, mean, rstd, weight = self._saved_or_raise()
+        gx, gw, gb = layer_norm_backward(grad_out, x, self.normalized_shape, mean, rstd, weight)
+        self.grad_weight = gw
+        self.grad_bias = gb if self.bias is not None else None
+        return gx
+
+    def _state_names(self) -> list[str]:
+        return [n for n in ("weight", "bias") if getattr(self, n) is not None]
+
+    def __repr__(self) -> str:
+        return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None})")
