@@ -1,0 +1,328 @@
+"""layer_norm_backward / batch_norm_backward against torch autograd and central finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import poisoned_like
+from reference import rel_l2
+
+import numbanorm as nb
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+GRAD_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
+DTYPES = [np.float64, np.float32]
+
+
+def _t(a, grad=False):
+    return None if a is None else torch.tensor(np.asarray(a), requires_grad=grad)
+
+
+def _noncontig(a: np.ndarray, rng) -> np.ndarray:
+    """The same values in a non-contiguous array: every other element of a twice-as-wide buffer."""
+    buf = rng.standard_normal(a.shape[:-1] + (2 * a.shape[-1],)).astype(a.dtype)
+    view = buf[..., ::2]
+    view[...] = a
+    assert not view.flags.c_contiguous and not view.flags.f_contiguous
+    return view
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNorm
+# --------------------------------------------------------------------------------------------
+def _torch_ln_grads(x, norm_shape, w, b, g):
+    tx, tw, tb = _t(x, True), _t(w, True), _t(b, True)
+    F.layer_norm(tx, norm_shape, tw, tb, 1e-5).backward(_t(np.ascontiguousarray(g)))
+    return tx.grad.numpy(), None if w is None else tw.grad.numpy(), None if w is None else tb.grad.numpy()
+
+
+LN_CASES = [
+    ((4, 9, 768), (768,)),
+    ((3, 5, 7, 11), (5, 7, 11)),
+    ((6, 1), (1,)),
+    ((13, 37), (37,)),
+    ((2, 3, 4, 5), (4, 5)),
+    ((7,), (7,)),
+    ((67, 1031), (1031,)),  # split into parallel tasks
+    ((257, 129), (129,)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,norm_shape", LN_CASES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("grad_layout", ["contiguous", "strided"])
+def test_layer_norm_backward_matches_torch(rng, dtype, shape, norm_shape, affine, grad_layout):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    w = (rng.standard_normal(norm_shape) + 1).astype(dtype) if affine else None
+    b = rng.standard_normal(norm_shape).astype(dtype) if affine else None
+    g = rng.standard_normal(shape).astype(dtype)
+    if grad_layout == "strided":
+        g = _noncontig(g, rng)
+    _, mean, rstd = nb.layer_norm(x, norm_shape, w, b, return_stats=True)
+    gx, gw, gb = nb.layer_norm_backward(g, x, norm_shape, mean, rstd, w)
+    tgx, tgw, tgb = _torch_ln_grads(x, norm_shape, w, b, g)
+    tol = GRAD_TOL[np.dtype(dtype)]
+    assert gx.dtype == dtype and gx.shape == shape
+    degenerate = np.prod(norm_shape) == 1
+    if degenerate:
+        # x - mean is exactly 0, so the true grad_x and grad_weight are 0 and both sides are
+        # rounding noise: bound ours by the scale of the terms that cancel, dy * weight * rstd.
+        natural = np.abs(g * (1 if w is None else w)).max() * rstd.max()
+        assert np.abs(gx).max() <= tol * natural
+    else:
+        assert rel_l2(gx, tgx) <= tol
+    if affine:
+        assert gw.dtype == dtype and gw.shape == norm_shape and gb.shape == norm_shape
+        assert np.abs(gw).max() <= tol * np.abs(g).sum() if degenerate else rel_l2(gw, tgw) <= tol
+        assert rel_l2(gb, tgb) <= tol
+    else:
+        assert gw is None and gb is None
+
+
+def test_layer_norm_backward_noncontiguous_x_and_large_offset(rng):
+    base = rng.standard_normal((40, 24)) + 1e4
+    x = base.T  # (24, 40) F-ordered
+    w = rng.standard_normal(40)
+    g = rng.standard_normal((24, 40))
+    _, mean, rstd = nb.layer_norm(x, 40, w, return_stats=True)
+    gx, gw, gb = nb.layer_norm_backward(g, x, 40, mean, rstd, w)
+    tgx, tgw, tgb = _torch_ln_grads(np.ascontiguousarray(x), (40,), w, np.zeros(40), g)
+    assert rel_l2(gx, tgx) <= 1e-10 and rel_l2(gw, tgw) <= 1e-10 and rel_l2(gb, tgb) <= 1e-10
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm
+# --------------------------------------------------------------------------------------------
+BN_CASES = [
+    ((5, 1), 1),
+    ((9, 3), 1),
+    ((4, 7, 13), 1),
+    ((3, 3, 5, 7), 1),
+    ((2, 3, 3, 4, 5), 1),
+    ((13, 7), -1),
+    ((4, 13, 7), -1),
+    ((3, 5, 7, 3), -1),
+    ((5, 6, 7), 0),
+    ((8, 3, 61, 67), 1),  # parallel, C < threads: split over N*HW
+    ((1, 3, 211, 157), 1),
+    ((8, 61, 67, 3), -1),  # parallel channels-last
+    ((33, 64, 17), 1),
+]
+
+
+def _to_torch_layout(a, axis):
+    return np.ascontiguousarray(np.moveaxis(a, axis, 1))
+
+
+def _torch_bn_grads(x, axis, rm, rv, w, b, g, training):
+    tx, tw, tb = _t(_to_torch_layout(x, axis), True), _t(w, True), _t(b, True)
+    F.batch_norm(tx, _t(rm), _t(rv), tw, tb, training, 0.1, 1e-5).backward(_t(_to_torch_layout(g, axis)))
+    gx = np.moveaxis(tx.grad.numpy(), 1, axis)
+    return gx, None if w is None else tw.grad.numpy(), None if w is None else tb.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", BN_CASES)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_backward_matches_torch(rng, dtype, shape, axis, affine, training):
+    C = shape[axis]
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    w = (rng.standard_normal(C) + 1).astype(dtype) if affine else None
+    b = rng.standard_normal(C).astype(dtype) if affine else None
+    rm, rv = rng.standard_normal(C).astype(dtype), (rng.random(C) + 0.5).astype(dtype)
+    g = _noncontig(rng.standard_normal(shape).astype(dtype), rng)
+    _, mean, invstd = nb.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, channel_axis=axis,
+                                    return_stats=True)
+    gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis)
+    tgx, tgw, tgb = _torch_bn_grads(x, axis, rm, rv, w, b, g, training)
+    tol = GRAD_TOL[np.dtype(dtype)]
+    assert gx.dtype == dtype and gx.shape == shape
+    assert rel_l2(gx, tgx) <= tol
+    if affine:
+        assert gw.dtype == dtype and gw.shape == (C,) and gb.shape == (C,)
+        assert rel_l2(gw, tgw) <= tol
+        assert rel_l2(gb, tgb) <= tol
+    else:
+        assert gw is None and gb is None
+
+
+@pytest.mark.parametrize("x_layout,g_layout", [("nchw", "nhwc"), ("nhwc", "nchw"), ("nhwc", "nhwc"),
+                                               ("nhwc", "strided")])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_backward_mixed_memory_layouts(rng, x_layout, g_layout, training):
+    """NCHW-shaped arrays stored channels-last (torch's channels_last) for x and/or grad_out."""
+    shape = (6, 5, 19, 23)
+
+    def make(layout):
+        a = rng.standard_normal(shape)
+        if layout == "nhwc":
+            return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        return _noncontig(a, rng) if layout == "strided" else a
+
+    x, g = make(x_layout) * 3 + 1e4, make(g_layout)  # large offset too
+    w, b = rng.standard_normal(5), rng.standard_normal(5)
+    rm, rv = rng.standard_normal(5) + 1e4, rng.random(5) + 0.5
+    _, mean, invstd = nb.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, return_stats=True)
+    out = poisoned_like(x)
+    gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, training, out=out)
+    tgx, tgw, tgb = _torch_bn_grads(x, 1, rm, rv, w, b, g, training)
+    assert gx is out
+    assert rel_l2(gx, tgx) <= 1e-10 and rel_l2(gw, tgw) <= 1e-10 and rel_l2(gb, tgb) <= 1e-10
+
+
+def test_batch_norm_backward_empty_batch_gives_zero_parameter_grads(rng):
+    x = np.empty((0, 3, 4))
+    gx, gw, gb = nb.batch_norm_backward(x.copy(), x, np.zeros(3), np.ones(3), np.ones(3), True)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, 0.0)
+    np.testing.assert_array_equal(gb, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Central finite differences (float64, tiny): independent of torch
+# --------------------------------------------------------------------------------------------
+def _numeric_grad(f, arr, h=1e-6):
+    grad = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        keep = arr[idx]
+        arr[idx] = keep + h
+        up = f()
+        arr[idx] = keep - h
+        down = f()
+        arr[idx] = keep
+        grad[idx] = (up - down) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("shape,norm_shape", [((3, 5), (5,)), ((2, 3, 4), (3, 4))])
+def test_layer_norm_backward_finite_differences(rng, shape, norm_shape):
+    x = rng.standard_normal(shape)
+    w, b = rng.standard_normal(norm_shape), rng.standard_normal(norm_shape)
+    g = rng.standard_normal(shape)
+    loss = lambda: float(np.sum(g * nb.layer_norm(x, norm_shape, w, b)))  # noqa: E731
+    _, mean, rstd = nb.layer_norm(x, norm_shape, w, b, return_stats=True)
+    gx, gw, gb = nb.layer_norm_backward(g, x, norm_shape, mean, rstd, w)
+    assert rel_l2(gx, _numeric_grad(loss, x)) <= 1e-7
+    assert rel_l2(gw, _numeric_grad(loss, w)) <= 1e-7
+    assert rel_l2(gb, _numeric_grad(loss, b)) <= 1e-7
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 2, 5), 1), ((4, 3), -1), ((2, 3, 2, 2), 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_backward_finite_differences(rng, shape, axis, training):
+    C = shape[axis]
+    x = rng.standard_normal(shape)
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    rm, rv = rng.standard_normal(C), rng.random(C) + 0.5
+    g = rng.standard_normal(shape)
+
+    def loss():
+        y = nb.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, channel_axis=axis)
+        return float(np.sum(g * y))
+
+    _, mean, invstd = nb.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, channel_axis=axis,
+                                    return_stats=True)
+    gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis)
+    assert rel_l2(gx, _numeric_grad(loss, x)) <= 1e-7
+    assert rel_l2(gw, _numeric_grad(loss, w)) <= 1e-7
+    assert rel_l2(gb, _numeric_grad(loss, b)) <= 1e-7
+
+
+# --------------------------------------------------------------------------------------------
+# out= buffers
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_backward_out_poisoned_strided_and_in_place(rng, dtype):
+    x = rng.standard_normal((37, 300)).astype(dtype)
+    w = rng.standard_normal(300).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    _, mean, rstd = nb.layer_norm(x, 300, w, return_stats=True)
+    expected, ew, eb = nb.layer_norm_backward(g, x, 300, mean, rstd, w)
+    out = poisoned_like(x)
+    gx, gw, gb = nb.layer_norm_backward(g, x, 300, mean, rstd, w, out=out)
+    assert gx is out
+    np.testing.assert_array_equal(out, expected)
+    strided = np.full((37, 600), np.nan, dtype)[:, 1::2]
+    assert nb.layer_norm_backward(g, x, 300, mean, rstd, w, out=strided)[0] is strided
+    np.testing.assert_array_equal(strided, expected)
+    g2 = g.copy()
+    assert nb.layer_norm_backward(g2, x, 300, mean, rstd, w, out=g2)[0] is g2  # in place over grad_out
+    np.testing.assert_array_equal(g2, expected)
+    np.testing.assert_array_equal(gw, ew)
+    np.testing.assert_array_equal(gb, eb)
+
+
+@pytest.mark.parametrize("shape,axis", [((8, 3, 61, 67), 1), ((8, 61, 67, 3), -1), ((4, 7, 13), 1)])
+@pytest.mark.parametrize("training,affine", [(True, True), (False, True), (False, False), (True, False)])
+def test_batch_norm_backward_out_poisoned_and_in_place(rng, shape, axis, training, affine):
+    C = shape[axis]
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32) if affine else None
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    _, mean, invstd = nb.batch_norm(x, rm, rv, w, training=training, channel_axis=axis, return_stats=True)
+    expected = nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis)[0]
+    assert not np.isnan(expected).any()
+    out = poisoned_like(x)
+    assert nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis, out=out)[0] is out
+    np.testing.assert_array_equal(out, expected)
+    moved = np.moveaxis(np.full(np.moveaxis(x, axis, -1 if axis == 1 else 1).shape, np.nan, np.float32),
+                        -1 if axis == 1 else 1, axis)  # the other memory layout: written via scratch
+    assert nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis, out=moved)[0] is moved
+    np.testing.assert_array_equal(moved, expected)
+    assert nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis, out=g)[0] is g
+    np.testing.assert_array_equal(g, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+def test_layer_norm_backward_errors(rng):
+    x = rng.standard_normal((4, 6))
+    g = rng.standard_normal((4, 6))
+    _, mean, rstd = nb.layer_norm(x, 6, return_stats=True)
+    with pytest.raises(ValueError, match="grad_out must have the shape"):
+        nb.layer_norm_backward(g[:, :5], x, 6, mean, rstd)
+    with pytest.raises(TypeError, match="grad_out must have the dtype"):
+        nb.layer_norm_backward(g.astype(np.float32), x, 6, mean, rstd)
+    with pytest.raises(ValueError, match=r"mean must have shape \(4,\)"):
+        nb.layer_norm_backward(g, x, 6, mean[:3], rstd)
+    with pytest.raises(ValueError, match="rstd must have shape"):
+        nb.layer_norm_backward(g, x, 6, mean, rstd.reshape(4, 1))
+    with pytest.raises(TypeError, match="rstd must have dtype"):
+        nb.layer_norm_backward(g, x, 6, mean, rstd.astype(np.int64))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        nb.layer_norm_backward(g, x, 6, mean, rstd, np.ones(5))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        nb.layer_norm_backward(g, x, 5, mean, rstd)
+    with pytest.raises(ValueError, match="out overlaps grad_out"):
+        big = np.zeros((4, 7))
+        nb.layer_norm_backward(big[:, :6], x, 6, mean, rstd, out=big[:, 1:])
+    with pytest.raises(TypeError, match="x must have dtype"):
+        nb.layer_norm_backward(g, x.astype(np.int32), 6, mean, rstd)
+
+
+def test_batch_norm_backward_errors(rng):
+    x = rng.standard_normal((4, 3, 5))
+    g = rng.standard_normal(x.shape)
+    _, mean, invstd = nb.batch_norm(x, training=True, return_stats=True)
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        nb.batch_norm_backward(g[0, 0], x[0, 0], mean, invstd)
+    with pytest.raises(ValueError, match="channel_axis"):
+        nb.batch_norm_backward(g, x, mean, invstd, channel_axis=3)
+    with pytest.raises(ValueError, match=r"invstd must have shape \(3,\)"):
+        nb.batch_norm_backward(g, x, mean, invstd[:2])
+    with pytest.raises(ValueError, match=r"mean must have shape \(5,\)"):
+        nb.batch_norm_backward(g, x, mean, invstd, channel_axis=-1)
+    with pytest.raises(TypeError, match="weight must have dtype"):
+        nb.batch_norm_backward(g, x, mean, invstd, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="grad_out must have the shape"):
+        nb.batch_norm_backward(g[:3], x, mean, invstd)
+    with pytest.raises(ValueError, match="out must have the shape"):
+        nb.batch_norm_backward(g, x, mean, invstd, out=np.empty((4, 3)))
+    with pytest.raises(ValueError, match="out overlaps x"):
+        nb.batch_norm_backward(g, x, mean, invstd, out=x[::-1])
