@@ -27,6 +27,31 @@ from ._engine import _parallel, _serial, block_bounds, plan_tasks
 # BatchNorm
 # --------------------------------------------------------------------------------------------
 @_serial
+def run_grad_sums(grun, xrun, m):
+    """(Σdy, Σdy·(x - m)) over contiguous 1-D runs, in float64."""
+    a = 0.0
+    b = 0.0
+    for i in range(grun.shape[0]):
+        d = np.float64(grun[i])
+        a += d
+        b += d * (xrun[i] - m)
+    return a, b
+
+
+@_serial
+def run_grad_sums_scaled(grun, xrun, m, scale, orun):
+    """``run_grad_sums`` that also writes ``orun = dy·scale``."""
+    a = 0.0
+    b = 0.0
+    for i in range(grun.shape[0]):
+        d = np.float64(grun[i])
+        a += d
+        b += d * (xrun[i] - m)
+        orun[i] = d * scale
+    return a, b
+
+
+@_serial
 def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
     """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``.
 
@@ -38,15 +63,11 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
     if x3.shape[2] != 1:
         for o in range(o0, o1):
             for c in range(C):
-                m = mean[c]
-                a = 0.0
-                b = 0.0
-                for i in range(i0, i1):
-                    d = np.float64(g3[o, c, i])
-                    a += d
-                    b += d * (x3[o, c, i] - m)
-                    if out3 is not None:
-                        out3[o, c, i] = d * scale[c]
+                if out3 is None:
+                    a, b = run_grad_sums(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c])
+                else:
+                    a, b = run_grad_sums_scaled(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c], scale[c],
+                                                out3[o, c, i0:i1])
                 s_dy[c] += a
                 s_dyx[c] += b
     else:
@@ -92,12 +113,15 @@ def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
         for o in range(o0, o1):
             for c in range(C):
                 pc, qc, rc, m = p[c], q[c], r[c], mean[c]
+                grun = g3[o, c, i0:i1]
+                orun = out3[o, c, i0:i1]
                 if x3 is None:
-                    for i in range(i0, i1):
-                        out3[o, c, i] = g3[o, c, i] * pc
+                    for i in range(grun.shape[0]):
+                        orun[i] = grun[i] * pc
                 else:
-                    for i in range(i0, i1):
-                        out3[o, c, i] = g3[o, c, i] * pc - (x3[o, c, i] - m) * qc + rc
+                    xrun = x3[o, c, i0:i1]
+                    for i in range(grun.shape[0]):
+                        orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
     else:
         for o in range(o0, o1):
             if x3 is None:
