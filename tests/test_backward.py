@@ -17,7 +17,10 @@ DTYPES = [np.float64, np.float32]
 
 
 def _t(a, grad=False):
-    return None if a is None else torch.tensor(np.asarray(a), requires_grad=grad)
+    """A float64 torch tensor: float32 inputs are checked against torch's float64 autograd of the
+    same values, since a float32 reference is itself off by more than 1e-5 where a sum cancels
+    (e.g. grad_bias, a sum of a few dy)."""
+    return None if a is None else torch.tensor(np.asarray(a, np.float64), requires_grad=grad)
 
 
 def _noncontig(a: np.ndarray, rng) -> np.ndarray:
