@@ -82,7 +82,7 @@ def test_backward(benchmark, request, op, impl):
     benchmark(peers[impl])
 
 
-def _interleaved_ratios(reps: int = 15) -> None:
+def _interleaved_ratios(reps: int = 40) -> None:
     """One run, peers timed in turn (so machine noise hits all alike); min over ``reps``."""
     import time
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 import pytest
 from conftest import poisoned_like
@@ -329,3 +332,40 @@ def test_batch_norm_backward_errors(rng):
         nb.batch_norm_backward(g, x, mean, invstd, out=np.empty((4, 3)))
     with pytest.raises(ValueError, match="out overlaps x"):
         nb.batch_norm_backward(g, x, mean, invstd, out=x[::-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Threads, serial vs parallel, device dispatch
+# --------------------------------------------------------------------------------------------
+def test_backward_from_four_threads_and_with_one_numba_thread(rng):
+    x = rng.standard_normal((16, 37, 513))
+    g = rng.standard_normal(x.shape)
+    w = rng.standard_normal(513)
+    _, lm, lr = nb.layer_norm(x, 513, w, return_stats=True)
+    _, bm, bi = nb.batch_norm(x, training=True, return_stats=True)
+    expected_ln = _torch_ln_grads(x, (513,), w, np.zeros(513), g)
+    expected_bn = _torch_bn_grads(x, 1, None, None, np.ones(37), np.zeros(37), g, True)
+
+    def work(_):
+        ln = nb.layer_norm_backward(g, x, 513, lm, lr, w)
+        bn = nb.batch_norm_backward(g, x, bm, bi, np.ones(37), True)
+        return max(rel_l2(a, b) for a, b in zip(ln + bn, expected_ln + expected_bn, strict=True))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert max(pool.map(work, range(8))) <= 1e-10
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)  # one task: the serial path
+    try:
+        assert work(0) <= 1e-10
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_device_arrays_go_to_the_cuda_hook():
+    class FakeDeviceArray:
+        __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises(TypeError, match="CUDA"):
+        nb.layer_norm_backward(FakeDeviceArray(), FakeDeviceArray(), 3, None, None)
+    with pytest.raises(TypeError, match="CUDA"):
+        nb.batch_norm_backward(FakeDeviceArray(), FakeDeviceArray(), None, None)
