@@ -101,8 +101,11 @@ class Moments(_Fields):
     @classmethod
     def from_records(cls, rec: np.ndarray) -> Moments:
         """Inverse of ``to_records``."""
+        if isinstance(rec, np.void):  # one record, e.g. an element of a record array
+            rec = np.asarray(rec)
         if not isinstance(rec, np.ndarray) or rec.dtype != MOMENTS_DTYPE:
-            raise TypeError(f"rec must be an ndarray of dtype {MOMENTS_DTYPE}")
+            got = getattr(rec, 'dtype', type(rec))
+            raise TypeError(f"rec must be an ndarray of dtype {MOMENTS_DTYPE}, got {got!r}")
         return cls(rec["count"], rec["mean"], rec["m2"])
 
     # -- statistics ------------------------------------------------------------------------
