@@ -196,11 +196,11 @@ def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof:
     reduced = check_axes(axis, darr.ndim)
     keep = tuple(i for i in range(darr.ndim) if i not in reduced)
     stats_shape = tuple(darr.shape[i] for i in keep)
+    _np_standardize(np.zeros((1,) * darr.ndim, darr.dtype), reduced, ddof=ddof, eps=eps)  # checks ddof, eps
     if stats is None:
         stats = Moments.from_records(np.asarray(_moments_graph(darr, reduced, False, split_every).compute()))
     elif not isinstance(stats, Moments) or stats.shape != stats_shape:
         raise ValueError(f"stats must be a numbanorm.Moments of shape {stats_shape}")
-    _np_standardize(np.zeros((1,) * darr.ndim, darr.dtype), reduced, ddof=ddof, eps=eps)  # check ddof, eps
     y = da.map_blocks(_std_block, darr, _stats_array(stats, darr, keep), axis=reduced, ddof=ddof, eps=eps,
                       dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-standardize")
     return (y, stats) if return_stats else y

@@ -133,6 +133,10 @@ def test_errors_mutate_nothing(rng):
         nd.batch_norm(d, rm, rv, stats=nb.Moments.empty(2))
     with pytest.raises(ValueError, match="normalized_shape"):
         nd.layer_norm(d, 4)
+    with pytest.raises(ValueError, match="eps must be"):
+        nd.standardize(d, 0, eps=-1.0)
+    with pytest.raises(ValueError, match=r"stats must be a numbanorm.Moments of shape \(3,\)"):
+        nd.standardize(d, 0, stats=nb.Moments.empty(2))
     with pytest.raises(ValueError, match="either axis"):
         nd.moments(d, 0, channel_axis=1)
     assert np.all(rm == 0) and np.all(rv == 1)
