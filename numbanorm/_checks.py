@@ -112,3 +112,38 @@ def check_out(out: object, x: np.ndarray) -> np.ndarray | None:
     if not same and np.shares_memory(out, x):
         raise ValueError("out overlaps x without being x itself; pass out=x for in place, or a separate array")
     return out
+
+
+def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """``axis`` (None: all, an int, or a sequence of ints) as sorted, distinct, non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    items = (axis,) if isinstance(axis, numbers.Integral) else axis
+    if isinstance(axis, bool) or not isinstance(items, Sequence) or not all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in items
+    ):
+        raise TypeError(f"{name} must be None, an int or a tuple of ints, got {axis!r}")
+    axes = []
+    for a in items:
+        if not -ndim <= int(a) < ndim:
+            raise ValueError(f"{name} entries must be in [{-ndim}, {ndim - 1}] for a {ndim}-D input, got {int(a)}")
+        axes.append(int(a) % ndim)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{name} must not repeat an axis, got {axis!r}")
+    return tuple(sorted(axes))
+
+
+def check_stats(stats: object, num_channels: int):
+    """Externally computed statistics for batch_norm: a ``Moments`` of shape (C,) with a
+    positive count per channel."""
+    from .moments import Moments  # local import: moments.py imports this module
+
+    if not isinstance(stats, Moments):
+        raise TypeError(f"stats must be a numbanorm.Moments, got {type(stats).__name__}")
+    if stats.shape != (num_channels,):
+        raise ValueError(f"stats must have shape ({num_channels},) (one entry per channel), got {stats.shape}")
+    if any(f.dtype != np.float64 for f in stats):
+        raise TypeError("stats fields (count, mean, m2) must be float64 arrays; build it with numbanorm.Moments(...)")
+    if num_channels and not np.all(stats.count > 0):
+        raise ValueError("stats.count must be positive for every channel (statistics of no data cannot normalize)")
+    return stats
