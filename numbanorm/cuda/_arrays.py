@@ -62,7 +62,7 @@ class DevArray:
 
     def extent(self) -> tuple[int, int]:
         lo = hi = self.ptr
-        for n, s in zip(self.shape, self.strides):
+        for n, s in zip(self.shape, self.strides, strict=True):
             if n == 0:
                 return self.ptr, self.ptr
             lo += min(0, s * (n - 1))
@@ -76,7 +76,7 @@ def _moveaxis(t, axis):
 
 def _dense(shape, strides, itemsize) -> bool:
     expected = itemsize
-    for n, s in zip(reversed(shape), reversed(strides)):
+    for n, s in zip(reversed(shape), reversed(strides), strict=True):
         if n != 1 and s != expected:
             return False
         expected *= n

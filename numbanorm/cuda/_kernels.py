@@ -51,6 +51,11 @@ BN_TARGET_BLOCKS = 528
 #: Fewest elements one BN partial-moments block handles (so tiny inputs use one block).
 BN_MIN_PER_BLOCK = 4096
 
+#: Shared slots per reduction: one per thread for the simulator's shared-memory tree, one per
+#: warp (+1 for the broadcast) for the shuffle path. A closure constant in each factory, since
+#: ``cuda.shared.array`` needs a compile-time size.
+SHARED_SLOTS = 1024 + 1 if SIM else 32 + 1
+
 _jit_device = cuda.jit(device=True, inline=True) if not SIM else cuda.jit(device=True)
 
 
@@ -201,16 +206,18 @@ def _np_float(acc):
 # --------------------------------------------------------------------------------------------
 # LayerNorm forward: one row per block, the row held in registers between the two phases
 # --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int):
     """``kernel(x, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows."""
     ld_x, st_y, ld_p = _loader(acc, xio), _storer(xio), _loader(acc, pio)
     A, nbt = _np_float(acc), _numba_float(acc)
 
+    slots = SHARED_SLOTS
+
     @cuda.jit
     def kernel(x, w, b, y, mean_out, rstd_out, D, eps):
-        sh_a = cuda.shared.array(MAX_THREADS + 1, nbt)
-        sh_b = cuda.shared.array(MAX_THREADS + 1, nbt)
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
         vals = cuda.local.array(regs, nbt)
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
@@ -264,17 +271,19 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int):
 # --------------------------------------------------------------------------------------------
 # BatchNorm: per-block partial moments -> Chan merge per channel -> fused normalize
 # --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bn_partials_kernel(acc: int, xio: str):
     """(outer, C, inner > 1): grid (C, P), 1-D blocks. Block p of channel c reduces elements
     ``[M*p//P, M*(p+1)//P)`` of that channel's ``M = outer*inner`` and writes (n, mean, M2)."""
     ld_x = _loader(acc, xio)
     A, nbt = _np_float(acc), _numba_float(acc)
 
+    slots = SHARED_SLOTS
+
     @cuda.jit
     def kernel(x, C, inner, P, part_n, part_mean, part_m2):
-        sh_a = cuda.shared.array(MAX_THREADS + 1, nbt)
-        sh_b = cuda.shared.array(MAX_THREADS + 1, nbt)
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
@@ -317,17 +326,19 @@ def _write_partial(part_n, part_mean, part_m2, k, count, shift, s1, s2):
         part_m2[k] = 0.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
     """Channels-last (rows, C): grid (ceil(C/TX), P), blocks (TX, TY); lanes run over
     channels so loads coalesce, rows ``[R*p//P, R*(p+1)//P)`` are split over ``ty``."""
     ld_x = _loader(acc, xio)
     A, nbt = _np_float(acc), _numba_float(acc)
 
+    slots = TX * TY
+
     @cuda.jit
     def kernel(x, C, P, part_n, part_mean, part_m2):
-        sh_a = cuda.shared.array(MAX_THREADS, nbt)
-        sh_b = cuda.shared.array(MAX_THREADS, nbt)
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         p = cuda.blockIdx.y
@@ -373,7 +384,7 @@ def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset):
     offset[c] = of - lo * sc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bn_finalize_kernel(acc: int, pio: str, rio: str):
     """One thread per channel: Chan-merge the P partials in float64, write the returned stats,
     the normalize coefficients, and update the running stats in place (training)."""
@@ -409,7 +420,7 @@ def bn_finalize_kernel(acc: int, pio: str, rio: str):
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str):
     """Inference: coefficients from the running stats, one thread per channel."""
     ld_p, ld_r = _loader(64, pio), _loader(64, rio)
@@ -429,7 +440,7 @@ def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str):
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bn_normalize_kernel(acc: int, xio: str):
     """(outer, C, inner > 1): ``y = (x - shift[c]) * scale[c] + offset[c]``. grid.x walks the
     (o, c) runs, grid.y the chunks of one run, so no per-element division is needed."""
@@ -453,7 +464,7 @@ def bn_normalize_kernel(acc: int, xio: str):
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bn_normalize_cl_kernel(acc: int, xio: str, TX: int, TY: int):
     """Channels-last (rows, C): grid (ceil(C/TX), row blocks), blocks (TX, TY) over
     (channels, rows), grid-stride over rows."""

@@ -1,19 +1,52 @@
-"""Every CUDA kernel under the simulator, against the CPU path and the float64 reference."""
+"""Every CUDA kernel under the simulator, against the CPU path and the float64 reference.
+
+The simulator must be on before numba is imported, so this file does not match pytest's
+``test_*.py`` pattern: ``tests/test_cuda.py`` runs it in a subprocess with
+``NUMBA_ENABLE_CUDASIM=1`` (alone: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda/sim_kernels.py``).
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
 import pytest
-from numba import cuda
 
-import numbanorm as nb
-from numbanorm.cuda import _arrays, _kernels
-from tests.conftest import poisoned_like
-from tests.reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported", allow_module_level=True)
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
-BF16 = ml_dtypes.bfloat16
+import numpy as np  # noqa: E402
+from conftest import poisoned_like  # noqa: E402
+from numba import cuda  # noqa: E402
+from reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2  # noqa: E402
+
+import numbanorm as nb  # noqa: E402
+from numbanorm.cuda import _arrays, _kernels  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Tiny blocks so that tiny inputs span several blocks and every code path runs (register
+    slots and the re-read tail in LN, several partials per BN channel, partial column tiles)."""
+    for name, value in dict(MIN_THREADS=2, MAX_THREADS=8, LN_REGS=2, BN_THREADS=4, BN_TX=2, BN_TY=2,
+                            BN_TARGET_BLOCKS=6, BN_MIN_PER_BLOCK=8).items():
+        monkeypatch.setattr(_kernels, name, value)
+
+
+torch = pytest.importorskip("torch")  # bfloat16 rounding reference (CPU torch)
 DT = [np.float32, np.float64]
+
+
+def to_bf16_bits(a) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) as int16 bits, by torch on the CPU."""
+    return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().copy()
+
+
+def bits_to_f64(bits: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(np.ascontiguousarray(bits, np.int16)).view(torch.bfloat16).double().numpy()
+
+
+def round_bf16(a) -> np.ndarray:
+    return bits_to_f64(to_bf16_bits(a))
 
 
 def host(a) -> np.ndarray:
@@ -26,13 +59,13 @@ def dev(a: np.ndarray):
 
 def bf16_dev(a: np.ndarray) -> _arrays.DevArray:
     """A bfloat16 GPU array as a torch bf16 tensor reaches the kernels: int16 bits."""
-    d = _arrays.wrap(dev(np.asarray(a, np.float32).astype(BF16).view(np.int16)), "x")
+    d = _arrays.wrap(dev(to_bf16_bits(a)), "x")
     d.dtype = "bfloat16"
     return d
 
 
 def from_bf16(a) -> np.ndarray:
-    return host(a).view(BF16).astype(np.float64)
+    return bits_to_f64(host(a))
 
 
 # ---------------------------------------------------------------------------------- LayerNorm
@@ -84,17 +117,17 @@ def test_layer_norm_float16(rng):
 
 @pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
 def test_layer_norm_bfloat16(rng, param_dtype):
-    x = (rng.standard_normal((3, 29)) * 2 + 5).astype(np.float32).astype(BF16).astype(np.float32)
-    w = rng.standard_normal(29).astype(np.float32).astype(BF16).astype(np.float32)
-    dw = bf16_dev(w) if param_dtype == "bfloat16" else dev(w)
+    x = round_bf16(rng.standard_normal((3, 29)) * 2 + 5)
+    w = round_bf16(rng.standard_normal(29))
+    dw = bf16_dev(w) if param_dtype == "bfloat16" else dev(w.astype(np.float32))
     y, mean, rstd = nb.cuda.layer_norm(bf16_dev(x), 29, dw, return_stats=True)
     ref_y, ref_m, ref_r = layer_norm_ref(x, (29,), w)
     assert rel_l2(from_bf16(y), ref_y) < 8e-3 and rel_l2(host(mean), ref_m) < 1e-6
     assert rel_l2(host(rstd), ref_r) < 1e-5
 
 
-def test_bfloat16_rounding_matches_ml_dtypes(rng):
-    """The kernels' float32 -> bfloat16 is round-to-nearest-even, NaN kept, as ml_dtypes."""
+def test_bfloat16_rounding_matches_torch(rng):
+    """The kernels' float32 -> bfloat16 is round-to-nearest-even, NaN kept, as torch's."""
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.4e38, -3.4e38,
                         1e-40, 65504.0], np.float32)
     v = np.concatenate([special, rng.standard_normal(50).astype(np.float32) * 10])
@@ -109,12 +142,12 @@ def test_bfloat16_rounding_matches_ml_dtypes(rng):
             dst[i] = _kernels.ld_bf16(dst_bits, i)
 
     roundtrip[4, 32](dev(v), bits, back)
-    expect = v.astype(BF16)
-    got = host(bits).view(BF16)
-    assert np.array_equal(np.isnan(got.astype(np.float32)), np.isnan(v))
+    expect = to_bf16_bits(v)
+    got = host(bits)
+    assert np.array_equal(np.isnan(bits_to_f64(got)), np.isnan(v))
     ok = ~np.isnan(v)
-    assert np.array_equal(got[ok].view(np.int16), expect[ok].view(np.int16))
-    assert np.array_equal(host(back)[ok], expect[ok].astype(np.float32))
+    assert np.array_equal(got[ok], expect[ok])
+    assert np.array_equal(host(back)[ok], bits_to_f64(expect)[ok].astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------- BatchNorm
@@ -196,7 +229,7 @@ def test_batch_norm_float16_with_float32_running_stats(rng):
 
 @pytest.mark.parametrize("axis", [1, -1])
 def test_batch_norm_bfloat16(rng, axis):
-    x = (rng.standard_normal((4, 3, 5)) + 3).astype(np.float32).astype(BF16).astype(np.float32)
+    x = round_bf16(rng.standard_normal((4, 3, 5)) + 3)
     rm, rv = np.zeros(x.shape[axis], np.float32), np.ones(x.shape[axis], np.float32)
     drm, drv = dev(rm), dev(rv)
     y, m, s = nb.cuda.batch_norm(bf16_dev(x), drm, drv, training=True, channel_axis=axis, return_stats=True)
