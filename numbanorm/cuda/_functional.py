@@ -123,11 +123,12 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
         rstd = _arrays.empty(dx, (rows,), sdt)
         if rows:
             regs = _kernels.LN_REGS
-            kernel = _kernels.layer_norm_kernel(_acc(dx.dtype), _io(dx.dtype), _io(_pdtype(w, b, dx)), regs)
+            kernel = _kernels.layer_norm_kernel(_acc(dx.dtype), _io(dx.dtype), _io(_pdtype(w, b, dx)), regs,
+                                                w is not None, b is not None)
             block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
+            fx = _arrays.flat(src)
             configured(kernel, (rows,), block, stream_for(dx))(
-                _arrays.flat(src), _flat(w), _flat(b), _arrays.flat(target), _arrays.flat(mean),
-                _arrays.flat(rstd), D, eps)
+                fx, _flat(w, fx), _flat(b, fx), _arrays.flat(target), _arrays.flat(mean), _arrays.flat(rstd), D, eps)
     if result is not target:
         _arrays.copy_into(result, target)
     if not return_stats:
@@ -135,8 +136,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     return result.obj, _arrays.reshape(mean, batch_shape), _arrays.reshape(rstd, batch_shape)
 
 
-def _flat(p: DevArray | None):
-    return None if p is None else _arrays.flat(p)
+def _flat(p: DevArray | None, placeholder):
+    """The kernel argument for an optional array. numba-cuda cannot pass None to a kernel, so an
+    absent one is compiled out of the kernel and ``placeholder`` (any array) fills its slot."""
+    return placeholder if p is None else _arrays.flat(p)
 
 
 def _pdtype(w: DevArray | None, b: DevArray | None, x: DevArray) -> str:
@@ -180,19 +183,21 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         invstd = _arrays.empty(dx, (C,), sdt)
         coeffs = [_arrays.empty(dx, (C,), "float64" if acc == 64 else "float32") for _ in range(3)]
         fshift, fscale, foffset = (_arrays.flat(a) for a in coeffs)
-        fx = _arrays.flat(src)
+        fmean = _arrays.flat(mean)
         finalize_block = (_threads(C, _kernels.BN_THREADS),)
         finalize_grid = (-(-C // finalize_block[0]),)
+        has = (w is not None, b is not None)
+        fx = _arrays.flat(src) if dx.size else None
         if training:
             fpart = _partial_moments(fx, outer, C, inner, acc, xio, stream, dx)
-            P = fpart[3]
-            configured(_kernels.bn_finalize_kernel(acc, pio, rio), finalize_grid, finalize_block, stream)(
-                fpart[0], fpart[1], fpart[2], P, _flat(w), _flat(b), _flat(rm), _flat(rv), momentum, eps,
-                _arrays.flat(mean), _arrays.flat(invstd), fshift, fscale, foffset)
+            kernel = _kernels.bn_finalize_kernel(acc, pio, rio, *has, rm is not None)
+            configured(kernel, finalize_grid, finalize_block, stream)(
+                fpart[0], fpart[1], fpart[2], fpart[3], _flat(w, fmean), _flat(b, fmean), _flat(rm, fmean),
+                _flat(rv, fmean), momentum, eps, fmean, _arrays.flat(invstd), fshift, fscale, foffset)
         else:
-            configured(_kernels.bn_eval_coeffs_kernel(acc, pio, rio), finalize_grid, finalize_block, stream)(
-                _flat(w), _flat(b), _flat(rm), _flat(rv), eps, _arrays.flat(mean), _arrays.flat(invstd),
-                fshift, fscale, foffset)
+            configured(_kernels.bn_eval_coeffs_kernel(acc, pio, rio, *has), finalize_grid, finalize_block, stream)(
+                _flat(w, fmean), _flat(b, fmean), _arrays.flat(rm), _arrays.flat(rv), eps, fmean,
+                _arrays.flat(invstd), fshift, fscale, foffset)
         if dx.size:
             _normalize(fx, outer, C, inner, fshift, fscale, foffset, _arrays.flat(target), acc, xio, stream)
     if result is not target:

@@ -207,8 +207,9 @@ def _np_float(acc):
 # LayerNorm forward: one row per block, the row held in registers between the two phases
 # --------------------------------------------------------------------------------------------
 @functools.cache
-def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int):
-    """``kernel(x, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows."""
+def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_b: bool):
+    """``kernel(x, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows.
+    An absent weight/bias is compiled out (``has_w``/``has_b``); pass any array in its place."""
     ld_x, st_y, ld_p = _loader(acc, xio), _storer(xio), _loader(acc, pio)
     A, nbt = _np_float(acc), _numba_float(acc)
 
@@ -250,17 +251,17 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int):
             j = tid + k * T
             if j < D:
                 v = (vals[k] - dm) * rstd  # x - mean = (x - shift) - dm: exact for constant rows
-                if w is not None:
+                if has_w:
                     v *= ld_p(w, j)
-                if b is not None:
+                if has_b:
                     v += ld_p(b, j)
                 st_y(y, base + j, v)
         j = tid + regs * T
         while j < D:
             v = (ld_x(x, base + j) - shift - dm) * rstd
-            if w is not None:
+            if has_w:
                 v *= ld_p(w, j)
-            if b is not None:
+            if has_b:
                 v += ld_p(b, j)
             st_y(y, base + j, v)
             j += T
@@ -365,7 +366,7 @@ def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
 
 
 @_jit_device
-def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset):
+def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset, has_w, has_b):
     """Normalize coefficients ``y = (x - shift) * scale + offset`` from float64 stats.
 
     The mean is split into ``hi`` (its value in the accumulation type) and ``lo = m - hi``;
@@ -373,10 +374,10 @@ def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset):
     float32 kernels centre x as accurately as a float64 subtraction would (matters when
     |mean| >> std: at 1e4 + N(0, 2) a float32 mean alone costs ~1e-4 relative error)."""
     sc = invstd
-    if w is not None:
+    if has_w:
         sc *= ld_p(w, c)
     of = 0.0
-    if b is not None:
+    if has_b:
         of = ld_p(b, c)
     lo = m - np.float64(hi)
     shift[c] = hi
@@ -385,9 +386,10 @@ def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset):
 
 
 @functools.cache
-def bn_finalize_kernel(acc: int, pio: str, rio: str):
+def bn_finalize_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool, has_running: bool):
     """One thread per channel: Chan-merge the P partials in float64, write the returned stats,
-    the normalize coefficients, and update the running stats in place (training)."""
+    the normalize coefficients, and update the running stats in place (training). Absent
+    arguments are compiled out (``has_*``); pass any array in their place."""
     ld_p, ld_r, st_r = _loader(64, pio), _loader(64, rio), _storer(rio)
     A = _np_float(acc)
 
@@ -412,8 +414,8 @@ def bn_finalize_kernel(acc: int, pio: str, rio: str):
         invstd = 1.0 / math.sqrt(m2 / n + eps)
         mean_out[c] = m
         invstd_out[c] = invstd
-        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset)
-        if rmean is not None:
+        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
+        if has_running:
             st_r(rmean, c, (1.0 - momentum) * ld_r(rmean, c) + momentum * m)
             st_r(rvar, c, (1.0 - momentum) * ld_r(rvar, c) + momentum * (m2 / (n - 1.0)))
 
@@ -421,7 +423,7 @@ def bn_finalize_kernel(acc: int, pio: str, rio: str):
 
 
 @functools.cache
-def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str):
+def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool):
     """Inference: coefficients from the running stats, one thread per channel."""
     ld_p, ld_r = _loader(64, pio), _loader(64, rio)
     A = _np_float(acc)
@@ -435,7 +437,7 @@ def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str):
         invstd = 1.0 / math.sqrt(np.float64(ld_r(rvar, c)) + eps)
         mean_out[c] = m
         invstd_out[c] = invstd
-        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset)
+        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
 
     return kernel
 

@@ -10,9 +10,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 from numba import cuda
 
 from ._kernels import SIM
+
+try:
+    from numba.cuda.core.errors import NumbaPerformanceWarning
+except ImportError:  # pragma: no cover - older numba-cuda
+    from numba.core.errors import NumbaPerformanceWarning
 
 _STREAMS: dict = {}
 _CONFIGURED: dict = {}
@@ -50,5 +57,9 @@ def configured(kernel, grid: tuple, block: tuple, stream) -> object:
     if cfg is None:
         if len(_CONFIGURED) >= _MAX_CONFIGURED:
             _CONFIGURED.clear()
-        cfg = _CONFIGURED[key] = kernel[grid, block, stream]
+        with warnings.catch_warnings():
+            # numba warns about grids under 128 blocks; ours are sized on purpose (C channels
+            # in the BN finalize, few rows in LN), and the warning would repeat per new shape.
+            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+            cfg = _CONFIGURED[key] = kernel[grid, block, stream]
     return cfg
