@@ -12,8 +12,9 @@
 3. device-to-device copy bandwidth (the roofline: bytes read + written);
 4. numbanorm vs torch timings with CUDA events (warm-up, then the median of repeated calls) for
    the LN and BN shapes of issue #6 in fp32 and bf16;
-5. host wall time per call on a tiny input (launch overhead), for torch and numbanorm with
-   torch, numba and CuPy arguments;
+5. the opt-in lean launch path (NUMBANORM_CUDA_FAST_LAUNCH=1) against numba's, bitwise; and
+   host wall time per call on a tiny input (launch overhead), for torch and numbanorm with
+   torch, numba and CuPy arguments, through both launch paths;
 6. one table: GB/s (x read once + y written once), ratio vs torch (torch time / numbanorm
    time), fraction of copy bandwidth.
 
@@ -339,16 +340,59 @@ def host_overhead(env: Env, sim: bool) -> None:
             pass
     print()
     print("host wall time per call (tiny inputs, back-to-back calls):")
+    modes = [False] if sim else [False, True]
     for name, fn in cases.items():
-        for _ in range(3):
-            fn()
-        env.sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        per = (time.perf_counter() - t0) / n * 1e6
-        env.sync()
-        print(f"  {name:<40} {per:8.1f} us")
+        for fast in modes if name.startswith("numbanorm") else [False]:
+            _set_fast_launch(fast)
+            for _ in range(3):
+                fn()
+            env.sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            per = (time.perf_counter() - t0) / n * 1e6
+            env.sync()
+            label = name + (" [fast launch]" if fast else "")
+            print(f"  {label:<54} {per:8.1f} us")
+    _set_fast_launch(False)
+
+
+def _set_fast_launch(on: bool) -> None:
+    from numbanorm.cuda import _launch
+
+    _launch.FAST_LAUNCH[0] = on
+
+
+def check_fast_launch(env: Env) -> None:
+    """The opt-in lean launch path (NUMBANORM_CUDA_FAST_LAUNCH=1) gives bit-identical results."""
+    import numbanorm as nb
+
+    torch = env.torch
+    print("fast launch path vs numba's launch path (bitwise)")
+    x = torch.randn(64, 1000, device="cuda") * 3 + 7
+    xb = torch.randn(8, 16, 9, 7, device="cuda").to(memory_format=torch.channels_last)
+    w = torch.randn(1000, device="cuda")
+    cases = {
+        "layer_norm fp32": lambda: nb.layer_norm(x, 1000, w, None, return_stats=True),
+        "layer_norm bf16": lambda: nb.layer_norm(x.bfloat16(), 1000, w.bfloat16(), w.bfloat16()),
+        "batch_norm train NCHW": lambda: nb.batch_norm(xb.contiguous(), torch.zeros(16, device="cuda"),
+                                                       torch.ones(16, device="cuda"), training=True),
+        "batch_norm train channels_last": lambda: nb.batch_norm(xb, training=True, return_stats=True),
+        "batch_norm eval bf16": lambda: nb.batch_norm(xb.bfloat16(), torch.zeros(16, device="cuda"),
+                                                      torch.ones(16, device="cuda"), torch.ones(16, device="cuda")),
+    }
+    for name, fn in cases.items():
+        _set_fast_launch(False)
+        ref = fn()
+        _set_fast_launch(True)
+        fn()  # first call per kernel goes through numba's path and records the compiled kernel
+        got = fn()
+        _set_fast_launch(False)
+        ref, got = (r if isinstance(r, tuple) else (r,) for r in (ref, got))
+        same = all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+        print(f"  {'ok  ' if same else 'FAIL'} {name}")
+        if not same:
+            FAILURES.append(f"fast launch {name}")
 
 
 def main() -> int:
@@ -382,6 +426,8 @@ def main() -> int:
         _kernels.BN_THREADS, _kernels.BN_TX, _kernels.BN_TY = 4, 2, 2
         _kernels.BN_TARGET_BLOCKS, _kernels.BN_MIN_PER_BLOCK = 6, 8
     check_correctness(env, args.sim)
+    if not args.sim:
+        check_fast_launch(env)
     copy_gbs = copy_bandwidth(env, args.sim)
     timings(env, args.sim, copy_gbs)
     host_overhead(env, args.sim)

@@ -78,3 +78,69 @@ def test_device_argument_with_host_x_is_refused(arg):
             nb.layer_norm(x, 3, out=FakeCudaArray())
         else:
             nb.layer_norm(x, 3, **{arg: FakeCudaArray()})
+
+
+# ------------------------------------------------------------------------------------------
+# The hardware-side (non-simulator) host code that runs before any GPU work: reading foreign
+# __cuda_array_interface__ arrays and the argument checks. No GPU is touched.
+# ------------------------------------------------------------------------------------------
+class CAI:
+    def __init__(self, shape, typestr="<f4", strides=None, ptr=1 << 20, readonly=False):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "strides": strides,
+                                         "data": (ptr, readonly), "version": 3}
+
+
+@pytest.fixture
+def hw():
+    pytest.importorskip("numba_cuda")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("hardware-side code paths; this process runs the simulator")
+    import numbanorm.cuda as backend
+    from numbanorm.cuda import _arrays
+
+    return backend, _arrays
+
+
+def test_foreign_arrays_are_read_without_copy(hw):
+    _, arrays = hw
+    d = arrays.wrap(CAI((2, 3, 4), strides=(48, 4, 12)), "x")  # (2, 3, 4) stored as (2, 4, 3)
+    assert (d.kind, d.dtype, d.itemsize, d.size) == ("cai", "float32", 4, 24)
+    assert d.memory_order(1) == "moved" and d.memory_order(2) is None
+    assert arrays.canonical_dims(d, 1, "moved") == (8, 3, 1)
+    assert arrays.wrap(CAI((2, 3)), "x").memory_order(0) == "c"
+    assert arrays.canonical_dims(arrays.wrap(CAI((2, 3, 5)), "x"), 1, "c") == (2, 3, 5)
+    assert arrays.wrap(CAI((2, 3)), "x").extent() == (1 << 20, (1 << 20) + 24)
+    f = arrays.flat(arrays.wrap(CAI((2, 3), "<f8"), "x"))
+    assert (f.ptr, f.n, f.itemsize, f.dtype) == (1 << 20, 6, 8, np.dtype(np.float64))
+
+
+def test_checks_run_on_metadata(hw):
+    backend, _ = hw
+    x = CAI((4, 6))
+    with pytest.raises(ValueError, match="normalized_shape"):
+        backend.layer_norm(x, 5)
+    with pytest.raises(TypeError, match="host and device arrays cannot be mixed"):
+        backend.layer_norm(x, 6, np.ones(6, np.float32))
+    with pytest.raises(TypeError, match="weight must have dtype float32"):
+        backend.layer_norm(x, 6, CAI((6,), "<f8", ptr=1 << 30))
+    with pytest.raises(TypeError, match="got int32"):
+        backend.layer_norm(CAI((4, 6), "<i4"), 6)
+    with pytest.raises(ValueError, match="overlaps x"):
+        backend.layer_norm(x, 6, out=CAI((4, 6), ptr=(1 << 20) + 8))
+    with pytest.raises(ValueError, match="out must be writeable"):
+        backend.layer_norm(x, 6, out=CAI((4, 6), ptr=1 << 30, readonly=True))
+    with pytest.raises(ValueError, match="running_mean must be writeable"):
+        backend.batch_norm(x, CAI((6,), ptr=1 << 30, readonly=True), CAI((6,), ptr=1 << 31), training=True)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        backend.batch_norm(CAI((1, 6)), training=True)
+
+
+def test_gpu_call_without_gpu_is_a_clear_error(hw, monkeypatch):
+    backend, _ = hw
+    from numba import cuda
+
+    if cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.setattr(_device, "_BACKEND", [])
+    with pytest.raises(RuntimeError, match="no usable GPU"):
+        nb.layer_norm(CAI((2, 3)), 3)

@@ -160,24 +160,39 @@ if SIM:
         return FakeCUDAArray(a)
 
 else:  # pragma: no cover - hardware only
+    from typing import NamedTuple
+
     from numba.cuda.cudadrv import devicearray as _devicearray
     from numba.cuda.cudadrv import driver as _driver
 
     _CTX = []
+
+    class Flat(NamedTuple):
+        """A dense array's memory as a flat kernel argument: raw pointer and size, plus the
+        owner that keeps the memory alive until the launch is queued."""
+
+        ptr: int
+        n: int
+        itemsize: int
+        dtype: np.dtype
+        owner: object
+
+    def flat(dev: DevArray) -> Flat:
+        """The memory of a dense array as a flat kernel argument (bfloat16 as int16 bits)."""
+        kdt = _kernel_dtype(dev.dtype)
+        return Flat(dev.ptr, dev.size, kdt.itemsize, kdt, dev.obj)
 
     def _context():
         if not _CTX:
             _CTX.append(cuda.current_context())
         return _CTX[0]
 
-    def flat(dev: DevArray):
-        """A flat DeviceNDArray over the memory of a dense array, built without the interface
-        protocol (no dict parsing, no stream object, no synchronization)."""
-        kdt = _kernel_dtype(dev.dtype)
-        n = dev.size
-        data = _driver.MemoryPointer(_context(), _driver.binding.CUdeviceptr(dev.ptr), size=n * kdt.itemsize,
-                                     owner=dev.obj)
-        return _devicearray.DeviceNDArray(shape=(n,), strides=(kdt.itemsize,), dtype=kdt, gpu_data=data)
+    def to_numba(f: Flat):
+        """A flat DeviceNDArray over the pointer, built without the interface protocol (no dict
+        parsing, no stream object, no synchronization)."""
+        data = _driver.MemoryPointer(_context(), _driver.binding.CUdeviceptr(f.ptr), size=f.n * f.itemsize,
+                                     owner=f.owner)
+        return _devicearray.DeviceNDArray(shape=(f.n,), strides=(f.itemsize,), dtype=f.dtype, gpu_data=data)
 
 
 # --------------------------------------------------------------------------------------------

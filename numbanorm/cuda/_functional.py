@@ -18,7 +18,7 @@ from .._checks import (
 )
 from . import _arrays, _kernels
 from ._arrays import DEVICE_DTYPES, DevArray
-from ._launch import configured, stream_for
+from ._launch import launch, stream_for
 
 __all__ = ["layer_norm", "batch_norm"]
 
@@ -127,8 +127,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
                                                 w is not None, b is not None)
             block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
             fx = _arrays.flat(src)
-            configured(kernel, (rows,), block, stream_for(dx))(
-                fx, _flat(w, fx), _flat(b, fx), _arrays.flat(target), _arrays.flat(mean), _arrays.flat(rstd), D, eps)
+            launch(kernel, (rows,), block, stream_for(dx),
+                   fx, _flat(w, fx), _flat(b, fx), _arrays.flat(target), _arrays.flat(mean), _arrays.flat(rstd), D, eps)
     if result is not target:
         _arrays.copy_into(result, target)
     if not return_stats:
@@ -191,12 +191,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if training:
             fpart = _partial_moments(fx, outer, C, inner, acc, xio, stream, dx)
             kernel = _kernels.bn_finalize_kernel(acc, pio, rio, *has, rm is not None)
-            configured(kernel, finalize_grid, finalize_block, stream)(
-                fpart[0], fpart[1], fpart[2], fpart[3], _flat(w, fmean), _flat(b, fmean), _flat(rm, fmean),
+            launch(kernel, finalize_grid, finalize_block, stream,
+                   fpart[0], fpart[1], fpart[2], fpart[3], _flat(w, fmean), _flat(b, fmean), _flat(rm, fmean),
                 _flat(rv, fmean), momentum, eps, fmean, _arrays.flat(invstd), fshift, fscale, foffset)
         else:
-            configured(_kernels.bn_eval_coeffs_kernel(acc, pio, rio, *has), finalize_grid, finalize_block, stream)(
-                _flat(w, fmean), _flat(b, fmean), _arrays.flat(rm), _arrays.flat(rv), eps, fmean,
+            launch(_kernels.bn_eval_coeffs_kernel(acc, pio, rio, *has), finalize_grid, finalize_block, stream,
+                   _flat(w, fmean), _flat(b, fmean), _arrays.flat(rm), _arrays.flat(rv), eps, fmean,
                 _arrays.flat(invstd), fshift, fscale, foffset)
         if dx.size:
             _normalize(fx, outer, C, inner, fshift, fscale, foffset, _arrays.flat(target), acc, xio, stream)
@@ -221,9 +221,9 @@ def _partial_moments(fx, outer, C, inner, acc, xio, stream, like):
         kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P)
     parts = [_arrays.flat(_arrays.empty(like, (C * P,), "float64")) for _ in range(3)]
     if inner == 1:
-        configured(kernel, grid, block, stream)(fx, C, P, *parts)
+        launch(kernel, grid, block, stream, fx, C, P, *parts)
     else:
-        configured(kernel, grid, block, stream)(fx, C, inner, P, *parts)
+        launch(kernel, grid, block, stream, fx, C, inner, P, *parts)
     return parts[0], parts[1], parts[2], P
 
 
@@ -239,12 +239,12 @@ def _normalize(fx, outer, C, inner, shift, scale, offset, fy, acc, xio, stream):
         TX, TY = _kernels.BN_TX, _kernels.BN_TY
         rows = outer
         grid = (-(-C // TX), max(1, min(65535, -(-rows // (TY * 4)))))
-        configured(_kernels.bn_normalize_cl_kernel(acc, xio, TX, TY), grid, (TX, TY), stream)(
-            fx, C, shift, scale, offset, fy)
+        launch(_kernels.bn_normalize_cl_kernel(acc, xio, TX, TY), grid, (TX, TY), stream,
+               fx, C, shift, scale, offset, fy)
     else:
         T = _threads(inner, _kernels.BN_THREADS)
         grid = (outer * C, max(1, min(65535, -(-inner // (T * 4)))))
-        configured(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream)(fx, C, inner, shift, scale, offset, fy)
+        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream, fx, C, inner, shift, scale, offset, fy)
 
 
 def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out):
