@@ -16,6 +16,7 @@ wrap NumPy arrays, and views are NumPy views.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from numba import cuda
@@ -245,6 +246,25 @@ def empty(like: DevArray, shape: tuple[int, ...], dtype: str) -> DevArray:
         with cupy.cuda.Device(like.obj.device.id):
             return wrap(cupy.empty(shape, dtype=dtype), "stats")
     return _typed(wrap(_numba_empty(shape, dtype), "stats"), dtype)
+
+
+_SCRATCH = threading.local()  # per thread: two threads' launches on one stream may interleave
+
+
+def scratch(like: DevArray, n: int, dtype: str, slot: int) -> DevArray:
+    """Internal work space (BN partials and coefficients), never returned to the caller.
+
+    torch and CuPy inputs take it from their caching allocators. numba's ``device_array`` is a
+    bare cudaMalloc, and freeing it synchronizes the device, so numba and foreign inputs (always
+    launched on the default stream, so stream-ordered reuse is safe) reuse one grow-only buffer
+    per slot."""
+    if like.kind in ("torch", "cupy") or SIM:
+        return empty(like, (n,), dtype)
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})  # pragma: no cover - hardware only
+    buf = cache.get((slot, dtype))
+    if buf is None or buf.size < n:
+        buf = cache[(slot, dtype)] = wrap(_numba_empty((max(n, 1024),), dtype), "scratch")
+    return DevArray(buf.obj, buf.kind, dtype, (n,), (buf.itemsize,), buf.itemsize, buf.ptr)
 
 
 def from_host(like: DevArray, values: np.ndarray) -> DevArray:

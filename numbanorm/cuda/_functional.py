@@ -72,10 +72,11 @@ def _wrap_param(p, name: str, shape: tuple[int, ...], x: DevArray) -> DevArray |
 
 def _wrap_running(p, name: str, num_channels: int, x: DevArray, will_update: bool) -> DevArray | None:
     dp = _wrap_param(p, name, (num_channels,), x)
-    if dp is not None and will_update and dp.readonly:
-        raise ValueError(f"{name} must be writeable: training=True updates it in place")
-    if dp is not None and will_update and dp.obj is not p:
-        raise ValueError(f"{name} must be contiguous: training=True updates it in place")
+    if dp is not None and will_update:
+        if dp.readonly:
+            raise ValueError(f"{name} must be writeable: training=True updates it in place")
+        if _arrays.wrap(p, name).memory_order(0) != "c":  # an update of a copy would be lost
+            raise ValueError(f"{name} must be contiguous: training=True updates it in place")
     return dp
 
 
@@ -181,7 +182,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     else:
         mean = _arrays.empty(dx, (C,), sdt)
         invstd = _arrays.empty(dx, (C,), sdt)
-        coeffs = [_arrays.empty(dx, (C,), "float64" if acc == 64 else "float32") for _ in range(3)]
+        coeffs = [_arrays.scratch(dx, C, "float64" if acc == 64 else "float32", k) for k in range(3)]
         fshift, fscale, foffset = (_arrays.flat(a) for a in coeffs)
         fmean = _arrays.flat(mean)
         finalize_block = (_threads(C, _kernels.BN_THREADS),)
@@ -219,7 +220,7 @@ def _partial_moments(fx, outer, C, inner, acc, xio, stream, like):
         P = _blocks_per_channel(M, C)
         block = (_threads(-(-M // P), _kernels.BN_THREADS),)
         kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P)
-    parts = [_arrays.flat(_arrays.empty(like, (C * P,), "float64")) for _ in range(3)]
+    parts = [_arrays.flat(_arrays.scratch(like, C * P, "float64", 3 + k)) for k in range(3)]
     if inner == 1:
         launch(kernel, grid, block, stream, fx, C, P, *parts)
     else:
