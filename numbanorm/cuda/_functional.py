@@ -176,7 +176,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if rm is not None and rm.dtype != rv.dtype:
         raise TypeError(f"running_mean and running_var must have one dtype, got {rm.dtype} and {rv.dtype}")
 
-    if training and dx.size == 0:  # empty batch: NaN stats, running stats untouched (as the CPU)
+    if C == 0:  # no channels: nothing to compute or launch
+        mean, invstd = _arrays.empty(dx, (0,), sdt), _arrays.empty(dx, (0,), sdt)
+    elif training and dx.size == 0:  # empty batch: NaN stats, running stats untouched (as the CPU)
         mean = _arrays.from_host(dx, np.full(C, np.nan, sdt))
         invstd = _arrays.from_host(dx, np.full(C, np.nan, sdt))
     else:

@@ -298,3 +298,11 @@ def test_device_specific_errors():
     with pytest.raises(ValueError, match="overlaps x"):
         big = dev(np.zeros((4, 4), np.float32))
         nb.layer_norm(big[:3], 4, out=big[1:])
+
+
+def test_zero_channels():
+    x = np.zeros((4, 0, 3), np.float32)
+    y, m, s = nb.batch_norm(dev(x), training=True, return_stats=True)
+    assert host(y).shape == x.shape and host(m).shape == (0,)
+    y = nb.batch_norm(dev(x), dev(np.zeros(0, np.float32)), dev(np.ones(0, np.float32)))
+    assert host(y).shape == x.shape
