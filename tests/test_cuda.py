@@ -144,3 +144,16 @@ def test_gpu_call_without_gpu_is_a_clear_error(hw, monkeypatch):
     monkeypatch.setattr(_device, "_BACKEND", [])
     with pytest.raises(RuntimeError, match="no usable GPU"):
         nb.layer_norm(CAI((2, 3)), 3)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
+def test_row_stack_shim_on_numpy_without_row_stack():
+    """NumPy >= 2.5 has no np.row_stack, which numba-cuda 0.30.4 overloads at first compile: the
+    shim imports that module with a temporary alias and leaves NumPy's namespace as it was."""
+    code = ("import sys, numpy as np\n"
+            "if hasattr(np, 'row_stack'): del np.row_stack  # emulate NumPy 2.5 on older NumPy\n"
+            "from numbanorm.cuda._compat import patch_row_stack\n"
+            "patch_row_stack()\n"
+            "assert 'numba.cuda.np.arrayobj' in sys.modules and not hasattr(np, 'row_stack')\n")
+    proc = _run(["-c", code])
+    assert proc.returncode == 0, proc.stderr
