@@ -1,8 +1,9 @@
 """numbanorm: fast, numerically stable Batch/Layer Normalization with Numba kernels."""
 
 from .functional import batch_norm, layer_norm
+from .moments import MOMENTS_DTYPE, Moments, merge_moments, moments, standardize
 
-__all__ = ["batch_norm", "layer_norm"]
+__all__ = ["batch_norm", "layer_norm", "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize"]
 __version__ = "0.1.0"
 
 from .backward import batch_norm_backward, layer_norm_backward  # noqa: E402

@@ -43,7 +43,7 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     is valid whether or not the forward had one. ``out`` receives grad_x (may be ``grad_out``).
     """
     if is_device_array(x):
-        return backend().layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+        return _device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
     x = as_float_array(x)
     shape = check_normalized_shape(normalized_shape, x.shape)
     grad_out = check_like(grad_out, "grad_out", x)
@@ -79,8 +79,8 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
     """
     if is_device_array(x):
-        return backend().batch_norm_backward(grad_out, x, mean, invstd, weight, training,
-                                             channel_axis=channel_axis, out=out)
+        return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
+                                                 channel_axis=channel_axis, out=out)
     x = as_float_array(x)
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
@@ -116,6 +116,14 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     if weight is None:
         return result, None, None
     return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
+
+
+def _device_op(name: str):
+    """The CUDA backend's ``name``, or a clear error while the backend has no such op."""
+    op = getattr(backend(), name, None)
+    if op is None:
+        raise TypeError(f"{name} has no CUDA implementation yet; pass NumPy arrays")
+    return op
 
 
 def _matching_view(a: np.ndarray, axis: int, channels_moved: bool, shape: tuple[int, int, int]) -> np.ndarray:

@@ -361,11 +361,28 @@ def test_backward_from_four_threads_and_with_one_numba_thread(rng):
         numba.set_num_threads(before)
 
 
-def test_device_arrays_go_to_the_cuda_hook():
-    class FakeDeviceArray:
-        __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+class _FakeDeviceArray:
+    __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
 
-    with pytest.raises(TypeError, match="CUDA"):
-        nb.layer_norm_backward(FakeDeviceArray(), FakeDeviceArray(), 3, None, None)
-    with pytest.raises(TypeError, match="CUDA"):
-        nb.batch_norm_backward(FakeDeviceArray(), FakeDeviceArray(), None, None)
+
+def test_device_arrays_go_to_the_cuda_hook(monkeypatch):
+    from numbanorm import backward as nb_backward
+
+    class Stub:  # a CUDA backend with the LN op only
+        def layer_norm_backward(self, *args, **kwargs):
+            return "cuda", args, kwargs
+
+    monkeypatch.setattr(nb_backward, "backend", Stub)
+    dev = _FakeDeviceArray()
+    result = nb.layer_norm_backward(dev, dev, 3, None, None, out=None)
+    assert result[0] == "cuda" and result[1][:3] == (dev, dev, 3)
+    with pytest.raises(TypeError, match="batch_norm_backward has no CUDA implementation"):
+        nb.batch_norm_backward(dev, dev, None, None)
+
+
+def test_host_x_with_a_device_gradient_is_a_clear_error(rng):
+    x = rng.standard_normal((4, 3))
+    with pytest.raises(TypeError, match="grad_out is a CUDA array"):
+        nb.batch_norm_backward(_FakeDeviceArray(), x, np.zeros(3), np.ones(3))
+    with pytest.raises(TypeError, match="mean is a CUDA array"):
+        nb.layer_norm_backward(x, x, 3, _FakeDeviceArray(), np.ones(4))
