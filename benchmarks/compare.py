@@ -8,6 +8,9 @@ So for every case (``group``) and checked peer, this compares
 
     normalized = copy_time / peer_time        (= peer GB/s / copy GB/s; 1.0 = at the roofline)
 
+(for an op that moves k x-sized arrays instead of 2, this is k/2 times its fraction of the
+roofline: a constant factor that cancels against the baseline)
+
 and fails (exit 1) when ``current < baseline * (1 - tolerance)``. Default tolerance: 0.30, i.e. a
 drop of more than 30% of the normalized throughput; improvements never fail. Cases or peers that
 only one file has are listed and ignored; exit 2 if nothing could be compared at all.

@@ -18,11 +18,11 @@ JSON format ``numbanorm-bench/1``::
                 "threads": int, "budget_s": float, "stat": "median" | "min"},
      "missing_peers": {peer: reason},               # peers not installed here
      "results": [{"group": "op|layout|shape", "op", "layout", "shape": [logical dims, NCHW for BN],
-                  "bytes": int,                      # x.nbytes + y.nbytes
+                  "bytes": int,                      # x.nbytes + y.nbytes (copy moves the same)
                   "peers": {peer: {"median_s", "min_s", "max_s", "repeats", "inner_loops",
                                    "time_s",         # median_s or min_s, as config.stat says
                                    "gbps",           # bytes / time_s / 1e9
-                                   "roofline_fraction",  # copy time_s / this time_s
+                                   "roofline_fraction",  # gbps / copy's gbps
                                    "rel_l2_error"}   # vs the float64 reference
                                 | {"skipped": reason} | {"error": message}}}]}
 

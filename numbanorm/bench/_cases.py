@@ -5,12 +5,15 @@ A *case* is one op on one layout and shape. A *peer* is one implementation of it
 registered per op in :data:`IMPLS` (numbagg's ``COMPARISONS`` pattern): a setup function builds
 everything a peer needs (tensors, ONNX sessions, output buffers) and returns a :class:`Prepared`
 whose ``run`` is the only thing timed. New ops (backward) and peers (GPU) are new entries:
-add an :class:`OpSpec` to :data:`OPS` and ``@register(peer, op)`` setups.
+add an :class:`OpSpec` to :data:`OPS` (its ``traffic`` says how many x-sized arrays an ideal
+kernel moves, e.g. 3 for a backward reading x and dy and writing dx), a ``reference`` branch, and
+``@register(peer, op)`` setups; a GPU peer's ``run`` must synchronize before it returns, and its
+availability check goes in :func:`availability`.
 
 The ``copy`` peer is the roofline: ``np.copyto`` of the same bytes in the same run. Every peer is
-credited with the same traffic, ``bytes = x.nbytes + y.nbytes`` (read the input once, write the
-output once; the few parameter bytes are left out), so GB/s is effective bandwidth and the
-fraction of the roofline is simply ``t_copy / t_peer``.
+credited with the same traffic, ``bytes = x.nbytes + y.nbytes`` for a forward (read the input
+once, write the output once; the few parameter bytes are left out), so GB/s is effective
+bandwidth and, as copy moves the same bytes, the fraction of the roofline is ``t_copy / t_peer``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,12 @@ class Case:
 
     @property
     def nbytes(self) -> int:
-        """Bytes read + written by an ideal float32 kernel: x once, y once."""
+        """Bytes read + written by an ideal float32 kernel (forward: x once, y once)."""
+        return OPS[self.op].traffic * 4 * int(np.prod(self.shape))
+
+    @property
+    def copy_nbytes(self) -> int:
+        """Bytes the ``copy`` roofline moves: x read once, written once."""
         return 2 * 4 * int(np.prod(self.shape))
 
     def smoke(self) -> Case:
@@ -82,6 +90,7 @@ class OpSpec:
     shapes: tuple[tuple[int, ...], ...]
     quick: tuple[tuple[int, ...], ...]
     training: bool = False
+    traffic: int = 2  # x-sized arrays an ideal kernel reads + writes
 
 
 _LN_SHAPES = ((32, 512, 768), (8, 128, 1024), (64, 196, 384), (4, 4096, 4096), (1, 16, 768))
@@ -174,8 +183,9 @@ def rel_l2(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(a - ref) / (denom or 1.0))
 
 
-#: Agreement bound for a float32 peer against the float64 reference (relative L2 error).
-AGREE_TOL = 1e-5
+#: Agreement bound for a float32 peer against the float64 reference (relative L2 error). Loose:
+#: float32 peers summing 400k values per channel reach ~4e-5; accuracy itself is tested in tests/.
+AGREE_TOL = 1e-4
 
 
 # ---------------------------------------------------------------------------------- peers

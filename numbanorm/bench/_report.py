@@ -90,6 +90,7 @@ def print_table(report: dict, console: Any = None) -> None:
         for line in [header, *rows]:
             cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
             print("  ".join(cells))
+        print(legend(report))
     else:
         tab = Table(title="numbanorm forward benchmarks", caption=legend(report), caption_justify="left")
         for i, h in enumerate(header):
