@@ -17,7 +17,6 @@ def _run(tmp_path, *args):
 
 
 def test_report_files_and_format(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     out, report = _run(tmp_path, "--ops", "layer_norm", "--threads", "1")
     assert report["format"] == "numbanorm-bench/1"
     assert report["config"]["threads"] == report["machine"]["threads"] == 1
@@ -30,7 +29,12 @@ def test_report_files_and_format(tmp_path, capsys):
         assert nb["gbps"] == pytest.approx(res["bytes"] / nb["time_s"] / 1e9)
         assert nb["roofline_fraction"] == pytest.approx(copy["time_s"] / nb["time_s"])
         assert nb["min_s"] <= nb["median_s"] <= nb["max_s"] and nb["repeats"] >= 3
-    assert (out / "bench.png").stat().st_size > 1000
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "bench.png").exists()
+    else:
+        assert (out / "bench.png").stat().st_size > 1000
     md = (out / "bench.md").read_text()
     assert md.count("\n| `") == len(groups) and "nb/copy" in md
     printed = capsys.readouterr().out

@@ -143,4 +143,12 @@ def plot(report: dict, path: Path) -> str | None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    try:  # a 64-colour palette keeps the PNG small enough to commit (Pillow comes with matplotlib)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            small = img.convert("RGB").quantize(colors=64)
+        small.save(path, optimize=True)
+    except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
+        pass
     return None
