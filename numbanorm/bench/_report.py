@@ -73,7 +73,9 @@ def markdown(report: dict) -> str:
     header, rows = table(report)
     right = ["---"] + ["---:"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(right) + " |"]
-    lines += ["| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(row)) + " |" for row in rows]
+    # GitHub splits table cells at every "|", even inside code spans, unless escaped.
+    lines += ["| " + " | ".join(f"`{c.replace('|', chr(92) + '|')}`" if i == 0 else c for i, c in enumerate(row)) + " |"
+              for row in rows]
     lines += ["", legend(report)]
     lines += [f"- {n}" for n in notes(report)]
     return "\n".join(lines) + "\n"
