@@ -61,6 +61,13 @@ def _setup(op, shape, axis):
     return peers, ours, run_torch, to_ours
 
 
+def _group(op: str, layout: str, shape: tuple[int, ...]) -> str:
+    """``op|layout|NxCxHxW`` like the shared grid: BN shapes in logical NCHW order."""
+    if layout == "NHWC":
+        shape = (shape[0], shape[-1], *shape[1:-1])
+    return f"{op}|{layout}|{'x'.join(map(str, shape))}"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _same_threads():
     torch.set_num_threads(numba.get_num_threads())
@@ -73,7 +80,7 @@ def test_backward(benchmark, request, op, impl):
     disabled = request.config.getoption("benchmark_disable", default=False)
     shape = small if disabled else full
     peers, ours, run_torch, to_ours = _setup(op, shape, axis)
-    benchmark.group = f"{op}|{layout}|{shape}"
+    benchmark.group = _group(op, layout, shape)
     benchmark.extra_info["peer"] = impl
     if disabled:  # smoke: the peers must agree
         for mine, theirs in zip(ours(), run_torch(), strict=True):
@@ -97,7 +104,7 @@ def _interleaved_ratios(reps: int = 40) -> None:
                 fn()
                 best[name] = min(best[name], time.perf_counter() - t0)
         times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in best.items())
-        print(f"{op}|{layout}|{full}: {times}; numbanorm/torch {best['numbanorm'] / best['torch']:.2f}, "
+        print(f"{_group(op, layout, full)}: {times}; numbanorm/torch {best['numbanorm'] / best['torch']:.2f}, "
               f"numbanorm-out/torch {best['numbanorm-out'] / best['torch']:.2f}")
 
 
