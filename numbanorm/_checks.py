@@ -9,16 +9,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Floating dtypes the kernels accept.
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._halfio import is_bfloat16, is_half
+
+#: Floating dtypes the kernels accept; ml_dtypes' bfloat16 is accepted too (see ``is_supported``).
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_supported(dtype: np.dtype) -> bool:
+    return dtype in SUPPORTED_DTYPES or is_bfloat16(dtype)
 
 
 def as_float_array(x: object, name: str = "x") -> np.ndarray:
     """``x`` as an ndarray of a supported floating dtype (array-likes are converted)."""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
-    if arr.dtype not in SUPPORTED_DTYPES:
+    if not is_supported(arr.dtype):
         raise TypeError(
-            f"{name} must have dtype float32 or float64, got {arr.dtype}"
+            f"{name} must have dtype float16, bfloat16, float32 or float64, got {arr.dtype}"
             + (" (integer, bool and complex inputs are not normalized)" if arr.dtype.kind in "biuc" else "")
         )
     return arr
@@ -72,12 +78,17 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
 
 def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
     """An optional parameter (weight, bias) with exactly ``shape`` and ``dtype``, as a flat
-    contiguous array, or None."""
+    contiguous array, or None. For half ``dtype`` a float32 parameter is accepted too (mixed
+    precision, as torch allows), and either is returned as float32 for the kernels."""
     if p is None:
         return None
     arr = p if isinstance(p, np.ndarray) else np.asarray(p)
     if arr.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if is_half(dtype):
+        if arr.dtype != dtype and arr.dtype != np.float32:
+            raise TypeError(f"{name} must have dtype {dtype} (the dtype of x) or float32, got {arr.dtype}")
+        return np.ascontiguousarray(arr, np.float32).reshape(-1)
     if arr.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {arr.dtype}")
     return np.ascontiguousarray(arr).reshape(-1)
