@@ -106,20 +106,23 @@ def check_running_stat(p: object, name: str, num_channels: int, dtype: np.dtype,
     return p
 
 
-def check_out(out: object, x: np.ndarray) -> np.ndarray | None:
+def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x") -> np.ndarray | None:
     """``out`` must match ``x`` in shape and dtype, be writeable, and be ``x`` itself or not
     overlap it (a partial overlap would overwrite input that is still to be read)."""
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != x.shape:
-        raise ValueError(f"out must have the shape of x, {x.shape}, got {out.shape}")
+        raise ValueError(f"{name} must have the shape of {x_name}, {x.shape}, got {out.shape}")
     if out.dtype != x.dtype:
-        raise TypeError(f"out must have the dtype of x, {x.dtype}, got {out.dtype}")
+        raise TypeError(f"{name} must have the dtype of {x_name}, {x.dtype}, got {out.dtype}")
     if not out.flags.writeable:
-        raise ValueError("out must be writeable")
+        raise ValueError(f"{name} must be writeable")
     same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
     if not same and np.shares_memory(out, x):
-        raise ValueError("out overlaps x without being x itself; pass out=x for in place, or a separate array")
+        raise ValueError(
+            f"{name} overlaps {x_name} without being {x_name} itself; pass {name}={x_name} for in place, "
+            "or a separate array"
+        )
     return out
