@@ -186,9 +186,14 @@ def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: Arr
     like torch's ``transpose=True``). Computed in float64, returned in ``weight``'s dtype.
     """
     weight = as_float_array(weight, "weight")
-    axis = check_channel_axis(out_axis, weight.ndim) if weight.ndim else 0
     if weight.ndim == 0:
         raise ValueError("weight must have at least 1 dim (the output channels)")
+    if isinstance(out_axis, bool) or not isinstance(out_axis, numbers.Integral):
+        raise TypeError(f"out_axis must be an int, got {type(out_axis).__name__}")
+    if not -weight.ndim <= out_axis < weight.ndim:
+        raise ValueError(f"out_axis must be in [{-weight.ndim}, {weight.ndim - 1}] for a {weight.ndim}-D weight, "
+                         f"got {out_axis}")
+    axis = int(out_axis) % weight.ndim
     C = weight.shape[axis]
     dt = weight.dtype
     rm = _fold_vector(running_mean, "running_mean", C, None)
