@@ -27,7 +27,7 @@ from ._engine import (
     layer_norm_rows,
     plan_tasks,
 )
-from ._halfio import load, store
+from ._halfio import compute, load, store
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,8 +154,9 @@ def rms_norm_rows(x2, r0, r1, weight, eps, out2, rstd_out):
             ss += v * v
         rstd = 1.0 / math.sqrt(ss / D + eps)
         dst = out2[r]
+        rstd_c = compute(rstd, row)
         for j in range(D):
-            v = load(row[j]) * rstd
+            v = load(row[j]) * rstd_c
             if weight is not None:
                 v *= weight[j]
             dst[j] = store(v, dst)

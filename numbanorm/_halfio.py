@@ -234,6 +234,14 @@ def store(v, dst):
     return v
 
 
+def compute(v, a):
+    """A row constant in the precision of a product-only elementwise loop over ``a`` (RMSNorm's
+    ``x * rstd * w``): unchanged (float64) for float arrays, float32 for half views, where a few
+    float32 roundings of a product stay far below half an ulp of the half result and the loop
+    runs 8 lanes wide. Not for ``+ bias`` loops: near cancellation float32 would cost ulps."""
+    return v
+
+
 @overload(load)
 def _load_impl(v):
     if isinstance(v, types.Float):
@@ -242,6 +250,15 @@ def _load_impl(v):
         return lambda v: f16_bits_to_f32(v)
     if v == types.int16:
         return lambda v: bf16_bits_to_f32(v)
+    return None
+
+
+@overload(compute)
+def _compute_impl(v, a):
+    if isinstance(a.dtype, types.Float):
+        return lambda v, a: v
+    if a.dtype in (types.uint16, types.int16):
+        return lambda v, a: np.float32(v)
     return None
 
 

@@ -68,7 +68,7 @@ GN_CASES = [
     ((5, 6), 3),  # no spatial dims
     ((2, 12, 3, 4, 5), 6),
     ((1, 8, 67, 129), 4),  # one large sample: it is cut into several parallel tasks
-    ((40, 4, 13, 11), 1),  # many samples: whole samples per task
+    ((40, 4, 23, 21), 1),  # many samples: whole samples per task
 ]
 
 
