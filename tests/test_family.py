@@ -177,8 +177,10 @@ def test_add_layer_norm_equals_unfused(rng, dtype, shape, k):
     ry, _, _ = layer_norm_ref(x + r, shape[-k:], w, b)
     assert rel_l2(y, ry) <= _tol(dtype)
     np.testing.assert_array_equal(y, nb.layer_norm(x + r, shape[-k:], w, b))
-    ty = F.layer_norm(_t(x) + _t(r), shape[-k:], _t(w), _t(b)).numpy()
-    assert rel_l2(y, ty) <= _tol(dtype, 10)
+    # torch's semantics (sum rounded in the dtype, then LN), evaluated in float64: at this offset
+    # (|mean| / std ~ 200) torch's own float32 LN is off by ~1e-5, so it is no float32 oracle.
+    ty = F.layer_norm((_t(x) + _t(r)).double(), shape[-k:], _t(w).double(), _t(b).double()).numpy()
+    assert rel_l2(y, ty) <= _tol(dtype)
 
 
 def test_add_layer_norm_in_place_and_noncontiguous(rng):
