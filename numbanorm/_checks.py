@@ -79,7 +79,7 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
 def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
     """An optional parameter (weight, bias) with exactly ``shape`` and ``dtype``, as a flat
     contiguous array, or None. For half ``dtype`` a float32 parameter is accepted too (mixed
-    precision, as torch allows), and either is returned as float32 for the kernels."""
+    precision, as torch allows), and either is returned as float64 for the kernels."""
     if p is None:
         return None
     arr = p if isinstance(p, np.ndarray) else np.asarray(p)
@@ -88,7 +88,7 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -
     if is_half(dtype):
         if arr.dtype != dtype and arr.dtype != np.float32:
             raise TypeError(f"{name} must have dtype {dtype} (the dtype of x) or float32, got {arr.dtype}")
-        return np.ascontiguousarray(arr, np.float32).reshape(-1)
+        return np.ascontiguousarray(arr, np.float64).reshape(-1)  # the kernels compute in float64
     if arr.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {arr.dtype}")
     return np.ascontiguousarray(arr).reshape(-1)
