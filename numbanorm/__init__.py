@@ -2,6 +2,10 @@
 
 from .family import add_layer_norm, fold_batch_norm, group_norm, instance_norm, rms_norm
 from .functional import batch_norm, layer_norm
+from .moments import MOMENTS_DTYPE, Moments, merge_moments, moments, standardize
 
-__all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm"]
+__all__ = [
+    "batch_norm", "layer_norm", "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize",
+    "rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm",
+]
 __version__ = "0.1.0"

@@ -9,10 +9,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._device import is_device_array
 from ._halfio import is_bfloat16, is_half
 
 #: Floating dtypes the kernels accept; ml_dtypes' bfloat16 is accepted too (see ``is_supported``).
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: What the host functions accept, for messages ("bfloat16" needs no ml_dtypes import).
+_HOST_DTYPES = (np.dtype(np.float16), "bfloat16", np.dtype(np.float32), np.dtype(np.float64))
 
 
 def is_supported(dtype: np.dtype) -> bool:
@@ -23,11 +26,30 @@ def as_float_array(x: object, name: str = "x") -> np.ndarray:
     """``x`` as an ndarray of a supported floating dtype (array-likes are converted)."""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not is_supported(arr.dtype):
-        raise TypeError(
-            f"{name} must have dtype float16, bfloat16, float32 or float64, got {arr.dtype}"
-            + (" (integer, bool and complex inputs are not normalized)" if arr.dtype.kind in "biuc" else "")
-        )
+        check_float_dtype(arr.dtype, name, _HOST_DTYPES)
     return arr
+
+
+def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
+    """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
+    if dtype in supported:
+        return
+    names = [str(d) for d in supported]
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        kind = ""
+    raise TypeError(
+        f"{name} must have dtype {', '.join(names[:-1])} or {names[-1]}, got {dtype}"
+        + (" (integer, bool and complex inputs are not normalized)" if kind in "biuc" and kind else "")
+    )
+
+
+def reject_device(p: object, name: str) -> None:
+    """A host call got a GPU array for ``name``: say so instead of a confusing conversion error."""
+    if is_device_array(p):
+        raise TypeError(f"{name} is a CUDA array but x is a host array; host and device arrays cannot be "
+                        "mixed (pass NumPy arrays, or put x on the GPU too)")
 
 
 def check_eps(eps: object) -> float:
@@ -82,22 +104,31 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -
     precision, as torch allows), and either is returned as float64 for the kernels."""
     if p is None:
         return None
+    reject_device(p, name)
     arr = p if isinstance(p, np.ndarray) else np.asarray(p)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
     if is_half(dtype):
+        # Mixed precision, as torch allows: float32 parameters with half x.
+        check_shape_dtype(name, arr.shape, arr.dtype, shape, arr.dtype)
         if arr.dtype != dtype and arr.dtype != np.float32:
             raise TypeError(f"{name} must have dtype {dtype} (the dtype of x) or float32, got {arr.dtype}")
         return np.ascontiguousarray(arr, np.float64).reshape(-1)  # the kernels compute in float64
-    if arr.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {arr.dtype}")
+    check_shape_dtype(name, arr.shape, arr.dtype, shape, dtype)
     return np.ascontiguousarray(arr).reshape(-1)
+
+
+def check_shape_dtype(name: str, got_shape: tuple, got_dtype: object, shape: tuple, dtype: object) -> None:
+    """Shape then dtype of a parameter; metadata only, so device arrays are checked in place."""
+    if tuple(got_shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(got_shape)}")
+    if got_dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {got_dtype}")
 
 
 def check_running_stat(p: object, name: str, num_channels: int, dtype: np.dtype, will_update: bool):
     """A running statistic: an ndarray of shape (C,) and x's dtype, writeable if updated."""
     if p is None:
         return None
+    reject_device(p, name)
     if not isinstance(p, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of shape ({num_channels},), got {type(p).__name__}")
     check_param(p, name, (num_channels,), dtype)
@@ -111,6 +142,7 @@ def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x
     overlap it (a partial overlap would overwrite input that is still to be read)."""
     if out is None:
         return None
+    reject_device(out, name)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != x.shape:
@@ -126,3 +158,43 @@ def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x
             "or a separate array"
         )
     return out
+
+
+def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """``axis`` (None: all, an int, or a sequence of ints) as sorted, distinct, non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    items = (axis,) if isinstance(axis, numbers.Integral) else axis
+    if isinstance(axis, bool) or not isinstance(items, Sequence) or not all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in items
+    ):
+        raise TypeError(f"{name} must be None, an int or a tuple of ints, got {axis!r}")
+    axes = []
+    for a in items:
+        if not -ndim <= int(a) < ndim:
+            raise ValueError(f"{name} entries must be in [{-ndim}, {ndim - 1}] for a {ndim}-D input, got {int(a)}")
+        axes.append(int(a) % ndim)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{name} must not repeat an axis, got {axis!r}")
+    return tuple(sorted(axes))
+
+
+def check_stats(stats: object, num_channels: int):
+    """Externally computed statistics for batch_norm: a ``Moments`` of shape (C,) with a
+    positive count per channel."""
+    from .moments import Moments  # local import: moments.py imports this module
+
+    if not isinstance(stats, Moments):
+        raise TypeError(f"stats must be a numbanorm.Moments, got {type(stats).__name__}")
+    if stats.shape != (num_channels,):
+        raise ValueError(f"stats must have shape ({num_channels},) (one entry per channel), got {stats.shape}")
+    if any(f.dtype != np.float64 for f in stats):
+        raise TypeError("stats fields (count, mean, m2) must be float64 arrays; build it with numbanorm.Moments(...)")
+    if num_channels and not np.all(stats.count > 0):
+        raise ValueError("stats.count must be positive for every channel (statistics of no data cannot normalize)")
+    return stats
+def check_out_shape_dtype(out_shape: tuple, out_dtype: object, x_shape: tuple, x_dtype: object) -> None:
+    if tuple(out_shape) != tuple(x_shape):
+        raise ValueError(f"out must have the shape of x, {tuple(x_shape)}, got {tuple(out_shape)}")
+    if out_dtype != x_dtype:
+        raise TypeError(f"out must have the dtype of x, {x_dtype}, got {out_dtype}")

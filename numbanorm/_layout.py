@@ -72,3 +72,40 @@ def rows_view(a: np.ndarray, k: int) -> np.ndarray:
     """``(rows, D)`` C-contiguous view over the last ``k`` dims, copying only if needed."""
     rows = math.prod(a.shape[: a.ndim - k])
     return np.ascontiguousarray(a).reshape(rows, math.prod(a.shape[a.ndim - k :]))
+
+
+def reduction_view(a: np.ndarray, keep: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """``(outer, C, inner)`` C-contiguous view of ``a`` whose ``C`` enumerates the kept axes
+    ``keep`` (sorted, C order) and whose ``outer``/``inner`` hold the reduced axes.
+
+    Kept axes that form one block of a C-contiguous array give a copy-free view (BN's channel,
+    LN's leading rows, column statistics of an ``(N, F)`` table). Otherwise the kept axes are
+    moved last (``moved=True``: the view is ``(R, C, 1)`` over ``np.moveaxis(a, keep, last)``),
+    copying only when that is not contiguous either.
+    """
+    ndim, k = a.ndim, len(keep)
+    lo, hi = (keep[0], keep[-1] + 1) if keep else (0, 0)
+    block = hi - lo == k
+    C = math.prod(a.shape[i] for i in keep)
+    if block and a.flags.c_contiguous:
+        return a.reshape(math.prod(a.shape[:lo]), C, math.prod(a.shape[hi:])), False
+    moved = np.moveaxis(a, keep, tuple(range(ndim - k, ndim)))
+    if not moved.flags.c_contiguous:
+        if block:
+            return reduction_view(np.ascontiguousarray(a), keep)
+        moved = np.ascontiguousarray(moved)
+    return moved.reshape(math.prod(moved.shape[: ndim - k]), C, 1), True
+
+
+def reduction_output(a: np.ndarray, keep: tuple[int, ...], moved: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(result shaped like ``a``, the 3-D view of it that matches ``reduction_view(a, keep)``)."""
+    ndim, k = a.ndim, len(keep)
+    last = tuple(range(ndim - k, ndim))
+    if not moved:
+        result = np.empty(a.shape, a.dtype)
+        lo, hi = (keep[0], keep[-1] + 1) if keep else (0, 0)
+        shape3 = (math.prod(a.shape[:lo]), math.prod(a.shape[lo:hi]), math.prod(a.shape[hi:]))
+        return result, result.reshape(shape3)
+    scratch = np.empty(np.moveaxis(a, keep, last).shape, a.dtype)
+    C = math.prod(scratch.shape[ndim - k :])
+    return np.moveaxis(scratch, last, keep), scratch.reshape(math.prod(scratch.shape[: ndim - k]), C, 1)

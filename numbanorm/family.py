@@ -38,7 +38,7 @@ def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayL
     input, float32's otherwise (half inputs are computed in float32 or wider by torch too).
     """
     if is_device_array(x):
-        return backend().rms_norm(x, normalized_shape, weight, eps, out=out)
+        return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
     x = as_float_array(x)
     shape = check_normalized_shape(normalized_shape, x.shape)
     weight = check_param(weight, "weight", shape, x.dtype)
@@ -63,7 +63,7 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
     not overlap them partially nor each other.
     """
     if is_device_array(x):
-        return backend().add_layer_norm(x, residual, normalized_shape, weight, bias, eps, out=out,
+        return _device_op("add_layer_norm")(x, residual, normalized_shape, weight, bias, eps, out=out,
                                         residual_out=residual_out)
     x = as_float_array(x)
     residual = as_float_array(residual, "residual")
@@ -103,7 +103,7 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``(N, num_groups)``.
     """
     if is_device_array(x):
-        return backend().group_norm(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
+        return _device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
                                     return_stats=return_stats)
     x = as_float_array(x)
     axis = _check_sample_layout(x, channel_axis, "group_norm")
@@ -141,7 +141,7 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
     normalizes with the running stats (that is BatchNorm in eval mode).
     """
     if is_device_array(x):
-        return backend().instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+        return _device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
                                        eps, channel_axis=channel_axis, out=out)
     x = as_float_array(x)
     axis = _check_sample_layout(x, channel_axis, "instance_norm")
@@ -213,6 +213,14 @@ def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: Arr
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+def _device_op(name: str):
+    """The CUDA backend's ``name``, or a clear error while the backend has no such kernel."""
+    op = getattr(backend(), name, None)
+    if op is None:
+        raise TypeError(f"{name} has no CUDA implementation yet; pass a NumPy array (host memory)")
+    return op
+
+
 def _grouped_norm(x4, G, weight, bias, eps, target4):
     """Per-(n, c) moments, merged into G groups per sample, then the per-channel affine.
     Returns (count per channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G))."""

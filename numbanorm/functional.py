@@ -75,14 +75,22 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
+               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False, stats=None):
     """Batch normalization per channel, as ``F.batch_norm`` (``channel_axis=-1``: channels-last).
 
     ``training=True`` normalizes with the batch statistics (biased variance) and, when running
     stats are given, updates them in place: ``r = (1 - momentum) * r + momentum * batch`` with the
     unbiased batch variance. ``training=False`` uses the running stats. With
     ``return_stats=True`` returns ``(y, mean, invstd)`` for the statistics actually used.
+    ``stats``: a ``numbanorm.Moments`` of shape (C,) (e.g. merged across workers) used instead of
+    the batch's or running statistics; training then updates running stats from it.
     """
+    if stats is not None:  # externally combined statistics (SyncBatchNorm): see moments.py
+        from .moments import batch_norm_with_stats
+        if is_device_array(x):
+            raise TypeError("stats= is supported for NumPy arrays only, not CUDA arrays")
+        return batch_norm_with_stats(x, stats, running_mean, running_var, weight, bias, training, momentum,
+                                     eps, channel_axis, out, return_stats)
     if is_device_array(x):
         return backend().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)

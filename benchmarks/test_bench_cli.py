@@ -1,0 +1,61 @@
+"""``python -m numbanorm.bench`` on tiny shapes: outputs, format, and no crash without optional peers."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from numbanorm.bench import _cases, main
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "out"
+    assert main(["--smoke", "--budget", "0", "--out", str(out), *args]) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_report_files_and_format(tmp_path, capsys):
+    out, report = _run(tmp_path, "--ops", "layer_norm", "--threads", "1")
+    assert report["format"] == "numbanorm-bench/1"
+    assert report["config"]["threads"] == report["machine"]["threads"] == 1
+    assert report["machine"]["versions"]["numba"] and report["machine"]["cores"] >= 1
+    groups = [r["group"] for r in report["results"]]
+    assert groups == [c.group for c in _cases.grid("smoke", ("layer_norm",))]
+    for res in report["results"]:
+        nb, copy = res["peers"]["numbanorm"], res["peers"]["copy"]
+        assert nb["rel_l2_error"] <= _cases.AGREE_TOL
+        assert nb["gbps"] == pytest.approx(res["bytes"] / nb["time_s"] / 1e9)
+        assert nb["roofline_fraction"] == pytest.approx(copy["time_s"] / nb["time_s"])
+        assert nb["min_s"] <= nb["median_s"] <= nb["max_s"] and nb["repeats"] >= 3
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "bench.png").exists()
+    else:
+        assert (out / "bench.png").stat().st_size > 1000
+    md = (out / "bench.md").read_text()
+    assert md.count("\n| `") == len(groups) and "nb/copy" in md
+    printed = capsys.readouterr().out
+    assert "layer_norm|NLC|3x29x768" in printed
+
+
+def test_runtime_dependencies_only(tmp_path, monkeypatch, capsys):
+    # None in sys.modules makes `import x` (and `import x.y`) fail, as if x were not installed.
+    blocked = ("torch", "onnxruntime", "onnx", "matplotlib", "rich")
+    for name in [m for m in sys.modules if m.split(".")[0] in blocked] + list(blocked):
+        monkeypatch.setitem(sys.modules, name, None)
+    out, report = _run(tmp_path, "--ops", "batch_norm_train")
+    assert set(report["missing_peers"]) == {"torch", "onnxruntime"}
+    assert all(set(r["peers"]) == {"numbanorm", "numbanorm-out", "numpy", "copy"} for r in report["results"])
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("case"))
+    assert "torch" not in header and "ORT" not in header and "vs NumPy" in header
+    assert "note: torch: not run" in printed and "no plot" in printed
+    assert not (out / "bench.png").exists()
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    assert main(["--ops", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["--peers", "numbanorm,nope", "--out", str(tmp_path)]) == 2

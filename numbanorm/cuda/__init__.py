@@ -1,0 +1,41 @@
+"""The numba.cuda backend: the public ops on GPU arrays (numba device arrays, CuPy, torch).
+
+Imported lazily by ``numbanorm._device.backend()`` when a CUDA array arrives; importing
+numbanorm itself never imports numba.cuda. Layout:
+
+* ``_kernels.py``: the kernels (built per dtype by cached factories) and reductions;
+* ``_arrays.py``: array interop, zero-copy flat views, allocation of the caller's kind;
+* ``_launch.py``: stream selection and the cache of configured launches;
+* ``_functional.py``: argument checks (shared with the CPU path) and the host-side drivers.
+
+Backward ops will add ``layer_norm_backward``/``batch_norm_backward`` drivers to
+``_functional.py`` and their kernels to ``_kernels.py``.
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import cuda
+
+from ._compat import patch_row_stack
+
+if not numba.config.ENABLE_CUDASIM:  # pragma: no cover - hardware only
+    patch_row_stack()
+
+from ._functional import batch_norm, layer_norm  # noqa: E402
+
+__all__ = ["batch_norm", "layer_norm", "require_gpu"]
+
+_CHECKED: list = []
+
+
+def require_gpu() -> None:
+    """Raise a clear error when no usable CUDA device/driver is present (checked once)."""
+    if _CHECKED:
+        return
+    if not cuda.is_available():
+        raise RuntimeError(
+            "numbanorm got a CUDA array but numba.cuda finds no usable GPU (driver missing or too "
+            "old, or no device visible); run numba -s to diagnose, or pass NumPy arrays"
+        )
+    _CHECKED.append(True)

@@ -1,0 +1,338 @@
+"""GPU array interop: read numba / CuPy / torch / any ``__cuda_array_interface__`` array
+without copying, hand the kernels flat numba arrays, and allocate outputs of the caller's kind.
+
+Why not ``cuda.as_cuda_array``: it parses the interface dict, creates an external stream object
+and, with ``NUMBA_CUDA_ARRAY_INTERFACE_SYNC=1`` (the default), synchronizes the producer's
+stream on every call. Here torch and CuPy arrays are read through their own cheap attributes
+(``data_ptr()``/``stride()``, ``.data.ptr``/``.strides``), the kernels run on the producer's
+*current* stream (so no synchronization is needed for ordering), and one flat
+``DeviceNDArray`` is built directly over the pointer. torch bfloat16 tensors are passed as
+int16 bits (``__cuda_array_interface__`` has no bfloat16).
+
+Under the simulator (NUMBA_ENABLE_CUDASIM=1) only numba's (fake) device arrays exist; they
+wrap NumPy arrays, and views are NumPy views.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numba import cuda
+
+from .._layout import split_shape
+from ._kernels import SIM
+
+#: dtypes the CUDA kernels read and write (bfloat16 only through torch tensors).
+DEVICE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_TORCH_FLOATS = {"torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float32": "float32",
+                 "torch.float64": "float64"}
+
+
+class DevArray:
+    """One GPU array argument: its owner object and kind, and its memory geometry."""
+
+    __slots__ = ("obj", "kind", "dtype", "shape", "strides", "itemsize", "ptr", "readonly")
+
+    def __init__(self, obj, kind, dtype, shape, strides, itemsize, ptr, readonly=False):
+        self.obj = obj
+        self.kind = kind          # "numba", "torch", "cupy" or "cai" (any other interface)
+        self.dtype = dtype        # a name from DEVICE_DTYPES (or another dtype's name)
+        self.shape = tuple(shape)
+        self.strides = tuple(strides)  # bytes
+        self.itemsize = itemsize
+        self.ptr = ptr
+        self.readonly = readonly
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def memory_order(self, axis: int) -> str | None:
+        """"c" for C-contiguous, "moved" when moving ``axis`` last is C-contiguous (an NCHW
+        array stored channels-last), else None."""
+        if _dense(self.shape, self.strides, self.itemsize):
+            return "c"
+        moved = _moveaxis(self.shape, axis), _moveaxis(self.strides, axis)
+        return "moved" if _dense(*moved, self.itemsize) else None
+
+    def extent(self) -> tuple[int, int]:
+        lo = hi = self.ptr
+        for n, s in zip(self.shape, self.strides, strict=True):
+            if n == 0:
+                return self.ptr, self.ptr
+            lo += min(0, s * (n - 1))
+            hi += max(0, s * (n - 1))
+        return lo, hi + self.itemsize
+
+
+def _moveaxis(t, axis):
+    return t[:axis] + t[axis + 1 :] + (t[axis],)
+
+
+def _dense(shape, strides, itemsize) -> bool:
+    expected = itemsize
+    for n, s in zip(reversed(shape), reversed(strides), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _c_strides(shape, itemsize):
+    strides, acc = [], itemsize
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def kind_of(obj) -> str:
+    if getattr(obj, "__cuda_ndarray__", False):
+        return "numba"
+    module = type(obj).__module__
+    if module.startswith("torch"):
+        return "torch"
+    if module.startswith("cupy"):
+        return "cupy"
+    return "cai"
+
+
+def wrap(obj, name: str) -> DevArray:
+    """Describe a GPU array; TypeError for a host array."""
+    if isinstance(obj, DevArray):
+        return obj
+    kind = kind_of(obj)
+    if kind == "numba":
+        if SIM:
+            a = obj._ary
+            dev = DevArray(obj, kind, a.dtype.name, a.shape, a.strides, a.itemsize, a.ctypes.data)
+        else:  # pragma: no cover - hardware only
+            dev = DevArray(obj, kind, obj.dtype.name, obj.shape, obj.strides, obj.dtype.itemsize,
+                           obj.device_ctypes_pointer.value or 0)
+    elif kind == "torch":
+        if not getattr(obj, "is_cuda", False):
+            raise TypeError(f"{name} is a torch tensor on {obj.device}, but x is a CUDA array; "
+                            "host and device arrays cannot be mixed")
+        dtype = _TORCH_FLOATS.get(str(obj.dtype), str(obj.dtype).replace("torch.", ""))
+        item = obj.element_size()
+        dev = DevArray(obj, kind, dtype, obj.shape, tuple(s * item for s in obj.stride()), item, obj.data_ptr())
+    elif kind == "cupy":
+        dev = DevArray(obj, kind, obj.dtype.name, obj.shape, obj.strides, obj.dtype.itemsize, obj.data.ptr)
+    else:
+        desc = getattr(obj, "__cuda_array_interface__", None)
+        if desc is None:
+            raise TypeError(f"{name} is a {type(obj).__name__}, not a CUDA array, but x is a CUDA array; "
+                            "host and device arrays cannot be mixed (pass GPU arrays for every argument)")
+        dt = np.dtype(desc["typestr"])
+        shape = tuple(desc["shape"])
+        strides = desc.get("strides") or _c_strides(shape, dt.itemsize)
+        ptr, readonly = desc["data"]
+        dev = DevArray(obj, kind, dt.name, shape, strides, dt.itemsize, ptr or 0, bool(readonly))
+    return dev
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel arguments: flat 1-D numba arrays over the memory
+# --------------------------------------------------------------------------------------------
+def _kernel_dtype(dtype: str):
+    return np.dtype(np.int16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+if SIM:
+
+    def flat(dev: DevArray):
+        """The memory of a dense array as a flat array (bfloat16 as int16 bits)."""
+        a = dev.obj._ary
+        if not a.flags.c_contiguous:
+            a = a.transpose(sorted(range(a.ndim), key=lambda k: -a.strides[k] if a.shape[k] > 1 else 0))
+        view = a.reshape(-1)
+        assert view.size == 0 or np.shares_memory(view, dev.obj._ary), "flat() must not copy"
+        return _FakeFlat(view)
+
+    def _FakeFlat(a):
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(a)
+
+else:  # pragma: no cover - hardware only
+    from typing import NamedTuple
+
+    from numba.cuda.cudadrv import devicearray as _devicearray
+    from numba.cuda.cudadrv import driver as _driver
+
+    _CTX = []
+
+    class Flat(NamedTuple):
+        """A dense array's memory as a flat kernel argument: raw pointer and size, plus the
+        owner that keeps the memory alive until the launch is queued."""
+
+        ptr: int
+        n: int
+        itemsize: int
+        dtype: np.dtype
+        owner: object
+
+    def flat(dev: DevArray) -> Flat:
+        """The memory of a dense array as a flat kernel argument (bfloat16 as int16 bits)."""
+        kdt = _kernel_dtype(dev.dtype)
+        return Flat(dev.ptr, dev.size, kdt.itemsize, kdt, dev.obj)
+
+    def _context():
+        if not _CTX:
+            _CTX.append(cuda.current_context())
+        return _CTX[0]
+
+    def to_numba(f: Flat):
+        """A flat DeviceNDArray over the pointer, built without the interface protocol (no dict
+        parsing, no stream object, no synchronization)."""
+        data = _driver.MemoryPointer(_context(), _driver.binding.CUdeviceptr(f.ptr), size=f.n * f.itemsize,
+                                     owner=f.owner)
+        return _devicearray.DeviceNDArray(shape=(f.n,), strides=(f.itemsize,), dtype=f.dtype, gpu_data=data)
+
+
+# --------------------------------------------------------------------------------------------
+# Allocation of the caller's kind
+# --------------------------------------------------------------------------------------------
+def _torch():
+    import torch
+
+    return torch
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+_TORCH_DTYPE_NAMES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64"}
+
+
+def empty_like(x: DevArray) -> DevArray:
+    """An uninitialized array of x's kind, dtype, shape and memory layout (channels-last stays
+    channels-last, as torch does)."""
+    if x.kind == "torch":
+        return wrap(_torch().empty_like(x.obj), "out")
+    if x.kind == "cupy":
+        return wrap(_cupy().empty_like(x.obj), "out")
+    # numba (and foreign interfaces, whose producer we cannot call): a numba device array.
+    order = sorted(range(x.ndim), key=lambda k: -x.strides[k] if x.shape[k] > 1 else 0)
+    if order == sorted(order) or x.memory_order(0) == "c":
+        return _typed(wrap(_numba_empty(x.shape, x.dtype), "out"), x.dtype)
+    mem_shape = tuple(x.shape[k] for k in order)
+    buf = _numba_empty(mem_shape, x.dtype)
+    inverse = [order.index(k) for k in range(x.ndim)]
+    return _typed(wrap(_numba_permuted(buf, inverse), "out"), x.dtype)
+
+
+def _typed(dev: DevArray, dtype: str) -> DevArray:
+    dev.dtype = dtype  # a bfloat16 buffer held as int16 bits
+    return dev
+
+
+def empty(like: DevArray, shape: tuple[int, ...], dtype: str) -> DevArray:
+    """A C-contiguous array of ``like``'s kind (stats, scratch), on its device."""
+    if like.kind == "torch":
+        torch = _torch()
+        return wrap(torch.empty(shape, dtype=getattr(torch, dtype), device=like.obj.device), "stats")
+    if like.kind == "cupy":
+        cupy = _cupy()
+        with cupy.cuda.Device(like.obj.device.id):
+            return wrap(cupy.empty(shape, dtype=dtype), "stats")
+    return _typed(wrap(_numba_empty(shape, dtype), "stats"), dtype)
+
+
+_SCRATCH = threading.local()  # per thread: two threads' launches on one stream may interleave
+
+
+def scratch(like: DevArray, n: int, dtype: str, slot: int) -> DevArray:
+    """Internal work space (BN partials and coefficients), never returned to the caller.
+
+    torch and CuPy inputs take it from their caching allocators. numba's ``device_array`` is a
+    bare cudaMalloc, and freeing it synchronizes the device, so numba and foreign inputs (always
+    launched on the default stream, so stream-ordered reuse is safe) reuse one grow-only buffer
+    per slot."""
+    if like.kind in ("torch", "cupy") or SIM:
+        return empty(like, (n,), dtype)
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})  # pragma: no cover - hardware only
+    buf = cache.get((slot, dtype))
+    if buf is None or buf.size < n:
+        buf = cache[(slot, dtype)] = wrap(_numba_empty((max(n, 1024),), dtype), "scratch")
+    return DevArray(buf.obj, buf.kind, dtype, (n,), (buf.itemsize,), buf.itemsize, buf.ptr)
+
+
+def from_host(like: DevArray, values: np.ndarray) -> DevArray:
+    """A copy of a small host array as ``like``'s kind (used for degenerate empty inputs)."""
+    if like.kind == "torch":
+        return wrap(_torch().from_numpy(np.ascontiguousarray(values)).to(like.obj.device), "stats")
+    if like.kind == "cupy":
+        return wrap(_cupy().asarray(values), "stats")
+    return wrap(cuda.to_device(np.ascontiguousarray(values)), "stats")
+
+
+def contiguous(x: DevArray, name: str) -> DevArray:
+    """A C-contiguous copy of a strided array (torch/CuPy through their own copy)."""
+    if x.kind == "torch":
+        return wrap(x.obj.contiguous(), name)
+    if x.kind == "cupy":
+        return wrap(_cupy().ascontiguousarray(x.obj), name)
+    if SIM:
+        return wrap(_FakeFlat(np.ascontiguousarray(x.obj._ary)), name)
+    raise ValueError(f"{name} must be C-contiguous (or channels-last for batch_norm) when it is a numba "
+                     "device array or a foreign __cuda_array_interface__ array; pass a contiguous copy")
+
+
+def copy_into(dst: DevArray, src: DevArray) -> None:
+    """``dst[...] = src`` for arrays of one logical shape (the ``out=`` fallback)."""
+    if dst.kind == "torch":
+        dst.obj.copy_(src.obj if src.kind == "torch" else _torch().as_tensor(src.obj, device=dst.obj.device))
+        return
+    if dst.kind == "cupy":
+        dst.obj[...] = _cupy().asarray(src.obj)
+        return
+    if SIM:
+        dst.obj._ary[...] = src.obj._ary
+        return
+    raise ValueError("out must have the memory layout of x when it is a numba device array or a foreign "
+                     "__cuda_array_interface__ array")
+
+
+def reshape(dev: DevArray, shape: tuple[int, ...]) -> object:
+    """A C-contiguous array of the caller's kind viewed with a new shape (stats)."""
+    obj = dev.obj
+    if dev.kind in ("torch", "cupy"):
+        return obj.reshape(shape)
+    if SIM:
+        return _FakeFlat(obj._ary.reshape(shape))
+    return obj.reshape(shape) if shape != tuple(obj.shape) else obj  # pragma: no cover - hardware
+
+
+def _numba_empty(shape, dtype: str):
+    if SIM:  # bfloat16 as int16 bits: how the simulator tests feed the bf16 kernels
+        return _FakeFlat(np.empty(shape, _kernel_dtype(dtype)))
+    if dtype == "bfloat16":  # pragma: no cover - hardware only
+        raise TypeError("bfloat16 arrays are only supported as torch tensors")
+    return cuda.device_array(shape, dtype)  # pragma: no cover - hardware only
+
+
+def _numba_permuted(buf, axes):
+    if SIM:
+        return _FakeFlat(buf._ary.transpose(axes))
+    # pragma: no cover - hardware only: a permuted view over the same allocation
+    strides = tuple(buf.strides[k] for k in axes)
+    shape = tuple(buf.shape[k] for k in axes)
+    return _devicearray.DeviceNDArray(shape=shape, strides=strides, dtype=buf.dtype, gpu_data=buf.gpu_data)
+
+
+def canonical_dims(dev: DevArray, axis: int, order: str) -> tuple[int, int, int]:
+    """(outer, C, inner) of a dense array whose memory order is ``order`` ("c" or "moved")."""
+    if order == "c":
+        return split_shape(dev.shape, axis)
+    c = dev.shape[axis]
+    return (dev.size // c if c else 0), c, 1

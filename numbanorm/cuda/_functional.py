@@ -1,0 +1,273 @@
+"""Host-side drivers of the CUDA ops: the CPU path's argument checks on array metadata (no copy
+to the host), the canonical ``(outer, C, inner)`` geometry, allocation and launches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import (
+    check_channel_axis,
+    check_eps,
+    check_float_dtype,
+    check_momentum,
+    check_normalized_shape,
+    check_out_shape_dtype,
+    check_shape_dtype,
+)
+from . import _arrays, _kernels
+from ._arrays import DEVICE_DTYPES, DevArray
+from ._launch import launch, stream_for
+
+__all__ = ["layer_norm", "batch_norm"]
+
+
+def _acc(dtype: str) -> int:
+    return 64 if dtype == "float64" else 32
+
+
+def _io(dtype: str) -> str:
+    return "b" if dtype == "bfloat16" else "f"
+
+
+def stats_dtype(dtype: str) -> str:
+    """float64 stats for float64 input, float32 otherwise (like torch and the CPU path)."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _threads(n: int, cap: int) -> int:
+    """A power-of-two block size for ``n`` items, within [MIN_THREADS, cap]."""
+    return max(_kernels.MIN_THREADS, min(cap, _next_pow2(n)))
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: the CPU path's, on metadata
+# --------------------------------------------------------------------------------------------
+def _wrap_x(x) -> DevArray:
+    dx = _arrays.wrap(x, "x")
+    check_float_dtype(dx.dtype, "x", DEVICE_DTYPES)
+    return dx
+
+
+def _param_dtypes(x: DevArray) -> tuple[str, ...]:
+    # Half-precision inputs may come with float32 parameters / running stats (mixed precision).
+    return (x.dtype, "float32") if x.dtype in ("float16", "bfloat16") else (x.dtype,)
+
+
+def _wrap_param(p, name: str, shape: tuple[int, ...], x: DevArray) -> DevArray | None:
+    if p is None:
+        return None
+    dp = _arrays.wrap(p, name)
+    allowed = _param_dtypes(x)
+    check_shape_dtype(name, dp.shape, dp.dtype, shape, dp.dtype if dp.dtype in allowed else x.dtype)
+    if dp.memory_order(0) != "c":
+        dp = _arrays.contiguous(dp, name)
+    return dp
+
+
+def _wrap_running(p, name: str, num_channels: int, x: DevArray, will_update: bool) -> DevArray | None:
+    dp = _wrap_param(p, name, (num_channels,), x)
+    if dp is not None and will_update:
+        if dp.readonly:
+            raise ValueError(f"{name} must be writeable: training=True updates it in place")
+        if _arrays.wrap(p, name).memory_order(0) != "c":  # an update of a copy would be lost
+            raise ValueError(f"{name} must be contiguous: training=True updates it in place")
+    return dp
+
+
+def _wrap_out(out, x: DevArray) -> DevArray | None:
+    if out is None:
+        return None
+    do = _arrays.wrap(out, "out")
+    check_out_shape_dtype(do.shape, do.dtype, x.shape, x.dtype)
+    if do.readonly:
+        raise ValueError("out must be writeable")
+    same = do.ptr == x.ptr and do.strides == x.strides
+    (a0, a1), (b0, b1) = do.extent(), x.extent()
+    if not same and a0 < b1 and b0 < a1:
+        raise ValueError("out overlaps x without being x itself; pass out=x for in place, or a separate array")
+    return do
+
+
+# --------------------------------------------------------------------------------------------
+# layer_norm
+# --------------------------------------------------------------------------------------------
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+    """``numbanorm.layer_norm`` on a CUDA array; outputs are arrays of x's kind."""
+    dx = _wrap_x(x)
+    shape = check_normalized_shape(normalized_shape, dx.shape)
+    w = _wrap_param(weight, "weight", shape, dx)
+    b = _wrap_param(bias, "bias", shape, dx)
+    eps = check_eps(eps)
+    dout = _wrap_out(out, dx)
+
+    D = math.prod(shape)
+    rows = dx.size // D if D else math.prod(dx.shape[: dx.ndim - len(shape)])
+    batch_shape = dx.shape[: dx.ndim - len(shape)]
+    src = dx if dx.memory_order(0) == "c" else _arrays.contiguous(dx, "x")
+    if dout is not None and dout.memory_order(0) == "c":
+        result = target = dout
+    else:
+        target = _arrays.empty_like(src)
+        result = dout if dout is not None else target
+    sdt = stats_dtype(dx.dtype)
+    if D == 0:  # nothing to reduce: mean 0, rstd 1/sqrt(eps), as the CPU path
+        mean = _arrays.from_host(dx, np.zeros(rows, sdt))
+        rstd = _arrays.from_host(dx, np.full(rows, 1.0 / math.sqrt(eps), sdt))
+    else:
+        mean = _arrays.empty(dx, (rows,), sdt)
+        rstd = _arrays.empty(dx, (rows,), sdt)
+        if rows:
+            regs = _kernels.LN_REGS
+            kernel = _kernels.layer_norm_kernel(_acc(dx.dtype), _io(dx.dtype), _io(_pdtype(w, b, dx)), regs,
+                                                w is not None, b is not None)
+            block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
+            fx = _arrays.flat(src)
+            launch(kernel, (rows,), block, stream_for(dx),
+                   fx, _flat(w, fx), _flat(b, fx), _arrays.flat(target), _arrays.flat(mean), _arrays.flat(rstd), D, eps)
+    if result is not target:
+        _arrays.copy_into(result, target)
+    if not return_stats:
+        return result.obj
+    return result.obj, _arrays.reshape(mean, batch_shape), _arrays.reshape(rstd, batch_shape)
+
+
+def _flat(p: DevArray | None, placeholder):
+    """The kernel argument for an optional array. numba-cuda cannot pass None to a kernel, so an
+    absent one is compiled out of the kernel and ``placeholder`` (any array) fills its slot."""
+    return placeholder if p is None else _arrays.flat(p)
+
+
+def _pdtype(w: DevArray | None, b: DevArray | None, x: DevArray) -> str:
+    """The one storage dtype of the affine parameters (weight and bias must agree)."""
+    if w is not None and b is not None and w.dtype != b.dtype:
+        raise TypeError(f"weight and bias must have one dtype, got {w.dtype} and {b.dtype}")
+    return w.dtype if w is not None else (b.dtype if b is not None else x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# batch_norm
+# --------------------------------------------------------------------------------------------
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
+    """``numbanorm.batch_norm`` on a CUDA array; running stats (CUDA arrays) update in place."""
+    dx, axis, rm, rv, w, b, momentum, eps, dout = _check_batch_norm(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out)
+    C = dx.shape[axis]
+    order = dx.memory_order(axis)
+    src = dx if order is not None else _arrays.contiguous(dx, "x")
+    order = order or "c"
+    outer, _, inner = _arrays.canonical_dims(src, axis, order)
+    if dout is not None and dout.memory_order(axis) == order and (order == "c" or dout.strides == src.strides):
+        result = target = dout
+    else:
+        target = _arrays.empty_like(src)
+        result = dout if dout is not None else target
+    sdt = stats_dtype(dx.dtype)
+    stream = stream_for(dx)
+    acc, xio = _acc(dx.dtype), _io(dx.dtype)
+    pio = _io(_pdtype(w, b, dx))
+    rio = _io(rm.dtype) if rm is not None else "f"
+    if rm is not None and rm.dtype != rv.dtype:
+        raise TypeError(f"running_mean and running_var must have one dtype, got {rm.dtype} and {rv.dtype}")
+
+    if C == 0:  # no channels: nothing to compute or launch
+        mean, invstd = _arrays.empty(dx, (0,), sdt), _arrays.empty(dx, (0,), sdt)
+    elif training and dx.size == 0:  # empty batch: NaN stats, running stats untouched (as the CPU)
+        mean = _arrays.from_host(dx, np.full(C, np.nan, sdt))
+        invstd = _arrays.from_host(dx, np.full(C, np.nan, sdt))
+    else:
+        mean = _arrays.empty(dx, (C,), sdt)
+        invstd = _arrays.empty(dx, (C,), sdt)
+        coeffs = [_arrays.scratch(dx, C, "float64" if acc == 64 else "float32", k) for k in range(3)]
+        fshift, fscale, foffset = (_arrays.flat(a) for a in coeffs)
+        fmean = _arrays.flat(mean)
+        finalize_block = (_threads(C, _kernels.BN_THREADS),)
+        finalize_grid = (-(-C // finalize_block[0]),)
+        has = (w is not None, b is not None)
+        fx = _arrays.flat(src) if dx.size else None
+        if training:
+            fpart = _partial_moments(fx, outer, C, inner, acc, xio, stream, dx)
+            kernel = _kernels.bn_finalize_kernel(acc, pio, rio, *has, rm is not None)
+            launch(kernel, finalize_grid, finalize_block, stream,
+                   fpart[0], fpart[1], fpart[2], fpart[3], _flat(w, fmean), _flat(b, fmean), _flat(rm, fmean),
+                _flat(rv, fmean), momentum, eps, fmean, _arrays.flat(invstd), fshift, fscale, foffset)
+        else:
+            launch(_kernels.bn_eval_coeffs_kernel(acc, pio, rio, *has), finalize_grid, finalize_block, stream,
+                   _flat(w, fmean), _flat(b, fmean), _arrays.flat(rm), _arrays.flat(rv), eps, fmean,
+                _arrays.flat(invstd), fshift, fscale, foffset)
+        if dx.size:
+            _normalize(fx, outer, C, inner, fshift, fscale, foffset, _arrays.flat(target), acc, xio, stream)
+    if result is not target:
+        _arrays.copy_into(result, target)
+    if not return_stats:
+        return result.obj
+    return result.obj, mean.obj, invstd.obj
+
+
+def _partial_moments(fx, outer, C, inner, acc, xio, stream, like):
+    """Launch the per-block moments; returns flat (n, mean, M2) partials (C x P) and P."""
+    M = outer * inner
+    if inner == 1:
+        TX, TY = _kernels.BN_TX, _kernels.BN_TY
+        col_blocks = -(-C // TX)
+        P = _blocks_per_channel(M, col_blocks)
+        kernel, grid, block = _kernels.bn_partials_cl_kernel(acc, xio, TX, TY), (col_blocks, P), (TX, TY)
+    else:
+        P = _blocks_per_channel(M, C)
+        block = (_threads(-(-M // P), _kernels.BN_THREADS),)
+        kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P)
+    parts = [_arrays.flat(_arrays.scratch(like, C * P, "float64", 3 + k)) for k in range(3)]
+    if inner == 1:
+        launch(kernel, grid, block, stream, fx, C, P, *parts)
+    else:
+        launch(kernel, grid, block, stream, fx, C, inner, P, *parts)
+    return parts[0], parts[1], parts[2], P
+
+
+def _blocks_per_channel(M: int, column_blocks: int) -> int:
+    """Split each channel so the grid fills the GPU even for small C, but never into pieces
+    smaller than BN_MIN_PER_BLOCK elements."""
+    want = -(-_kernels.BN_TARGET_BLOCKS // max(column_blocks, 1))
+    return max(1, min(want, -(-M // _kernels.BN_MIN_PER_BLOCK), 65535))
+
+
+def _normalize(fx, outer, C, inner, shift, scale, offset, fy, acc, xio, stream):
+    if inner == 1:
+        TX, TY = _kernels.BN_TX, _kernels.BN_TY
+        rows = outer
+        grid = (-(-C // TX), max(1, min(65535, -(-rows // (TY * 4)))))
+        launch(_kernels.bn_normalize_cl_kernel(acc, xio, TX, TY), grid, (TX, TY), stream,
+               fx, C, shift, scale, offset, fy)
+    else:
+        T = _threads(inner, _kernels.BN_THREADS)
+        grid = (outer * C, max(1, min(65535, -(-inner // (T * 4)))))
+        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream, fx, C, inner, shift, scale, offset, fy)
+
+
+def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out):
+    """The CPU path's checks, in the same order, on device-array metadata."""
+    dx = _wrap_x(x)
+    if dx.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {dx.shape}")
+    axis = check_channel_axis(channel_axis, dx.ndim)
+    num_channels = dx.shape[axis]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    rm = _wrap_running(running_mean, "running_mean", num_channels, dx, bool(training))
+    rv = _wrap_running(running_var, "running_var", num_channels, dx, bool(training))
+    w = _wrap_param(weight, "weight", (num_channels,), dx)
+    b = _wrap_param(bias, "bias", (num_channels,), dx)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    if not training and rm is None:
+        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
+    if training and num_channels and dx.size // num_channels == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {dx.shape}")
+    dout = _wrap_out(out, dx)
+    return dx, axis, rm, rv, w, b, momentum, eps, dout

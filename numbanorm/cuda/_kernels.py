@@ -1,0 +1,491 @@
+"""numba.cuda kernels: LayerNorm forward, BatchNorm partial moments / finalize / normalize.
+
+Kernels are built by small factories keyed on what changes the generated code:
+
+* ``acc``: the accumulation type, float64 for float64 input, float32 for everything else
+  (float16 and bfloat16 are read and written in their own format, computed in float32);
+* ``xio`` / ``pio``: how x (and y) / the parameters are stored, ``"f"`` for a native float
+  array, ``"b"`` for bfloat16 held as int16 bits (torch bf16 tensors viewed as int16: neither
+  NumPy nor ``__cuda_array_interface__`` knows bfloat16);
+* compile-time sizes (registers per thread), which tests patch small.
+
+Every array argument is flat (1-D, in memory order) and the canonical ``(outer, C, inner)``
+geometry is passed as integers, so one compiled kernel serves every layout and rank.
+
+Statistics are one pass: shifted sums (shift = a sample of the row / channel, so the sums of
+``d = x - shift`` stay O(std) and do not cancel) per thread, summed over the block, and the
+per-block (count, mean, M2) of BatchNorm merged with Chan's formula in float64.
+
+Reductions come in two flavours selected at import: warp shuffles on hardware, shared memory
+under the simulator (NUMBA_ENABLE_CUDASIM=1), which has no ``shfl_*_sync``. The simulator keys
+``cuda.shared.array`` by source line, so every shared array is declared on its own line in the
+kernel and handed to the reduction helpers.
+
+Backward kernels (a later phase) will sit beside these as ``layer_norm_backward_kernel`` /
+``batch_norm_backward_*`` factories reusing the same reductions and load/store helpers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+SIM = bool(numba.config.ENABLE_CUDASIM)
+
+#: Largest block the kernels launch; shared arrays are sized for it.
+MAX_THREADS = 1024
+#: Smallest LN block (one warp on hardware); tests lower it so tiny rows still span threads.
+MIN_THREADS = 32
+#: Row elements a LN thread keeps in registers; longer rows re-read their tail (from L2).
+LN_REGS = 8
+#: BatchNorm block sizes: 1-D blocks for (outer, C, inner>1), (TX, TY) tiles for channels-last.
+BN_THREADS = 256
+BN_TX = 32
+BN_TY = 8
+#: Enough blocks to fill the largest GPUs (132 SMs x 4) before a partial gets too small.
+BN_TARGET_BLOCKS = 528
+#: Fewest elements one BN partial-moments block handles (so tiny inputs use one block).
+BN_MIN_PER_BLOCK = 4096
+
+#: Shared slots per reduction: one per thread for the simulator's shared-memory tree, one per
+#: warp (+1 for the broadcast) for the shuffle path. A closure constant in each factory, since
+#: ``cuda.shared.array`` needs a compile-time size.
+SHARED_SLOTS = 1024 + 1 if SIM else 32 + 1
+
+_jit_device = cuda.jit(device=True, inline=True) if not SIM else cuda.jit(device=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loads and stores: native floats, and bfloat16 as int16 bits (round-to-nearest-even)
+# --------------------------------------------------------------------------------------------
+if SIM:
+
+    def _int_as_float(i):
+        return np.int32(i).view(np.float32)
+
+    def _float_as_int(f):
+        return int(np.float32(f).view(np.int32))
+
+else:  # pragma: no cover - hardware only
+    from numba.cuda import libdevice
+
+    @_jit_device
+    def _int_as_float(i):
+        return libdevice.int_as_float(np.int32(i))
+
+    @_jit_device
+    def _float_as_int(f):
+        return libdevice.float_as_int(np.float32(f))
+
+
+@_jit_device
+def ld_f32(a, i):
+    return np.float32(a[i])
+
+
+@_jit_device
+def ld_f64(a, i):
+    return np.float64(a[i])
+
+
+@_jit_device
+def ld_bf16(a, i):
+    return _int_as_float(np.int32(a[i]) << 16)
+
+
+@_jit_device
+def st_plain(a, i, v):
+    a[i] = v
+
+
+@_jit_device
+def st_bf16(a, i, v):
+    u = np.int64(_float_as_int(v)) & 0xFFFFFFFF
+    if v != v:
+        r = 0x7FC0
+    else:
+        r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    if r >= 0x8000:
+        r -= 0x10000
+    a[i] = np.int16(r)
+
+
+def _loader(acc, io):
+    if io == "b":
+        return ld_bf16
+    return ld_f64 if acc == 64 else ld_f32
+
+
+def _storer(io):
+    return st_bf16 if io == "b" else st_plain
+
+
+# --------------------------------------------------------------------------------------------
+# Block reductions of a pair (s1, s2); the result reaches every thread
+# --------------------------------------------------------------------------------------------
+@_jit_device
+def _reduce2_shared(a, b, sh_a, sh_b, tid, nthreads):
+    """Tree reduction through shared memory; ``nthreads`` is a power of two."""
+    sh_a[tid] = a
+    sh_b[tid] = b
+    cuda.syncthreads()
+    step = nthreads // 2
+    while step > 0:
+        if tid < step:
+            sh_a[tid] += sh_a[tid + step]
+            sh_b[tid] += sh_b[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    return sh_a[0], sh_b[0]
+
+
+if SIM:
+    reduce2 = _reduce2_shared
+else:  # pragma: no cover - hardware only
+
+    @_jit_device
+    def _warp_sum2(a, b):
+        off = 16
+        while off > 0:
+            a += cuda.shfl_down_sync(0xFFFFFFFF, a, off)
+            b += cuda.shfl_down_sync(0xFFFFFFFF, b, off)
+            off //= 2
+        return a, b
+
+    @_jit_device
+    def reduce2(a, b, sh_a, sh_b, tid, nthreads):
+        """Warp shuffles, then one shared slot per warp; ``nthreads`` a multiple of 32."""
+        a, b = _warp_sum2(a, b)
+        lane = tid & 31
+        warp = tid >> 5
+        if lane == 0:
+            sh_a[warp] = a
+            sh_b[warp] = b
+        cuda.syncthreads()
+        if warp == 0:
+            nwarps = nthreads >> 5
+            a = sh_a[lane] if lane < nwarps else a * 0
+            b = sh_b[lane] if lane < nwarps else b * 0
+            a, b = _warp_sum2(a, b)
+            if lane == 0:
+                sh_a[32] = a
+                sh_b[32] = b
+        cuda.syncthreads()
+        return sh_a[32], sh_b[32]
+
+
+@_jit_device
+def _reduce2_columns(a, b, sh_a, sh_b, tx, ty, TX, TY):
+    """Sum over ``ty`` for each column ``tx`` of a (TX, TY) block; ``TY`` a power of two."""
+    k = ty * TX + tx
+    sh_a[k] = a
+    sh_b[k] = b
+    cuda.syncthreads()
+    step = TY // 2
+    while step > 0:
+        if ty < step:
+            sh_a[k] += sh_a[k + step * TX]
+            sh_b[k] += sh_b[k + step * TX]
+        cuda.syncthreads()
+        step //= 2
+    return sh_a[tx], sh_b[tx]
+
+
+def _numba_float(acc):
+    return numba.float64 if acc == 64 else numba.float32
+
+
+def _np_float(acc):
+    return np.float64 if acc == 64 else np.float32
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNorm forward: one row per block, the row held in registers between the two phases
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_b: bool):
+    """``kernel(x, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows.
+    An absent weight/bias is compiled out (``has_w``/``has_b``); pass any array in its place."""
+    ld_x, st_y, ld_p = _loader(acc, xio), _storer(xio), _loader(acc, pio)
+    A, nbt = _np_float(acc), _numba_float(acc)
+
+    slots = SHARED_SLOTS
+
+    @cuda.jit
+    def kernel(x, w, b, y, mean_out, rstd_out, D, eps):
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
+        vals = cuda.local.array(regs, nbt)
+        tid = cuda.threadIdx.x
+        T = cuda.blockDim.x
+        base = cuda.blockIdx.x * D
+        shift = ld_x(x, base)  # every thread reads the same sample: one broadcast load
+        s1 = A(0.0)
+        s2 = A(0.0)
+        for k in range(regs):
+            j = tid + k * T
+            if j < D:
+                d = ld_x(x, base + j) - shift
+                vals[k] = d
+                s1 += d
+                s2 += d * d
+        j = tid + regs * T
+        while j < D:  # rows longer than regs * T: the tail is read again below
+            d = ld_x(x, base + j) - shift
+            s1 += d
+            s2 += d * d
+            j += T
+        s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
+        n = A(D)
+        dm = s1 / n
+        var = max(s2 / n - dm * dm, A(0.0))
+        rstd = A(1.0) / math.sqrt(var + A(eps))
+        if tid == 0:
+            mean_out[cuda.blockIdx.x] = shift + dm
+            rstd_out[cuda.blockIdx.x] = rstd
+        for k in range(regs):
+            j = tid + k * T
+            if j < D:
+                v = (vals[k] - dm) * rstd  # x - mean = (x - shift) - dm: exact for constant rows
+                if has_w:
+                    v *= ld_p(w, j)
+                if has_b:
+                    v += ld_p(b, j)
+                st_y(y, base + j, v)
+        j = tid + regs * T
+        while j < D:
+            v = (ld_x(x, base + j) - shift - dm) * rstd
+            if has_w:
+                v *= ld_p(w, j)
+            if has_b:
+                v += ld_p(b, j)
+            st_y(y, base + j, v)
+            j += T
+
+    return kernel
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm: per-block partial moments -> Chan merge per channel -> fused normalize
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def bn_partials_kernel(acc: int, xio: str):
+    """(outer, C, inner > 1): grid (C, P), 1-D blocks. Block p of channel c reduces elements
+    ``[M*p//P, M*(p+1)//P)`` of that channel's ``M = outer*inner`` and writes (n, mean, M2)."""
+    ld_x = _loader(acc, xio)
+    A, nbt = _np_float(acc), _numba_float(acc)
+
+    slots = SHARED_SLOTS
+
+    @cuda.jit
+    def kernel(x, C, inner, P, part_n, part_mean, part_m2):
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
+        tid = cuda.threadIdx.x
+        T = cuda.blockDim.x
+        c = cuda.blockIdx.x
+        p = cuda.blockIdx.y
+        M = x.shape[0] // C
+        j0 = (M * p) // P
+        j1 = (M * (p + 1)) // P
+        shift = ld_x(x, c * inner)  # x[0, c, 0], shared by all blocks of the channel
+        s1 = A(0.0)
+        s2 = A(0.0)
+        j = j0 + tid
+        o = j // inner  # one division per thread; the walk below only adds
+        i = j - o * inner
+        while j < j1:
+            d = ld_x(x, (o * C + c) * inner + i) - shift
+            s1 += d
+            s2 += d * d
+            j += T
+            i += T
+            while i >= inner:
+                i -= inner
+                o += 1
+        s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
+        if tid == 0:
+            _write_partial(part_n, part_mean, part_m2, c * P + p, j1 - j0, shift, s1, s2)
+
+    return kernel
+
+
+@_jit_device
+def _write_partial(part_n, part_mean, part_m2, k, count, shift, s1, s2):
+    n = np.float64(count)
+    part_n[k] = n
+    if count > 0:
+        dm = np.float64(s1) / n
+        part_mean[k] = np.float64(shift) + dm
+        part_m2[k] = max(np.float64(s2) - np.float64(s1) * dm, 0.0)
+    else:
+        part_mean[k] = 0.0
+        part_m2[k] = 0.0
+
+
+@functools.cache
+def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
+    """Channels-last (rows, C): grid (ceil(C/TX), P), blocks (TX, TY); lanes run over
+    channels so loads coalesce, rows ``[R*p//P, R*(p+1)//P)`` are split over ``ty``."""
+    ld_x = _loader(acc, xio)
+    A, nbt = _np_float(acc), _numba_float(acc)
+
+    slots = TX * TY
+
+    @cuda.jit
+    def kernel(x, C, P, part_n, part_mean, part_m2):
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        p = cuda.blockIdx.y
+        c = cuda.blockIdx.x * TX + tx
+        R = x.shape[0] // C
+        r0 = (R * p) // P
+        r1 = (R * (p + 1)) // P
+        s1 = A(0.0)
+        s2 = A(0.0)
+        shift = A(0.0)
+        if c < C:
+            shift = ld_x(x, c)  # x[0, c]
+            r = r0 + ty
+            while r < r1:
+                d = ld_x(x, r * C + c) - shift
+                s1 += d
+                s2 += d * d
+                r += TY
+        s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
+        if ty == 0 and c < C:
+            _write_partial(part_n, part_mean, part_m2, c * P + p, r1 - r0, shift, s1, s2)
+
+    return kernel
+
+
+@_jit_device
+def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset, has_w, has_b):
+    """Normalize coefficients ``y = (x - shift) * scale + offset`` from float64 stats.
+
+    The mean is split into ``hi`` (its value in the accumulation type) and ``lo = m - hi``;
+    ``x - hi`` is exact near the mean (Sterbenz), and ``-lo * scale`` folds into the offset, so
+    float32 kernels centre x as accurately as a float64 subtraction would (matters when
+    |mean| >> std: at 1e4 + N(0, 2) a float32 mean alone costs ~1e-4 relative error)."""
+    sc = invstd
+    if has_w:
+        sc *= ld_p(w, c)
+    of = 0.0
+    if has_b:
+        of = ld_p(b, c)
+    lo = m - np.float64(hi)
+    shift[c] = hi
+    scale[c] = sc
+    offset[c] = of - lo * sc
+
+
+@functools.cache
+def bn_finalize_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool, has_running: bool):
+    """One thread per channel: Chan-merge the P partials in float64, write the returned stats,
+    the normalize coefficients, and update the running stats in place (training). Absent
+    arguments are compiled out (``has_*``); pass any array in their place."""
+    ld_p, ld_r, st_r = _loader(64, pio), _loader(64, rio), _storer(rio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(part_n, part_mean, part_m2, P, w, b, rmean, rvar, momentum, eps,
+               mean_out, invstd_out, shift, scale, offset):
+        c = cuda.grid(1)
+        if c >= mean_out.shape[0]:
+            return
+        n = 0.0
+        m = 0.0
+        m2 = 0.0
+        for p in range(P):
+            nb = part_n[c * P + p]
+            if nb > 0.0:
+                nn = n + nb
+                delta = part_mean[c * P + p] - m
+                fb = nb / nn
+                m2 = m2 + part_m2[c * P + p] + delta * delta * n * fb
+                m = m + delta * fb
+                n = nn
+        invstd = 1.0 / math.sqrt(m2 / n + eps)
+        mean_out[c] = m
+        invstd_out[c] = invstd
+        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
+        if has_running:
+            st_r(rmean, c, (1.0 - momentum) * ld_r(rmean, c) + momentum * m)
+            st_r(rvar, c, (1.0 - momentum) * ld_r(rvar, c) + momentum * (m2 / (n - 1.0)))
+
+    return kernel
+
+
+@functools.cache
+def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool):
+    """Inference: coefficients from the running stats, one thread per channel."""
+    ld_p, ld_r = _loader(64, pio), _loader(64, rio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(w, b, rmean, rvar, eps, mean_out, invstd_out, shift, scale, offset):
+        c = cuda.grid(1)
+        if c >= mean_out.shape[0]:
+            return
+        m = np.float64(ld_r(rmean, c))
+        invstd = 1.0 / math.sqrt(np.float64(ld_r(rvar, c)) + eps)
+        mean_out[c] = m
+        invstd_out[c] = invstd
+        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
+
+    return kernel
+
+
+@functools.cache
+def bn_normalize_kernel(acc: int, xio: str):
+    """(outer, C, inner > 1): ``y = (x - shift[c]) * scale[c] + offset[c]``. grid.x walks the
+    (o, c) runs, grid.y the chunks of one run, so no per-element division is needed."""
+    ld_x, st_y = _loader(acc, xio), _storer(xio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(x, C, inner, shift, scale, offset, y):
+        oc = cuda.blockIdx.x
+        c = oc % C
+        m = A(shift[c])
+        s = A(scale[c])
+        f = A(offset[c])
+        base = oc * inner
+        i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        step = cuda.gridDim.y * cuda.blockDim.x
+        while i < inner:
+            st_y(y, base + i, (ld_x(x, base + i) - m) * s + f)
+            i += step
+
+    return kernel
+
+
+@functools.cache
+def bn_normalize_cl_kernel(acc: int, xio: str, TX: int, TY: int):
+    """Channels-last (rows, C): grid (ceil(C/TX), row blocks), blocks (TX, TY) over
+    (channels, rows), grid-stride over rows."""
+    ld_x, st_y = _loader(acc, xio), _storer(xio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(x, C, shift, scale, offset, y):
+        c = cuda.blockIdx.x * TX + cuda.threadIdx.x
+        if c >= C:
+            return
+        m = A(shift[c])
+        s = A(scale[c])
+        f = A(offset[c])
+        R = x.shape[0] // C
+        r = cuda.blockIdx.y * TY + cuda.threadIdx.y
+        step = cuda.gridDim.y * TY
+        while r < R:
+            st_y(y, r * C + c, (ld_x(x, r * C + c) - m) * s + f)
+            r += step
+
+    return kernel

@@ -1,0 +1,237 @@
+"""numbanorm on Dask arrays: normalization of arrays larger than memory, on one machine or a cluster.
+
+Statistics are per-chunk ``Moments`` computed by numbanorm's kernels, combined by a tree
+reduction with ``merge_moments`` (``dask.array.reduction``); normalization is blockwise with the
+same kernels. Install with ``pip install 'numbanorm[dask]'``. Importing ``numbanorm`` never
+imports this module or dask.
+
+Each chunk runs numbanorm's kernels on one thread: dask already runs one task per core, and
+nested thread pools would oversubscribe the cores. ``batch_norm``/``standardize`` compute the
+statistics when called (one pass over the data) and return a lazy normalized array (a second
+pass when computed); ``persist()`` the input first if it fits in the cluster's memory. Work goes
+to whatever scheduler is active: a ``distributed.Client`` (local or a remote cluster) if one
+exists, else dask's default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numba
+import numpy as np
+
+try:
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("numbanorm.dask needs dask: pip install 'numbanorm[dask]'") from exc
+
+from . import functional
+from ._checks import (
+    SUPPORTED_DTYPES,
+    check_axes,
+    check_channel_axis,
+    check_eps,
+    check_momentum,
+    check_normalized_shape,
+    check_param,
+    check_running_stat,
+)
+from .moments import MOMENTS_DTYPE, Moments, _kept_axes, merge_moments
+from .moments import moments as _np_moments
+from .moments import standardize as _np_standardize
+
+__all__ = ["RechunkWarning", "moments", "batch_norm", "layer_norm", "standardize"]
+
+
+class RechunkWarning(UserWarning):
+    """The input's chunks split dims that must be whole in each block, so it was rechunked."""
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """numba's thread count is per calling thread: use one inside a dask task, then restore."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _check_darr(darr: object, min_ndim: int = 1) -> da.Array:
+    if not isinstance(darr, da.Array):
+        raise TypeError(f"darr must be a dask.array.Array, got {type(darr).__name__} (use numbanorm.* for NumPy)")
+    if darr.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"darr must have dtype float32 or float64, got {darr.dtype}")
+    if darr.ndim < min_ndim:
+        raise ValueError(f"darr must have at least {min_ndim} dims, got shape {darr.shape}")
+    return darr
+
+
+# ------------------------------------------------------------------------------------------
+# Moments: per-chunk kernels, tree-merged with Chan's formula
+# ------------------------------------------------------------------------------------------
+def _chunk_moments(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    """Records of one chunk's moments, with the reduced axes kept as size 1 (dask's contract)."""
+    with _one_thread():
+        rec = _np_moments(x, axis).to_records()
+    return np.expand_dims(rec, axis) if keepdims else rec
+
+
+def _merge_records(rec: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    """Merge the pieces laid along ``axis`` (several chunks' records) into one."""
+    kept_shape = tuple(n for i, n in enumerate(rec.shape) if i not in axis)
+    pieces = np.moveaxis(rec, axis, tuple(range(len(axis)))).reshape((-1, *kept_shape))
+    total = Moments.from_records(pieces[0])
+    for piece in pieces[1:]:
+        total = merge_moments(total, Moments.from_records(piece))
+    out = total.to_records()
+    return np.expand_dims(out, axis) if keepdims else out
+
+
+def _moments_graph(darr: da.Array, reduced: tuple[int, ...], keepdims: bool, split_every) -> da.Array:
+    ndim = darr.ndim if keepdims else darr.ndim - len(reduced)
+    return da.reduction(darr, _chunk_moments, _merge_records, combine=_merge_records, axis=reduced,
+                        keepdims=keepdims, dtype=MOMENTS_DTYPE, split_every=split_every, concatenate=True,
+                        meta=np.empty((0,) * ndim, MOMENTS_DTYPE), name="numbanorm-moments")
+
+
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = None, *, channel_axis: int | None = None,
+            split_every: int | None = None, compute: bool = True) -> Moments | da.Array:
+    """``numbanorm.moments`` of a dask array: per-chunk kernels, then a tree of exact merges.
+
+    ``axis``/``channel_axis`` mean what they mean for ``numbanorm.moments``. Returns the
+    computed ``Moments``, or with ``compute=False`` a lazy dask array of ``MOMENTS_DTYPE``
+    records (``Moments.from_records(arr.compute())``). ``split_every``: merge fan-in of the tree.
+    """
+    darr = _check_darr(darr)
+    keep = _kept_axes(darr.ndim, axis, channel_axis)
+    reduced = tuple(i for i in range(darr.ndim) if i not in keep)
+    graph = _moments_graph(darr, reduced, False, split_every)
+    return Moments.from_records(np.asarray(graph.compute())) if compute else graph
+
+
+def _stats_array(stats: Moments, darr: da.Array, keep: tuple[int, ...]) -> da.Array:
+    """Computed stats as records broadcastable against ``darr``, chunked like its kept axes."""
+    shape = tuple(darr.shape[i] if i in keep else 1 for i in range(darr.ndim))
+    chunks = tuple(darr.chunks[i] if i in keep else (1,) for i in range(darr.ndim))
+    return da.from_array(stats.to_records().reshape(shape), chunks=chunks)
+
+
+# ------------------------------------------------------------------------------------------
+# BatchNorm and standardize: statistics over the reduced axes, then blockwise normalize
+# ------------------------------------------------------------------------------------------
+def _bn_block(x, st, *params, channel_axis, eps, has_weight, has_bias):
+    it = iter(params)
+    weight = next(it).reshape(-1) if has_weight else None
+    bias = next(it).reshape(-1) if has_bias else None
+    with _one_thread():
+        return functional.batch_norm(x, weight=weight, bias=bias, eps=eps, channel_axis=channel_axis,
+                                     stats=Moments.from_records(st.reshape(-1)))
+
+
+def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None,
+               weight=None, bias=None, training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
+               channel_axis: int = 1, stats: Moments | None = None,
+               split_every: int | None = None) -> tuple[da.Array, Moments | None]:
+    """Batch normalization of a dask array, as ``numbanorm.batch_norm`` on the whole array.
+
+    Returns ``(y, stats)``: ``y`` lazy, ``stats`` the ``Moments`` (shape (C,)) it was normalized
+    with. ``training=True`` computes them now (tree reduction over all chunks) and updates the
+    NumPy running stats in place; ``training=False`` uses the running stats and returns
+    ``stats=None``. ``stats`` given: used instead, as in ``numbanorm.batch_norm(stats=...)``.
+    """
+    darr = _check_darr(darr, 2)
+    axis = check_channel_axis(channel_axis, darr.ndim)
+    C = darr.shape[axis]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    update = bool(training) and running_mean is not None
+    running_mean = check_running_stat(running_mean, "running_mean", C, darr.dtype, update)
+    running_var = check_running_stat(running_var, "running_var", C, darr.dtype, update)
+    params = [p for p in (check_param(weight, "weight", (C,), darr.dtype),
+                          check_param(bias, "bias", (C,), darr.dtype)) if p is not None]
+    momentum, eps = check_momentum(momentum), check_eps(eps)
+    if stats is not None and (not isinstance(stats, Moments) or stats.shape != (C,)):
+        raise ValueError(f"stats must be a numbanorm.Moments of shape ({C},)")
+    if not training and stats is None and running_mean is None:
+        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
+    if training and C and darr.size // C == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {darr.shape}")
+
+    returned = stats
+    if stats is None and training:
+        reduced = tuple(i for i in range(darr.ndim) if i != axis)
+        stats = returned = Moments.from_records(np.asarray(_moments_graph(darr, reduced, False, split_every).compute()))
+    elif stats is None:  # eval: running stats as moments with count 1, so var() is running_var
+        stats = Moments(1.0, running_mean, running_var)
+    if update:
+        functional._update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
+
+    bshape = tuple(C if i == axis else 1 for i in range(darr.ndim))
+    pchunks = tuple(darr.chunks[axis] if i == axis else (1,) for i in range(darr.ndim))
+    y = da.map_blocks(_bn_block, darr, _stats_array(stats, darr, (axis,)),
+                      *(da.from_array(p.reshape(bshape), chunks=pchunks) for p in params),
+                      channel_axis=axis, eps=eps, has_weight=weight is not None, has_bias=bias is not None,
+                      dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-batch-norm")
+    return y, returned
+
+
+def _std_block(x, st, *, axis, ddof, eps):
+    with _one_thread():
+        return _np_standardize(x, axis, stats=Moments.from_records(np.squeeze(st, axis)), ddof=ddof, eps=eps)
+
+
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof: int = 0, eps: float = 0.0,
+                stats: Moments | None = None, split_every: int | None = None,
+                return_stats: bool = False) -> da.Array | tuple[da.Array, Moments]:
+    """Column standardization ``(x - mean) / std`` over ``axis`` (default: samples, axis 0).
+
+    As ``numbanorm.standardize`` on the whole array (zero-variance columns are only centred).
+    Statistics are computed now (or taken from ``stats``); the result is lazy.
+    """
+    darr = _check_darr(darr)
+    reduced = check_axes(axis, darr.ndim)
+    keep = tuple(i for i in range(darr.ndim) if i not in reduced)
+    stats_shape = tuple(darr.shape[i] for i in keep)
+    _np_standardize(np.zeros((1,) * darr.ndim, darr.dtype), reduced, ddof=ddof, eps=eps)  # checks ddof, eps
+    if stats is None:
+        stats = Moments.from_records(np.asarray(_moments_graph(darr, reduced, False, split_every).compute()))
+    elif not isinstance(stats, Moments) or stats.shape != stats_shape:
+        raise ValueError(f"stats must be a numbanorm.Moments of shape {stats_shape}")
+    y = da.map_blocks(_std_block, darr, _stats_array(stats, darr, keep), axis=reduced, ddof=ddof, eps=eps,
+                      dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-standardize")
+    return (y, stats) if return_stats else y
+
+
+# ------------------------------------------------------------------------------------------
+# LayerNorm: rows are independent, so it is purely blockwise once each block holds whole rows
+# ------------------------------------------------------------------------------------------
+def _ln_block(x, *, normalized_shape, weight, bias, eps):
+    with _one_thread():
+        return functional.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight=None, bias=None,
+               eps: float = 1e-5) -> da.Array:
+    """``numbanorm.layer_norm`` blockwise (lazy). Blocks must span the normalized (trailing)
+    dims; if the chunks split them, the array is rechunked there with a ``RechunkWarning``."""
+    darr = _check_darr(darr)
+    shape = check_normalized_shape(normalized_shape, darr.shape)
+    weight = check_param(weight, "weight", shape, darr.dtype)
+    bias = check_param(bias, "bias", shape, darr.dtype)
+    eps = check_eps(eps)
+    trailing = range(darr.ndim - len(shape), darr.ndim)
+    split = [i for i in trailing if len(darr.chunks[i]) > 1]
+    if split:
+        warnings.warn(f"layer_norm: chunks split the normalized dims {split} of {darr.shape}; rechunking them "
+                      "whole (chunk the input that way to avoid the copy)", RechunkWarning, stacklevel=2)
+        darr = darr.rechunk({i: -1 for i in split})
+    if weight is not None:
+        weight = weight.reshape(shape)
+    if bias is not None:
+        bias = bias.reshape(shape)
+    return darr.map_blocks(_ln_block, normalized_shape=shape, weight=weight, bias=bias, eps=eps,
+                           dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-layer-norm")
