@@ -1,9 +1,13 @@
 """numbanorm: fast, numerically stable Batch/Layer Normalization with Numba kernels."""
 
+from .family import add_layer_norm, fold_batch_norm, group_norm, instance_norm, rms_norm
 from .functional import batch_norm, layer_norm
 from .moments import MOMENTS_DTYPE, Moments, merge_moments, moments, standardize
 
-__all__ = ["batch_norm", "layer_norm", "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize"]
+__all__ = [
+    "batch_norm", "layer_norm", "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize",
+    "rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm",
+]
 __version__ = "0.1.0"
 
 from .backward import batch_norm_backward, layer_norm_backward  # noqa: E402

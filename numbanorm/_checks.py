@@ -10,15 +10,23 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._device import is_device_array
+from ._halfio import is_bfloat16, is_half
 
-#: Floating dtypes the kernels accept.
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Floating dtypes the kernels accept; ml_dtypes' bfloat16 is accepted too (see ``is_supported``).
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: What the host functions accept, for messages ("bfloat16" needs no ml_dtypes import).
+_HOST_DTYPES = (np.dtype(np.float16), "bfloat16", np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_supported(dtype: np.dtype) -> bool:
+    return dtype in SUPPORTED_DTYPES or is_bfloat16(dtype)
 
 
 def as_float_array(x: object, name: str = "x") -> np.ndarray:
     """``x`` as an ndarray of a supported floating dtype (array-likes are converted)."""
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
-    check_float_dtype(arr.dtype, name)
+    if not is_supported(arr.dtype):
+        check_float_dtype(arr.dtype, name, _HOST_DTYPES)
     return arr
 
 
@@ -92,11 +100,18 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
 
 def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
     """An optional parameter (weight, bias) with exactly ``shape`` and ``dtype``, as a flat
-    contiguous array, or None."""
+    contiguous array, or None. For half ``dtype`` a float32 parameter is accepted too (mixed
+    precision, as torch allows), and either is returned as float64 for the kernels."""
     if p is None:
         return None
     reject_device(p, name)
     arr = p if isinstance(p, np.ndarray) else np.asarray(p)
+    if is_half(dtype):
+        # Mixed precision, as torch allows: float32 parameters with half x.
+        check_shape_dtype(name, arr.shape, arr.dtype, shape, arr.dtype)
+        if arr.dtype != dtype and arr.dtype != np.float32:
+            raise TypeError(f"{name} must have dtype {dtype} (the dtype of x) or float32, got {arr.dtype}")
+        return np.ascontiguousarray(arr, np.float64).reshape(-1)  # the kernels compute in float64
     check_shape_dtype(name, arr.shape, arr.dtype, shape, dtype)
     return np.ascontiguousarray(arr).reshape(-1)
 
@@ -122,20 +137,26 @@ def check_running_stat(p: object, name: str, num_channels: int, dtype: np.dtype,
     return p
 
 
-def check_out(out: object, x: np.ndarray) -> np.ndarray | None:
+def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x") -> np.ndarray | None:
     """``out`` must match ``x`` in shape and dtype, be writeable, and be ``x`` itself or not
     overlap it (a partial overlap would overwrite input that is still to be read)."""
     if out is None:
         return None
-    reject_device(out, "out")
+    reject_device(out, name)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    check_out_shape_dtype(out.shape, out.dtype, x.shape, x.dtype)
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of {x_name}, {x.shape}, got {out.shape}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of {x_name}, {x.dtype}, got {out.dtype}")
     if not out.flags.writeable:
-        raise ValueError("out must be writeable")
+        raise ValueError(f"{name} must be writeable")
     same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
     if not same and np.shares_memory(out, x):
-        raise ValueError("out overlaps x without being x itself; pass out=x for in place, or a separate array")
+        raise ValueError(
+            f"{name} overlaps {x_name} without being {x_name} itself; pass {name}={x_name} for in place, "
+            "or a separate array"
+        )
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD
+from ._halfio import load, store
 
 # error_model="numpy": x/0 gives inf/nan as in torch (and as NumPy does) instead of raising,
 # and spares a zero test per division.
@@ -56,11 +57,11 @@ def run_moments(run):
     n = run.shape[0]
     if n == 0:
         return 0.0, 0.0
-    shift = np.float64(run[0])
+    shift = np.float64(load(run[0]))
     s1 = 0.0
     s2 = 0.0
     for i in range(n):
-        d = run[i] - shift
+        d = load(run[i]) - shift
         s1 += d
         s2 += d * d
     return shift + s1 / n, max(s2 - s1 * s1 / n, 0.0)
@@ -90,12 +91,12 @@ def block_moments(x3, o0, o1, i0, i1, mean, m2):
     for r0 in range(o0, o1, _CL_CHUNK_ROWS):
         r1 = min(r0 + _CL_CHUNK_ROWS, o1)
         for c in range(C):
-            shift[c] = x3[r0, c, 0]
+            shift[c] = load(x3[r0, c, 0])
             s1[c] = 0.0
             s2[c] = 0.0
         for r in range(r0, r1):
             for c in range(C):
-                d = x3[r, c, 0] - shift[c]
+                d = load(x3[r, c, 0]) - shift[c]
                 s1[c] += d
                 s2[c] += d * d
         nb = float(r1 - r0)
@@ -165,11 +166,11 @@ def block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
             for c in range(C):
                 m, s, b = shift[c], scale[c], offset[c]
                 for i in range(i0, i1):
-                    out3[o, c, i] = (x3[o, c, i] - m) * s + b
+                    out3[o, c, i] = store((load(x3[o, c, i]) - m) * s + b, out3)
     else:
         for o in range(o0, o1):
             for c in range(C):
-                out3[o, c, 0] = (x3[o, c, 0] - shift[c]) * scale[c] + offset[c]
+                out3[o, c, 0] = store((load(x3[o, c, 0]) - shift[c]) * scale[c] + offset[c], out3)
 
 
 @_parallel
@@ -219,12 +220,12 @@ def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
         rstd = 1.0 / math.sqrt(m2 / D + eps)
         dst = out2[r]
         for j in range(D):
-            v = (row[j] - mean) * rstd
+            v = (load(row[j]) - mean) * rstd
             if weight is not None:
                 v *= weight[j]
             if bias is not None:
                 v += bias[j]
-            dst[j] = v
+            dst[j] = store(v, dst)
         mean_out[r] = mean
         rstd_out[r] = rstd
 

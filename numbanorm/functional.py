@@ -22,6 +22,7 @@ from ._checks import (
 )
 from ._config import kernel_guard
 from ._device import backend, is_device_array
+from ._halfio import kernel_array
 from ._layout import copy_back, input_view, output_view, rows_view
 
 __all__ = ["layer_norm", "batch_norm"]
@@ -63,7 +64,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
     with kernel_guard:
-        _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, get_num_threads())
+        _engine.layer_norm_forward(kernel_array(x2), weight, bias, eps, kernel_array(target), mean, rstd,
+                                   get_num_threads())
     if not result.flags.c_contiguous:
         np.copyto(result, target.reshape(x.shape))
     if not return_stats:
@@ -102,13 +104,13 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if not training:
             mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
         elif x.size:
-            count, mean, m2 = _engine.channel_moments(view.x3, get_num_threads())
+            count, mean, m2 = _engine.channel_moments(kernel_array(view.x3), get_num_threads())
             var = m2 / count
         else:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
             mean = var = np.full(num_channels, np.nan)
         invstd, scale, offset = _engine.channel_scale_offset(mean, var, weight, bias, eps)
         if x.size:
-            _engine.channel_affine(view.x3, mean, scale, offset, target, get_num_threads())
+            _engine.channel_affine(kernel_array(view.x3), mean, scale, offset, kernel_array(target), get_num_threads())
     if needs_copy:
         copy_back(result, target, axis, view.channels_moved)
     if training and running_mean is not None and count > 0:
@@ -144,5 +146,6 @@ def _check_batch_norm(x, running_mean, running_var, weight, bias, training, mome
 
 def _update_running(running_mean, running_var, mean, unbiased_var, momentum):
     """torch's rule, computed in float64 and written in place."""
-    running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-    running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased_var
+    keep = np.float64(1.0 - momentum)  # a float64 scalar, so half running stats are not rounded twice
+    running_mean[...] = keep * running_mean + momentum * mean
+    running_var[...] = keep * running_var + momentum * unbiased_var

@@ -29,6 +29,7 @@ from ._checks import (
 )
 from ._config import kernel_guard
 from ._engine import chan_merge
+from ._halfio import kernel_array
 from ._layout import copy_back, input_view, output_view, reduction_output, reduction_view
 
 __all__ = ["Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize"]
@@ -196,7 +197,7 @@ def moments(x: ArrayLike, axis: int | tuple[int, ...] | None = None, *, channel_
         return result
     x3, _ = reduction_view(x, keep)
     with kernel_guard:
-        count, mean, m2 = _engine.channel_moments(x3, get_num_threads())
+        count, mean, m2 = _engine.channel_moments(kernel_array(x3), get_num_threads())
     return Moments(count, mean.reshape(stats_shape), m2.reshape(stats_shape))
 
 
@@ -227,7 +228,8 @@ def standardize(x: ArrayLike, axis: int | tuple[int, ...] | None = 0, *, stats: 
     denom = stats.var(ddof).reshape(-1) + eps
     scale = np.divide(1.0, np.sqrt(denom), out=np.ones_like(denom), where=denom != 0)
     with kernel_guard:
-        _engine.channel_affine(x3, stats.mean.reshape(-1), scale, np.zeros_like(scale), out3, get_num_threads())
+        _engine.channel_affine(kernel_array(x3), stats.mean.reshape(-1), scale, np.zeros_like(scale),
+                               kernel_array(out3), get_num_threads())
     return result
 
 
@@ -267,7 +269,7 @@ def batch_norm_with_stats(x, stats, running_mean, running_var, weight, bias, tra
     with kernel_guard:
         invstd, scale, offset = _engine.channel_scale_offset(mean, stats.var(), weight, bias, eps)
         if x.size:
-            _engine.channel_affine(view.x3, mean, scale, offset, target, get_num_threads())
+            _engine.channel_affine(kernel_array(view.x3), mean, scale, offset, kernel_array(target), get_num_threads())
     if needs_copy:
         copy_back(result, target, axis, view.channels_moved)
     if update:

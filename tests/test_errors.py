@@ -14,10 +14,10 @@ def _running():
     return np.arange(3, dtype=np.float32), np.arange(1, 4, dtype=np.float32)
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex64, np.uint8, np.float16])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex64, np.uint8, np.uint16, np.longdouble])
 def test_non_float_inputs(dtype):
     x = np.ones((4, 3), dtype)
-    with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
+    with pytest.raises(TypeError, match="x must have dtype float16, bfloat16, float32 or float64"):
         nb.layer_norm(x, 3)
     with pytest.raises(TypeError, match="x must have dtype"):
         nb.batch_norm(x, training=True)

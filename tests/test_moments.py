@@ -133,7 +133,7 @@ def test_moments_argument_errors(rng):
         nb.moments(x, 0.5)
     with pytest.raises(ValueError, match="channel_axis must be in"):
         nb.moments(x, channel_axis=3)
-    with pytest.raises(TypeError, match="dtype float32 or float64"):
+    with pytest.raises(TypeError, match="dtype float16, bfloat16, float32 or float64"):
         nb.moments(x.astype(np.int64), 0)
     with pytest.raises(ValueError, match="shapes"):
         nb.merge_moments(nb.Moments.empty(3), nb.Moments.empty(2))

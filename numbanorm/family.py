@@ -1,0 +1,292 @@
+"""The norm family on the moments engine: RMSNorm, GroupNorm, InstanceNorm, residual-add LayerNorm,
+and BatchNorm folding. Semantics follow ``torch.nn.functional`` where torch has the op."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+from numba import get_num_threads
+from numpy.typing import ArrayLike
+
+from . import _engine_family
+from ._checks import (
+    as_float_array,
+    check_channel_axis,
+    check_eps,
+    check_momentum,
+    check_normalized_shape,
+    check_out,
+    check_param,
+    check_running_stat,
+)
+from ._config import kernel_guard
+from ._device import backend, is_device_array
+from ._halfio import kernel_array
+from ._layout import copy_back, input_view, output_view, rows_view
+from .functional import batch_norm, stats_dtype
+
+__all__ = ["rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm"]
+
+
+def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+             eps: float | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
+    """RMS normalization over the trailing dims, as ``F.rms_norm``: ``x / sqrt(mean(x²) + eps) * weight``.
+
+    ``eps=None`` uses the machine epsilon of the compute type, as torch does: float64's for float64
+    input, float32's otherwise (half inputs are computed in float32 or wider by torch too).
+    """
+    if is_device_array(x):
+        return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
+    x = as_float_array(x)
+    shape = check_normalized_shape(normalized_shape, x.shape)
+    weight = check_param(weight, "weight", shape, x.dtype)
+    eps = float(np.finfo(stats_dtype(x.dtype)).eps) if eps is None else check_eps(eps)
+    out = check_out(out, x)
+    x2, result, target = _rows_io(x, len(shape), out)
+    rstd = np.empty(x2.shape[0], stats_dtype(x.dtype))
+    with kernel_guard:
+        _engine_family.rms_norm_forward(kernel_array(x2), weight, eps, kernel_array(target).reshape(x2.shape), rstd,
+                                        get_num_threads())
+    return _rows_result(result, target)
+
+
+def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Sequence[int],
+                   weight: ArrayLike | None = None, bias: ArrayLike | None = None, eps: float = 1e-5, *,
+                   out: np.ndarray | None = None,
+                   residual_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(layer_norm(x + residual), x + residual)`` in one pass over ``x`` and ``residual``.
+
+    The sum is rounded to the input dtype before it is normalized, so both results equal the
+    unfused ops. ``out`` / ``residual_out`` may be ``x`` or ``residual`` themselves (in place), but
+    not overlap them partially nor each other.
+    """
+    if is_device_array(x):
+        return _device_op("add_layer_norm")(x, residual, normalized_shape, weight, bias, eps, out=out,
+                                        residual_out=residual_out)
+    x = as_float_array(x)
+    residual = as_float_array(residual, "residual")
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"residual must have the shape and dtype of x, {x.shape} {x.dtype}, "
+                         f"got {residual.shape} {residual.dtype}")
+    shape = check_normalized_shape(normalized_shape, x.shape)
+    weight = check_param(weight, "weight", shape, x.dtype)
+    bias = check_param(bias, "bias", shape, x.dtype)
+    eps = check_eps(eps)
+    for name, buf in (("out", out), ("residual_out", residual_out)):
+        check_out(buf, x, name=name)
+        check_out(buf, residual, name=name, x_name="residual")
+    if out is not None and residual_out is not None and np.shares_memory(out, residual_out):
+        raise ValueError("out and residual_out must not overlap: both results are returned")
+    k = len(shape)
+    x2, result, target = _rows_io(x, k, out)
+    res2 = rows_view(residual, k)
+    sum_result, sum_target = _rows_target(x, residual_out)
+    mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
+    rstd = np.empty_like(mean)
+    with kernel_guard:
+        _engine_family.add_layer_norm_forward(kernel_array(x2), kernel_array(res2), weight, bias, eps,
+                                              kernel_array(target).reshape(x2.shape),
+                                              kernel_array(sum_target).reshape(x2.shape), mean, rstd,
+                                              get_num_threads())
+    return _rows_result(result, target), _rows_result(sum_result, sum_target)
+
+
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+               eps: float = 1e-5, *, channel_axis: int = 1, out: np.ndarray | None = None,
+               return_stats: bool = False):
+    """Group normalization, as ``F.group_norm``: per sample, over each group of ``C / num_groups``
+    consecutive channels and all spatial positions; per-channel ``weight``/``bias``.
+
+    Axis 0 is the batch; ``channel_axis=-1`` is channels-last (NHWC), read without a transpose.
+    With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``(N, num_groups)``.
+    """
+    if is_device_array(x):
+        return _device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
+                                    return_stats=return_stats)
+    x = as_float_array(x)
+    axis = _check_sample_layout(x, channel_axis, "group_norm")
+    C = x.shape[axis]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    if num_groups <= 0 or C % num_groups:
+        raise ValueError(f"num_groups must be a positive divisor of the number of channels {C}, got {num_groups}")
+    G = int(num_groups)
+    weight = check_param(weight, "weight", (C,), x.dtype)
+    bias = check_param(bias, "bias", (C,), x.dtype)
+    eps = check_eps(eps)
+    out = check_out(out, x)
+
+    result, x4, target4, finish = _sample_io(x, axis, out)
+    if x4 is None:  # empty input: nothing to normalize, stats undefined
+        gmean = grstd = np.full((x.shape[0], G), np.nan)
+    else:
+        _, _, _, gmean, grstd = _grouped_norm(x4, G, weight, bias, eps, target4)
+        finish()
+    if not return_stats:
+        return result
+    sdt = stats_dtype(x.dtype)
+    return result, gmean.astype(sdt), grstd.astype(sdt)
+
+
+def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None,
+                  weight: ArrayLike | None = None, bias: ArrayLike | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Instance normalization, as ``F.instance_norm``: per sample and channel over the spatial dims.
+
+    With ``use_input_stats`` and running stats given, they are updated in place as torch does:
+    with the per-(n, c) batch mean and unbiased variance averaged over N. ``use_input_stats=False``
+    normalizes with the running stats (that is BatchNorm in eval mode).
+    """
+    if is_device_array(x):
+        return _device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                       eps, channel_axis=channel_axis, out=out)
+    x = as_float_array(x)
+    axis = _check_sample_layout(x, channel_axis, "instance_norm")
+    C = x.shape[axis]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    update = bool(use_input_stats) and running_mean is not None
+    running_mean = check_running_stat(running_mean, "running_mean", C, x.dtype, update)
+    running_var = check_running_stat(running_var, "running_var", C, x.dtype, update)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    if not use_input_stats:
+        if running_mean is None:
+            raise ValueError("use_input_stats=False needs running_mean and running_var")
+        return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
+                          channel_axis=channel_axis, out=out)
+    weight = check_param(weight, "weight", (C,), x.dtype)
+    bias = check_param(bias, "bias", (C,), x.dtype)
+    if x.shape[0] * C and x.size // (x.shape[0] * C) == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
+    out = check_out(out, x)
+
+    result, x4, target4, finish = _sample_io(x, axis, out)
+    if x4 is None:
+        return result
+    count, mean, m2, _, _ = _grouped_norm(x4, C, weight, bias, eps, target4)  # InstanceNorm: G = C
+    finish()
+    if update:
+        keep = np.float64(1.0 - momentum)
+        running_mean[...] = keep * running_mean + momentum * mean.mean(axis=0)
+        running_var[...] = keep * running_var + momentum * (m2 / (count - 1.0)).mean(axis=0)
+    return result
+
+
+def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: ArrayLike, running_var: ArrayLike,
+                    bn_weight: ArrayLike | None, bn_bias: ArrayLike | None, eps: float = 1e-5, *,
+                    out_axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fold an eval-mode BatchNorm into the Linear/Conv before it: returns ``(weight', bias')`` with
+    ``conv(x, weight') + bias' == batch_norm(conv(x, weight) + bias)``.
+
+    ``out_axis`` is the output-channel axis of ``weight`` (0 for Linear/Conv, 1 for ConvTranspose,
+    like torch's ``transpose=True``). Computed in float64, returned in ``weight``'s dtype.
+    """
+    weight = as_float_array(weight, "weight")
+    if weight.ndim == 0:
+        raise ValueError("weight must have at least 1 dim (the output channels)")
+    if isinstance(out_axis, bool) or not isinstance(out_axis, numbers.Integral):
+        raise TypeError(f"out_axis must be an int, got {type(out_axis).__name__}")
+    if not -weight.ndim <= out_axis < weight.ndim:
+        raise ValueError(f"out_axis must be in [{-weight.ndim}, {weight.ndim - 1}] for a {weight.ndim}-D weight, "
+                         f"got {out_axis}")
+    axis = int(out_axis) % weight.ndim
+    C = weight.shape[axis]
+    dt = weight.dtype
+    rm = _fold_vector(running_mean, "running_mean", C, None)
+    rv = _fold_vector(running_var, "running_var", C, None)
+    gamma = _fold_vector(bn_weight, "bn_weight", C, 1.0)
+    beta = _fold_vector(bn_bias, "bn_bias", C, 0.0)
+    b = _fold_vector(bias, "bias", C, 0.0)
+    eps = check_eps(eps)
+    scale = gamma / np.sqrt(rv + eps)
+    bshape = [1] * weight.ndim
+    bshape[axis] = C
+    new_weight = (weight.astype(np.float64) * scale.reshape(bshape)).astype(dt)
+    new_bias = ((b - rm) * scale + beta).astype(dt)
+    return new_weight, new_bias
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def _device_op(name: str):
+    """The CUDA backend's ``name``, or a clear error while the backend has no such kernel."""
+    op = getattr(backend(), name, None)
+    if op is None:
+        raise TypeError(f"{name} has no CUDA implementation yet; pass a NumPy array (host memory)")
+    return op
+
+
+def _grouped_norm(x4, G, weight, bias, eps, target4):
+    """Per-(n, c) moments, merged into G groups per sample, then the per-channel affine.
+    Returns (count per channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G))."""
+    C = x4.shape[2]
+    with kernel_guard:
+        count, mean, m2 = _engine_family.sample_channel_moments(x4, get_num_threads())
+        gmean, gm2 = (mean, m2) if G == C else _engine_family.merge_groups(mean, m2, count, G)
+        grstd = 1.0 / np.sqrt(gm2 / (count * (C // G)) + eps)
+        shift, scale, offset = _engine_family.group_scale_offset(gmean, grstd, weight, bias, C)
+        _engine_family.sample_channel_affine(x4, shift, scale, offset, target4, get_num_threads())
+    return count, mean, m2, gmean, grstd
+
+
+def _rows_target(x: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(array to return, C-contiguous array the kernel writes: ``result`` itself when it can)."""
+    result = np.empty(x.shape, x.dtype) if out is None else out
+    target = result if result.flags.c_contiguous else np.empty(x.shape, x.dtype)
+    return result, target
+
+
+def _rows_io(x: np.ndarray, k: int, out: np.ndarray | None):
+    x2 = rows_view(x, k)
+    result, target = _rows_target(x, out)
+    return x2, result, target
+
+
+def _rows_result(result: np.ndarray, target: np.ndarray) -> np.ndarray:
+    if target is not result:
+        np.copyto(result, target)
+    return result
+
+
+def _check_sample_layout(x: np.ndarray, channel_axis: object, op: str) -> int:
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got shape {x.shape}")
+    axis = check_channel_axis(channel_axis, x.ndim)
+    if axis == 0:
+        raise ValueError(f"channel_axis must not be 0, the batch axis, for {op}")
+    return axis
+
+
+def _sample_io(x: np.ndarray, axis: int, out: np.ndarray | None):
+    """(result, 4-D kernel input view (N, outer, C, inner), 4-D kernel output view, finish());
+    the views are None for an empty input. ``finish`` copies a scratch output back if one was needed."""
+    view = input_view(x, axis)
+    result, target, needs_copy = output_view(out, x, view, axis)
+    if x.size == 0:
+        return result, None, None, None
+    N, C, inner = x.shape[0], x.shape[axis], view.x3.shape[2]
+    x4 = kernel_array(view.x3).reshape(N, -1, C, inner)
+    target4 = kernel_array(target).reshape(x4.shape)
+
+    def finish() -> None:
+        if needs_copy:
+            copy_back(result, target, axis, view.channels_moved)
+
+    return result, x4, target4, finish
+
+
+def _fold_vector(v: object, name: str, C: int, default: float | None) -> np.ndarray:
+    if v is None:
+        if default is None:
+            raise TypeError(f"{name} must be an array of shape ({C},), got None")
+        return np.full(C, default)
+    arr = as_float_array(v, name)
+    if arr.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) (the output channels of weight), got {arr.shape}")
+    return arr.astype(np.float64)
+
