@@ -8,8 +8,7 @@ numbanorm itself never imports numba.cuda. Layout:
 * ``_launch.py``: stream selection and the cache of configured launches;
 * ``_functional.py``: argument checks (shared with the CPU path) and the host-side drivers.
 
-Backward ops will add ``layer_norm_backward``/``batch_norm_backward`` drivers to
-``_functional.py`` and their kernels to ``_kernels.py``.
+* ``_kernels_backward.py`` / ``_backward.py``: the backward kernels and their drivers.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ from ._compat import patch_row_stack
 if not numba.config.ENABLE_CUDASIM:  # pragma: no cover - hardware only
     patch_row_stack()
 
+from ._backward import batch_norm_backward, layer_norm_backward  # noqa: E402
 from ._functional import batch_norm, layer_norm  # noqa: E402
 
-__all__ = ["batch_norm", "layer_norm", "require_gpu"]
+__all__ = ["batch_norm", "layer_norm", "batch_norm_backward", "layer_norm_backward", "require_gpu"]
 
 _CHECKED: list = []
 

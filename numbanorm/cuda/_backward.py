@@ -1,0 +1,212 @@
+"""Host-side drivers of the CUDA backward ops: the CPU path's checks (same order, same messages)
+on array metadata, then the launches of ``_kernels_backward.py``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import check_channel_axis, check_float_dtype, check_normalized_shape
+from . import _arrays, _kernels
+from . import _kernels_backward as _kb
+from ._arrays import DEVICE_DTYPES, DevArray
+from ._functional import _acc, _blocks_per_channel, _flat, _io, _threads, _wrap_out, _wrap_param, _wrap_x
+from ._launch import launch, stream_for
+
+__all__ = ["layer_norm_backward", "batch_norm_backward"]
+
+#: Most blocks the LayerNorm backward launches (each writes one row of grad_weight partials).
+LN_BWD_BLOCKS = 528
+
+
+def _wrap_like(a, name: str, x: DevArray) -> DevArray:
+    """``check_like`` on a device array: shape and dtype of x."""
+    da = _arrays.wrap(a, name)
+    check_float_dtype(da.dtype, name, DEVICE_DTYPES)
+    if da.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x, {x.shape}, got {da.shape}")
+    if da.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x, {x.dtype}, got {da.dtype}")
+    return da
+
+
+def _wrap_stat(s, name: str, shape: tuple[int, ...]) -> DevArray:
+    """``check_stat`` on a device array (any float dtype), made contiguous if it is not."""
+    ds = _arrays.wrap(s, name)
+    check_float_dtype(ds.dtype, name, DEVICE_DTYPES)
+    if ds.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (as returned by the forward), got {ds.shape}")
+    return ds if ds.memory_order(0) == "c" else _arrays.contiguous(ds, name)
+
+
+def _check_no_overlap(out: DevArray | None, a: DevArray, name: str) -> None:
+    if out is None:
+        return
+    same = out.ptr == a.ptr and out.strides == a.strides
+    (a0, a1), (b0, b1) = out.extent(), a.extent()
+    if not same and a0 < b1 and b0 < a1:
+        raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")
+
+
+def _stat_io(*stats: DevArray) -> str:
+    if len({s.dtype == "bfloat16" for s in stats}) != 1:
+        raise TypeError("the saved statistics must have one dtype")
+    return _io(stats[0].dtype)
+
+
+def _grad_params(w: DevArray | None, like: DevArray, shape: tuple[int, ...]):
+    """grad_weight / grad_bias arrays of the weight's dtype (None without a weight)."""
+    if w is None:
+        return None, None
+    return _arrays.empty(like, shape, w.dtype), _arrays.empty(like, shape, w.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# layer_norm_backward
+# --------------------------------------------------------------------------------------------
+def layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight=None, *, out=None):
+    """``numbanorm.layer_norm_backward`` on CUDA arrays; returns arrays of x's kind."""
+    dx = _wrap_x(x)
+    shape = check_normalized_shape(normalized_shape, dx.shape)
+    dg = _wrap_like(grad_out, "grad_out", dx)
+    batch_shape = dx.shape[: dx.ndim - len(shape)]
+    dm = _wrap_stat(mean, "mean", batch_shape)
+    dr = _wrap_stat(rstd, "rstd", batch_shape)
+    w = _wrap_param(weight, "weight", shape, dx)
+    dout = _wrap_out(out, dx)
+    _check_no_overlap(dout, dg, "grad_out")
+
+    D = math.prod(shape)
+    R = math.prod(batch_shape)
+    src = dx if dx.memory_order(0) == "c" else _arrays.contiguous(dx, "x")
+    gsrc = dg if dg.memory_order(0) == "c" else _arrays.contiguous(dg, "grad_out")
+    if dout is not None and dout.memory_order(0) == "c":
+        result = target = dout
+    else:
+        target = _arrays.empty_like(src)
+        result = dout if dout is not None else target
+    gw, gb = _grad_params(w, dx, shape)
+    stream = stream_for(dx)
+    if R and D:
+        acc, xio, sio = _acc(dx.dtype), _io(dx.dtype), _stat_io(dm, dr)
+        pio = _io(w.dtype) if w is not None else "f"
+        regs = _kernels.LN_REGS
+        T = _threads(-(-D // regs), _kernels.MAX_THREADS)
+        P = min(R, LN_BWD_BLOCKS)
+        fg = _arrays.flat(gsrc)
+        if w is not None:
+            parts = [_arrays.flat(_arrays.scratch(dx, P * D, "float64", 6 + k)) for k in range(2)]
+        else:
+            parts = [fg, fg]
+        kernel = _kb.layer_norm_backward_kernel(acc, xio, pio, sio, regs, w is not None)
+        launch(kernel, (P,), (T,), stream, fg, _arrays.flat(src), _arrays.flat(dm), _arrays.flat(dr),
+               _flat(w, fg), _arrays.flat(target), parts[0], parts[1], R, D)
+        if w is not None:
+            Tr = _threads(D, 256)
+            launch(_kb.ln_param_reduce_kernel(pio), (-(-D // Tr),), (Tr,), stream, parts[0], parts[1], P, D,
+                   _arrays.flat(gw), _arrays.flat(gb))
+    elif w is not None:  # no rows: the sums are empty
+        gw = _arrays.from_host(dx, np.zeros(shape, _host_dtype(w.dtype)))
+        gb = _arrays.from_host(dx, np.zeros(shape, _host_dtype(w.dtype)))
+        gw.dtype = gb.dtype = w.dtype
+    if result is not target:
+        _arrays.copy_into(result, target)
+    if w is None:
+        return result.obj, None, None
+    return result.obj, gw.obj, gb.obj
+
+
+def _host_dtype(dtype: str):
+    return np.int16 if dtype == "bfloat16" else np.dtype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# batch_norm_backward
+# --------------------------------------------------------------------------------------------
+def batch_norm_backward(grad_out, x, mean, invstd, weight=None, training=True, *, channel_axis=1, out=None):
+    """``numbanorm.batch_norm_backward`` on CUDA arrays; returns arrays of x's kind."""
+    dx = _wrap_x(x)
+    if dx.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {dx.shape}")
+    axis = check_channel_axis(channel_axis, dx.ndim)
+    C = dx.shape[axis]
+    dg = _wrap_like(grad_out, "grad_out", dx)
+    dm = _wrap_stat(mean, "mean", (C,))
+    ds = _wrap_stat(invstd, "invstd", (C,))
+    w = _wrap_param(weight, "weight", (C,), dx)
+    dout = _wrap_out(out, dx)
+    _check_no_overlap(dout, dg, "grad_out")
+    training = bool(training)
+
+    order = dx.memory_order(axis)
+    src = dx if order is not None else _arrays.contiguous(dx, "x")
+    order = order or "c"
+    gsrc = dg
+    if dg.memory_order(axis) != order or (order == "moved" and dg.strides != src.strides):
+        # grad_out is laid out unlike x: read both C-contiguous (one copy each at most)
+        src = src if order == "c" else _arrays.contiguous(src, "x")
+        gsrc = dg if dg.memory_order(0) == "c" else _arrays.contiguous(dg, "grad_out")
+        order = "c"
+    outer, _, inner = _arrays.canonical_dims(src, axis, order)
+    if dout is not None and dout.memory_order(axis) == order and (order == "c" or dout.strides == src.strides):
+        result = target = dout
+    else:
+        target = _arrays.empty_like(src)
+        result = dout if dout is not None else target
+    gw, gb = _grad_params(w, dx, (C,))
+    if C and dx.size:
+        _bn_backward_launches(gsrc, src, dm, ds, w, gw, gb, target, outer, C, inner, training, dx)
+    elif w is not None:  # empty batch: the sums are empty (no channels: nothing at all)
+        gw = _arrays.from_host(dx, np.zeros(C, _host_dtype(w.dtype)))
+        gb = _arrays.from_host(dx, np.zeros(C, _host_dtype(w.dtype)))
+        gw.dtype = gb.dtype = w.dtype
+    if result is not target:
+        _arrays.copy_into(result, target)
+    if w is None:
+        return result.obj, None, None
+    return result.obj, gw.obj, gb.obj
+
+
+def _bn_backward_launches(dg, dx, dm, ds, w, gw, gb, target, outer, C, inner, training, like):
+    stream = stream_for(like)
+    acc, xio, sio = _acc(like.dtype), _io(like.dtype), _stat_io(dm, ds)
+    pio = _io(w.dtype) if w is not None else "f"
+    fg, fx, fm, fs, fy = (_arrays.flat(a) for a in (dg, dx, dm, ds, target))
+    fw = _flat(w, fg)
+    M = outer * inner
+    write_gx = not training and w is not None  # eval: grad_x = dy·γ·invstd written by the sums' pass
+    need_sums = training or w is not None
+    P = 0
+    parts = [fg, fg]
+    if need_sums:
+        if inner == 1:
+            TX, TY = _kernels.BN_TX, _kernels.BN_TY
+            col_blocks = -(-C // TX)
+            P = _blocks_per_channel(M, col_blocks)
+            parts = [_arrays.flat(_arrays.scratch(like, C * P, "float64", 3 + k)) for k in range(2)]
+            launch(_kb.bn_grad_partials_cl_kernel(acc, xio, pio, sio, write_gx, TX, TY), (col_blocks, P), (TX, TY),
+                   stream, fg, fx, fm, fs, fw, C, P, fy, parts[0], parts[1])
+        else:
+            P = _blocks_per_channel(M, C)
+            block = (_threads(-(-M // P), _kernels.BN_THREADS),)
+            parts = [_arrays.flat(_arrays.scratch(like, C * P, "float64", 3 + k)) for k in range(2)]
+            launch(_kb.bn_grad_partials_kernel(acc, xio, pio, sio, write_gx), (C, P), block, stream,
+                   fg, fx, fm, fs, fw, C, inner, P, fy, parts[0], parts[1])
+    cdt = "float64" if acc == 64 else "float32"
+    coeffs = [_arrays.flat(_arrays.scratch(like, C, cdt, k)) for k in range(8, 12)]
+    fin_block = (_threads(C, _kernels.BN_THREADS),)
+    launch(_kb.bn_grad_finalize_kernel(acc, pio, sio, w is not None, training), (-(-C // fin_block[0]),), fin_block,
+           stream, parts[0], parts[1], P, fm, fs, fw, float(M), _flat(gw, fg), _flat(gb, fg), *coeffs)
+    if write_gx:
+        return
+    has_x = training
+    if inner == 1:
+        TX, TY = _kernels.BN_TX, _kernels.BN_TY
+        grid = (-(-C // TX), max(1, min(65535, -(-outer // (TY * 4)))))
+        launch(_kb.bn_grad_input_cl_kernel(acc, xio, has_x, TX, TY), grid, (TX, TY), stream,
+               fg, fx, C, *coeffs, fy)
+    else:
+        T = _threads(inner, _kernels.BN_THREADS)
+        grid = (outer * C, max(1, min(65535, -(-inner // (T * 4)))))
+        launch(_kb.bn_grad_input_kernel(acc, xio, has_x), grid, (T,), stream, fg, fx, C, inner, *coeffs, fy)

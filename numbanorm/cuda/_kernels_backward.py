@@ -1,0 +1,331 @@
+"""numba.cuda backward kernels: LayerNorm (rows) and BatchNorm (per-channel sums + elementwise).
+
+Same conventions as ``_kernels.py`` (flat arrays, ``acc``/``xio``/``pio`` factories, shared-memory
+reductions under the simulator, shuffles on hardware). ``sio`` is how the saved statistics are
+stored ("f" native float, "b" bfloat16 bits).
+
+LayerNorm, with g = dy·γ and x̂ = (x - mean)·rstd per row::
+
+    grad_x = rstd·(g - Σg/D - x̂·Σg·x̂/D)
+
+one block walks rows ``blockIdx.x, blockIdx.x + gridDim.x, ...``; each row is read once (held in
+registers between the row reduction and the write), and each thread keeps its columns' Σdy·x̂ and
+Σdy for grad_weight/grad_bias in registers across the rows it visits. Every block then writes one
+row of float64 partials, and ``ln_param_reduce_kernel`` sums them per column (no atomics).
+
+BatchNorm (``_engine_backward.py`` has the algebra): per-block partial Σdy and Σdy·(x - hi)
+(``hi`` = the mean rounded to the accumulation type; the float64 finalize adds the ``-lo·Σdy``
+correction), one thread per channel merges them in float64 and writes grad_weight/grad_bias and
+the grad_x coefficients, then one elementwise pass ``grad_x = p·dy - q·(x - hi) + r``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import cuda
+
+from ._kernels import SHARED_SLOTS, _loader, _np_float, _numba_float, _reduce2_columns, _storer, reduce2
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNorm
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int, has_w: bool):
+    """``kernel(g, x, mean, rstd, w, gx, part_w, part_b, R, D)``; grid = P blocks, each writes
+    row ``blockIdx.x`` of the (P, D) float64 partials (with ``has_w``)."""
+    ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(acc, sio)
+    A, nbt = _np_float(acc), _numba_float(acc)
+    slots = SHARED_SLOTS
+
+    @cuda.jit
+    def kernel(g, x, mean, rstd, w, gx, part_w, part_b, R, D):
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
+        xh = cuda.local.array(regs, nbt)
+        gg = cuda.local.array(regs, nbt)
+        aw = cuda.local.array(regs, nbt)
+        ab = cuda.local.array(regs, nbt)
+        tid = cuda.threadIdx.x
+        T = cuda.blockDim.x
+        blk = cuda.blockIdx.x
+        pbase = blk * D
+        for k in range(regs):
+            aw[k] = A(0.0)
+            ab[k] = A(0.0)
+        if has_w:
+            j = tid + regs * T
+            while j < D:  # columns past the registers accumulate in this block's partial row
+                part_w[pbase + j] = 0.0
+                part_b[pbase + j] = 0.0
+                j += T
+        r = blk
+        while r < R:
+            base = r * D
+            m = A(ld_s(mean, r))
+            s = A(ld_s(rstd, r))
+            a = A(0.0)
+            b = A(0.0)
+            for k in range(regs):
+                j = tid + k * T
+                if j < D:
+                    h = (ld_x(x, base + j) - m) * s
+                    d = ld_x(g, base + j)
+                    if has_w:
+                        aw[k] += d * h
+                        ab[k] += d
+                        d *= ld_p(w, j)
+                    xh[k] = h
+                    gg[k] = d
+                    a += d
+                    b += d * h
+            j = tid + regs * T
+            while j < D:
+                h = (ld_x(x, base + j) - m) * s
+                d = ld_x(g, base + j)
+                if has_w:
+                    part_w[pbase + j] += np.float64(d * h)
+                    part_b[pbase + j] += np.float64(d)
+                    d *= ld_p(w, j)
+                a += d
+                b += d * h
+                j += T
+            a, b = reduce2(a, b, sh_a, sh_b, tid, T)
+            a /= A(D)
+            b /= A(D)
+            for k in range(regs):
+                j = tid + k * T
+                if j < D:
+                    st_x(gx, base + j, (gg[k] - a - xh[k] * b) * s)
+            j = tid + regs * T
+            while j < D:  # the tail is read again (from L2), as in the forward
+                h = (ld_x(x, base + j) - m) * s
+                d = ld_x(g, base + j)
+                if has_w:
+                    d *= ld_p(w, j)
+                st_x(gx, base + j, (d - a - h * b) * s)
+                j += T
+            cuda.syncthreads()  # the next row's reduction reuses the shared slots
+            r += cuda.gridDim.x
+        if has_w:
+            for k in range(regs):
+                j = tid + k * T
+                if j < D:
+                    part_w[pbase + j] = np.float64(aw[k])
+                    part_b[pbase + j] = np.float64(ab[k])
+
+    return kernel
+
+
+@functools.cache
+def ln_param_reduce_kernel(pio: str):
+    """grad_weight[j] = Σ_p part_w[p, j], grad_bias likewise; one thread per column (coalesced)."""
+    st_p = _storer(pio)
+
+    @cuda.jit
+    def kernel(part_w, part_b, P, D, gw, gb):
+        j = cuda.grid(1)
+        if j >= D:
+            return
+        sw = 0.0
+        sb = 0.0
+        for p in range(P):
+            sw += part_w[p * D + j]
+            sb += part_b[p * D + j]
+        st_p(gw, j, sw)
+        st_p(gb, j, sb)
+
+    return kernel
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bool):
+    """(outer, C, inner > 1): grid (C, P), 1-D blocks, the split of ``bn_partials_kernel``.
+    Writes per-block Σdy and Σdy·(x - hi) in float64; with ``write_gx`` (eval backward with a
+    weight) also ``gx = dy·γ·invstd`` on the way."""
+    ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(64, sio)
+    A, nbt = _np_float(acc), _numba_float(acc)
+    slots = SHARED_SLOTS
+
+    @cuda.jit
+    def kernel(g, x, mean, invstd, w, C, inner, P, gx, part_dy, part_dyx):
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
+        tid = cuda.threadIdx.x
+        T = cuda.blockDim.x
+        c = cuda.blockIdx.x
+        p = cuda.blockIdx.y
+        M = x.shape[0] // C
+        j0 = (M * p) // P
+        j1 = (M * (p + 1)) // P
+        hi = A(ld_s(mean, c))
+        sc = A(0.0)
+        if write_gx:
+            sc = A(ld_s(invstd, c) * ld_p(w, c))
+        s1 = A(0.0)
+        s2 = A(0.0)
+        j = j0 + tid
+        o = j // inner
+        i = j - o * inner
+        while j < j1:
+            k = (o * C + c) * inner + i
+            d = ld_x(g, k)
+            s1 += d
+            s2 += d * (ld_x(x, k) - hi)
+            if write_gx:
+                st_x(gx, k, d * sc)
+            j += T
+            i += T
+            while i >= inner:
+                i -= inner
+                o += 1
+        s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
+        if tid == 0:
+            part_dy[c * P + p] = np.float64(s1)
+            part_dyx[c * P + p] = np.float64(s2)
+
+    return kernel
+
+
+@functools.cache
+def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bool, TX: int, TY: int):
+    """Channels-last (rows, C): grid (ceil(C/TX), P), blocks (TX, TY), as ``bn_partials_cl_kernel``."""
+    ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(64, sio)
+    A, nbt = _np_float(acc), _numba_float(acc)
+    slots = TX * TY
+
+    @cuda.jit
+    def kernel(g, x, mean, invstd, w, C, P, gx, part_dy, part_dyx):
+        sh_a = cuda.shared.array(slots, nbt)
+        sh_b = cuda.shared.array(slots, nbt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        p = cuda.blockIdx.y
+        c = cuda.blockIdx.x * TX + tx
+        R = x.shape[0] // C
+        r0 = (R * p) // P
+        r1 = (R * (p + 1)) // P
+        s1 = A(0.0)
+        s2 = A(0.0)
+        if c < C:
+            hi = A(ld_s(mean, c))
+            sc = A(0.0)
+            if write_gx:
+                sc = A(ld_s(invstd, c) * ld_p(w, c))
+            r = r0 + ty
+            while r < r1:
+                k = r * C + c
+                d = ld_x(g, k)
+                s1 += d
+                s2 += d * (ld_x(x, k) - hi)
+                if write_gx:
+                    st_x(gx, k, d * sc)
+                r += TY
+        s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
+        if ty == 0 and c < C:
+            part_dy[c * P + p] = np.float64(s1)
+            part_dyx[c * P + p] = np.float64(s2)
+
+    return kernel
+
+
+@functools.cache
+def bn_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool, training: bool):
+    """One thread per channel: sum the P partials in float64, write grad_weight/grad_bias (with
+    ``has_w``) and the grad_x coefficients ``(p, hi, q, r)`` (q = r = 0 outside training)."""
+    ld_p, st_p, ld_s = _loader(64, pio), _storer(pio), _loader(64, sio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(part_dy, part_dyx, P, mean, invstd, w, count, gw, gb, cp, chi, cq, cr):
+        c = cuda.grid(1)
+        if c >= cp.shape[0]:
+            return
+        s_dy = 0.0
+        s2 = 0.0
+        for k in range(P):
+            s_dy += part_dy[c * P + k]
+            s2 += part_dyx[c * P + k]
+        m = ld_s(mean, c)
+        hi = np.float64(A(m))
+        lo = m - hi
+        s_dyx = s2 - lo * s_dy  # Σdy·(x - mean) = Σdy·(x - hi) - lo·Σdy
+        istd = ld_s(invstd, c)
+        scale = istd
+        if has_w:
+            scale *= ld_p(w, c)
+            st_p(gw, c, s_dyx * istd)
+            st_p(gb, c, s_dy)
+        q = 0.0
+        r = 0.0
+        if training:
+            q = scale * istd * istd * s_dyx / count
+            r = -scale * s_dy / count
+        cp[c] = scale
+        chi[c] = hi
+        cq[c] = q
+        cr[c] = r + q * lo  # -q·(x - mean) = -q·(x - hi) + q·lo
+
+    return kernel
+
+
+@functools.cache
+def bn_grad_input_kernel(acc: int, xio: str, has_x: bool):
+    """(outer, C, inner > 1): ``gx = p[c]·dy - q[c]·(x - hi[c]) + r[c]`` (without ``has_x``:
+    ``p[c]·dy``, x unread); the grid of ``bn_normalize_kernel``."""
+    ld_x, st_x = _loader(acc, xio), _storer(xio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(g, x, C, inner, cp, chi, cq, cr, gx):
+        oc = cuda.blockIdx.x
+        c = oc % C
+        p = A(cp[c])
+        h = A(chi[c])
+        q = A(cq[c])
+        r = A(cr[c])
+        base = oc * inner
+        i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        step = cuda.gridDim.y * cuda.blockDim.x
+        while i < inner:
+            v = ld_x(g, base + i) * p
+            if has_x:
+                v += r - (ld_x(x, base + i) - h) * q
+            st_x(gx, base + i, v)
+            i += step
+
+    return kernel
+
+
+@functools.cache
+def bn_grad_input_cl_kernel(acc: int, xio: str, has_x: bool, TX: int, TY: int):
+    """Channels-last variant of ``bn_grad_input_kernel`` (the grid of ``bn_normalize_cl_kernel``)."""
+    ld_x, st_x = _loader(acc, xio), _storer(xio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(g, x, C, cp, chi, cq, cr, gx):
+        c = cuda.blockIdx.x * TX + cuda.threadIdx.x
+        if c >= C:
+            return
+        p = A(cp[c])
+        h = A(chi[c])
+        q = A(cq[c])
+        r = A(cr[c])
+        R = g.shape[0] // C
+        row = cuda.blockIdx.y * TY + cuda.threadIdx.y
+        step = cuda.gridDim.y * TY
+        while row < R:
+            k = row * C + c
+            v = ld_x(g, k) * p
+            if has_x:
+                v += r - (ld_x(x, k) - h) * q
+            st_x(gx, k, v)
+            row += step
+
+    return kernel
