@@ -1,8 +1,8 @@
 """The CUDA backend, tested here without a GPU.
 
-* ``tests/cuda/sim_kernels.py`` runs every CUDA kernel under the numba CUDA simulator. The
+* ``tests/cuda/sim_*.py`` run every CUDA kernel under the numba CUDA simulator. The
   simulator must be switched on before numba is imported, so it runs in a subprocess with
-  ``NUMBA_ENABLE_CUDASIM=1`` (its name keeps it out of this process's collection).
+  ``NUMBA_ENABLE_CUDASIM=1`` (their names keep them out of this process's collection).
 * The rest checks, in this process, what must hold without numba.cuda: importing numbanorm does
   not import it, host/device mixing errors, and the missing-numba-cuda error.
 """
@@ -33,7 +33,8 @@ def _run(args, **env):
 
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
 def test_cuda_kernels_under_simulator():
-    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda/sim_kernels.py"], NUMBA_ENABLE_CUDASIM="1")
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "cuda").glob("sim_*.py"))
+    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *files], NUMBA_ENABLE_CUDASIM="1")
     print(proc.stdout[-20000:], proc.stderr[-5000:])
     assert proc.returncode == 0, "simulator tests failed (output above)"
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]

@@ -123,18 +123,26 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
         mean = _arrays.empty(dx, (rows,), sdt)
         rstd = _arrays.empty(dx, (rows,), sdt)
         if rows:
-            regs = _kernels.LN_REGS
-            kernel = _kernels.layer_norm_kernel(_acc(dx.dtype), _io(dx.dtype), _io(_pdtype(w, b, dx)), regs,
-                                                w is not None, b is not None)
-            block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
-            fx = _arrays.flat(src)
-            launch(kernel, (rows,), block, stream_for(dx),
-                   fx, _flat(w, fx), _flat(b, fx), _arrays.flat(target), _arrays.flat(mean), _arrays.flat(rstd), D, eps)
+            row_norm("ln", src, None, None, w, b, target, mean, rstd, rows, D, eps)
     if result is not target:
         _arrays.copy_into(result, target)
     if not return_stats:
         return result.obj
     return result.obj, _arrays.reshape(mean, batch_shape), _arrays.reshape(rstd, batch_shape)
+
+
+def row_norm(mode: str, x: DevArray, res: DevArray | None, s: DevArray | None, w: DevArray | None,
+             b: DevArray | None, y: DevArray, mean: DevArray | None, rstd: DevArray, rows: int, D: int,
+             eps: float) -> None:
+    """Launch the row kernel (``_kernels.layer_norm_kernel``) in ``mode`` "ln", "rms" or "add"
+    over ``rows`` C-contiguous rows of length ``D > 0``."""
+    regs = _kernels.LN_REGS
+    kernel = _kernels.layer_norm_kernel(_acc(x.dtype), _io(x.dtype), _io(_pdtype(w, b, x)), regs,
+                                        w is not None, b is not None, mode)
+    block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
+    fx = _arrays.flat(x)
+    launch(kernel, (rows,), block, stream_for(x), fx, _flat(res, fx), _flat(s, fx), _flat(w, fx), _flat(b, fx),
+           _arrays.flat(y), _flat(mean, fx), _arrays.flat(rstd), D, eps)
 
 
 def _flat(p: DevArray | None, placeholder):
@@ -217,11 +225,11 @@ def _partial_moments(fx, outer, C, inner, acc, xio, stream, like):
         TX, TY = _kernels.BN_TX, _kernels.BN_TY
         col_blocks = -(-C // TX)
         P = _blocks_per_channel(M, col_blocks)
-        kernel, grid, block = _kernels.bn_partials_cl_kernel(acc, xio, TX, TY), (col_blocks, P), (TX, TY)
+        kernel, grid, block = _kernels.bn_partials_cl_kernel(acc, xio, TX, TY), (col_blocks, P, 1), (TX, TY)
     else:
         P = _blocks_per_channel(M, C)
         block = (_threads(-(-M // P), _kernels.BN_THREADS),)
-        kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P)
+        kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P, 1)
     parts = [_arrays.flat(_arrays.scratch(like, C * P, "float64", 3 + k)) for k in range(3)]
     if inner == 1:
         launch(kernel, grid, block, stream, fx, C, P, *parts)
@@ -243,11 +251,12 @@ def _normalize(fx, outer, C, inner, shift, scale, offset, fy, acc, xio, stream):
         rows = outer
         grid = (-(-C // TX), max(1, min(65535, -(-rows // (TY * 4)))))
         launch(_kernels.bn_normalize_cl_kernel(acc, xio, TX, TY), grid, (TX, TY), stream,
-               fx, C, shift, scale, offset, fy)
+               fx, C, rows, shift, scale, offset, fy)
     else:
         T = _threads(inner, _kernels.BN_THREADS)
         grid = (outer * C, max(1, min(65535, -(-inner // (T * 4)))))
-        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream, fx, C, inner, shift, scale, offset, fy)
+        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream, fx, C, inner, outer * C, shift, scale,
+               offset, fy)
 
 
 def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out):

@@ -207,45 +207,69 @@ def _np_float(acc):
 # LayerNorm forward: one row per block, the row held in registers between the two phases
 # --------------------------------------------------------------------------------------------
 @functools.cache
-def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_b: bool):
-    """``kernel(x, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows.
-    An absent weight/bias is compiled out (``has_w``/``has_b``); pass any array in its place."""
+def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_b: bool, mode: str = "ln"):
+    """``kernel(x, res, s, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows.
+    An absent weight/bias is compiled out (``has_w``/``has_b``); pass any array in its place.
+
+    ``mode`` (compile time): ``"ln"`` LayerNorm; ``"rms"`` RMSNorm (no mean: shift 0, mean not
+    written); ``"add"`` residual-add LayerNorm: ``s = x + res`` rounded to x's dtype (summed in
+    float64, stored, and read back, so the normalized values are exactly the stored sum, as the
+    unfused ops give), then LayerNorm of ``s``. ``res``/``s`` are placeholders outside "add"."""
     ld_x, st_y, ld_p = _loader(acc, xio), _storer(xio), _loader(acc, pio)
     A, nbt = _np_float(acc), _numba_float(acc)
+    add, rms = mode == "add", mode == "rms"
 
     slots = SHARED_SLOTS
 
     @cuda.jit
-    def kernel(x, w, b, y, mean_out, rstd_out, D, eps):
+    def kernel(x, res, s, w, b, y, mean_out, rstd_out, D, eps):
         sh_a = cuda.shared.array(slots, nbt)
         sh_b = cuda.shared.array(slots, nbt)
         vals = cuda.local.array(regs, nbt)
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         base = cuda.blockIdx.x * D
-        shift = ld_x(x, base)  # every thread reads the same sample: one broadcast load
+        src = s if add else x  # what the statistics and the tail read
+        if add:
+            for k in range(regs):
+                j = tid + k * T
+                if j < D:
+                    st_y(s, base + j, A(np.float64(ld_x(x, base + j)) + np.float64(ld_x(res, base + j))))
+                    vals[k] = ld_x(s, base + j)  # the rounded sum (this thread's own store)
+            j = tid + regs * T
+            while j < D:
+                st_y(s, base + j, A(np.float64(ld_x(x, base + j)) + np.float64(ld_x(res, base + j))))
+                j += T
+            cuda.syncthreads()  # the row's first sum (the shift) and the tail become visible
+        shift = A(0.0)
+        if not rms:
+            shift = ld_x(src, base)  # every thread reads the same sample: one broadcast load
         s1 = A(0.0)
         s2 = A(0.0)
         for k in range(regs):
             j = tid + k * T
             if j < D:
-                d = ld_x(x, base + j) - shift
+                v = vals[k] if add else ld_x(x, base + j)
+                d = v - shift
                 vals[k] = d
                 s1 += d
                 s2 += d * d
         j = tid + regs * T
         while j < D:  # rows longer than regs * T: the tail is read again below
-            d = ld_x(x, base + j) - shift
+            d = ld_x(src, base + j) - shift
             s1 += d
             s2 += d * d
             j += T
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         n = A(D)
-        dm = s1 / n
+        dm = A(0.0)
+        if not rms:
+            dm = s1 / n
         var = max(s2 / n - dm * dm, A(0.0))
         rstd = A(1.0) / math.sqrt(var + A(eps))
         if tid == 0:
-            mean_out[cuda.blockIdx.x] = shift + dm
+            if not rms:
+                mean_out[cuda.blockIdx.x] = shift + dm
             rstd_out[cuda.blockIdx.x] = rstd
         for k in range(regs):
             j = tid + k * T
@@ -258,7 +282,7 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_
                 st_y(y, base + j, v)
         j = tid + regs * T
         while j < D:
-            v = (ld_x(x, base + j) - shift - dm) * rstd
+            v = (ld_x(src, base + j) - shift - dm) * rstd
             if has_w:
                 v *= ld_p(w, j)
             if has_b:
@@ -274,8 +298,11 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_
 # --------------------------------------------------------------------------------------------
 @functools.cache
 def bn_partials_kernel(acc: int, xio: str):
-    """(outer, C, inner > 1): grid (C, P), 1-D blocks. Block p of channel c reduces elements
-    ``[M*p//P, M*(p+1)//P)`` of that channel's ``M = outer*inner`` and writes (n, mean, M2)."""
+    """(outer, C, inner > 1): grid (C, P, N), 1-D blocks. Block p of channel c reduces elements
+    ``[M*p//P, M*(p+1)//P)`` of that channel's ``M = outer*inner`` and writes (n, mean, M2).
+
+    ``N = gridDim.z`` splits x into N equal samples with their own moments (GroupNorm /
+    InstanceNorm: per-(n, c) moments); partial ``k = (n*C + c)*P + p``. BatchNorm: N = 1."""
     ld_x = _loader(acc, xio)
     A, nbt = _np_float(acc), _numba_float(acc)
 
@@ -289,17 +316,18 @@ def bn_partials_kernel(acc: int, xio: str):
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
         p = cuda.blockIdx.y
-        M = x.shape[0] // C
+        M = x.shape[0] // (C * cuda.gridDim.z)
+        xb = cuda.blockIdx.z * M * C  # the sample's first element
         j0 = (M * p) // P
         j1 = (M * (p + 1)) // P
-        shift = ld_x(x, c * inner)  # x[0, c, 0], shared by all blocks of the channel
+        shift = ld_x(x, xb + c * inner)  # x[0, c, 0], shared by all blocks of the channel
         s1 = A(0.0)
         s2 = A(0.0)
         j = j0 + tid
         o = j // inner  # one division per thread; the walk below only adds
         i = j - o * inner
         while j < j1:
-            d = ld_x(x, (o * C + c) * inner + i) - shift
+            d = ld_x(x, xb + (o * C + c) * inner + i) - shift
             s1 += d
             s2 += d * d
             j += T
@@ -309,7 +337,7 @@ def bn_partials_kernel(acc: int, xio: str):
                 o += 1
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         if tid == 0:
-            _write_partial(part_n, part_mean, part_m2, c * P + p, j1 - j0, shift, s1, s2)
+            _write_partial(part_n, part_mean, part_m2, (cuda.blockIdx.z * C + c) * P + p, j1 - j0, shift, s1, s2)
 
     return kernel
 
@@ -329,8 +357,9 @@ def _write_partial(part_n, part_mean, part_m2, k, count, shift, s1, s2):
 
 @functools.cache
 def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
-    """Channels-last (rows, C): grid (ceil(C/TX), P), blocks (TX, TY); lanes run over
-    channels so loads coalesce, rows ``[R*p//P, R*(p+1)//P)`` are split over ``ty``."""
+    """Channels-last (rows, C): grid (ceil(C/TX), P, N), blocks (TX, TY); lanes run over
+    channels so loads coalesce, rows ``[R*p//P, R*(p+1)//P)`` are split over ``ty``. N samples
+    as in ``bn_partials_kernel``."""
     ld_x = _loader(acc, xio)
     A, nbt = _np_float(acc), _numba_float(acc)
 
@@ -344,23 +373,24 @@ def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
         ty = cuda.threadIdx.y
         p = cuda.blockIdx.y
         c = cuda.blockIdx.x * TX + tx
-        R = x.shape[0] // C
+        R = x.shape[0] // (C * cuda.gridDim.z)
+        xb = cuda.blockIdx.z * R * C
         r0 = (R * p) // P
         r1 = (R * (p + 1)) // P
         s1 = A(0.0)
         s2 = A(0.0)
         shift = A(0.0)
         if c < C:
-            shift = ld_x(x, c)  # x[0, c]
+            shift = ld_x(x, xb + c)  # x[0, c]
             r = r0 + ty
             while r < r1:
-                d = ld_x(x, r * C + c) - shift
+                d = ld_x(x, xb + r * C + c) - shift
                 s1 += d
                 s2 += d * d
                 r += TY
         s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
         if ty == 0 and c < C:
-            _write_partial(part_n, part_mean, part_m2, c * P + p, r1 - r0, shift, s1, s2)
+            _write_partial(part_n, part_mean, part_m2, (cuda.blockIdx.z * C + c) * P + p, r1 - r0, shift, s1, s2)
 
     return kernel
 
@@ -444,18 +474,19 @@ def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool
 
 @functools.cache
 def bn_normalize_kernel(acc: int, xio: str):
-    """(outer, C, inner > 1): ``y = (x - shift[c]) * scale[c] + offset[c]``. grid.x walks the
-    (o, c) runs, grid.y the chunks of one run, so no per-element division is needed."""
+    """(outer, C, inner > 1): ``y = (x - shift[k]) * scale[k] + offset[k]``, ``k = n*C + c`` for
+    run ``oc`` of sample ``n = oc // OC`` (BatchNorm: OC = outer*C, one sample). grid.x walks
+    the (o, c) runs, grid.y the chunks of one run, so no per-element division is needed."""
     ld_x, st_y = _loader(acc, xio), _storer(xio)
     A = _np_float(acc)
 
     @cuda.jit
-    def kernel(x, C, inner, shift, scale, offset, y):
+    def kernel(x, C, inner, OC, shift, scale, offset, y):
         oc = cuda.blockIdx.x
-        c = oc % C
-        m = A(shift[c])
-        s = A(scale[c])
-        f = A(offset[c])
+        k = (oc // OC) * C + oc % C
+        m = A(shift[k])
+        s = A(scale[k])
+        f = A(offset[k])
         base = oc * inner
         i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         step = cuda.gridDim.y * cuda.blockDim.x
@@ -469,22 +500,29 @@ def bn_normalize_kernel(acc: int, xio: str):
 @functools.cache
 def bn_normalize_cl_kernel(acc: int, xio: str, TX: int, TY: int):
     """Channels-last (rows, C): grid (ceil(C/TX), row blocks), blocks (TX, TY) over
-    (channels, rows), grid-stride over rows."""
+    (channels, rows), grid-stride over rows. Row r belongs to sample ``r // S`` whose
+    coefficients are ``[n*C + c]`` (BatchNorm: S = rows, one sample)."""
     ld_x, st_y = _loader(acc, xio), _storer(xio)
     A = _np_float(acc)
 
     @cuda.jit
-    def kernel(x, C, shift, scale, offset, y):
+    def kernel(x, C, S, shift, scale, offset, y):
         c = cuda.blockIdx.x * TX + cuda.threadIdx.x
         if c >= C:
             return
-        m = A(shift[c])
-        s = A(scale[c])
-        f = A(offset[c])
         R = x.shape[0] // C
         r = cuda.blockIdx.y * TY + cuda.threadIdx.y
         step = cuda.gridDim.y * TY
+        n = -1
+        m = A(0.0)
+        s = A(0.0)
+        f = A(0.0)
         while r < R:
+            if r // S != n:  # a new sample: its coefficients (BatchNorm: once)
+                n = r // S
+                m = A(shift[n * C + c])
+                s = A(scale[n * C + c])
+                f = A(offset[n * C + c])
             st_y(y, r * C + c, (ld_x(x, r * C + c) - m) * s + f)
             r += step
 
