@@ -8,7 +8,9 @@ numbanorm itself never imports numba.cuda. Layout:
 * ``_launch.py``: stream selection and the cache of configured launches;
 * ``_functional.py``: argument checks (shared with the CPU path) and the host-side drivers.
 
-* ``_kernels_backward.py`` / ``_backward.py``: the backward kernels and their drivers.
+* ``_kernels_backward.py`` / ``_backward.py``: the backward kernels and their drivers;
+* ``_kernels_family.py`` / ``_family.py``: RMSNorm, residual-add LayerNorm (the LN row kernel's
+  other modes), GroupNorm and InstanceNorm (the BN kernels batched over samples).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ if not numba.config.ENABLE_CUDASIM:  # pragma: no cover - hardware only
     patch_row_stack()
 
 from ._backward import batch_norm_backward, layer_norm_backward  # noqa: E402
+from ._family import add_layer_norm, group_norm, instance_norm, rms_norm  # noqa: E402
 from ._functional import batch_norm, layer_norm  # noqa: E402
 
-__all__ = ["batch_norm", "layer_norm", "batch_norm_backward", "layer_norm_backward", "require_gpu"]
+__all__ = ["batch_norm", "layer_norm", "batch_norm_backward", "layer_norm_backward", "rms_norm", "group_norm",
+           "instance_norm", "add_layer_norm", "require_gpu"]
 
 _CHECKED: list = []
 

@@ -1,0 +1,102 @@
+"""numba.cuda kernels that GroupNorm / InstanceNorm add to the BatchNorm ones.
+
+GroupNorm reuses ``bn_partials_kernel`` / ``bn_partials_cl_kernel`` batched over samples
+(grid.z = N) for per-(n, c) partial moments, then ``group_finalize_kernel`` merges them per
+(n, g) with Chan's formula in float64 and writes per-(n, c) normalize coefficients, which the
+batched ``bn_normalize_kernel`` / ``bn_normalize_cl_kernel`` apply. InstanceNorm is GroupNorm
+with G = C, plus ``instance_running_kernel`` for torch's running-stat update.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda
+
+from ._kernels import _loader, _np_float, _storer
+
+
+@functools.cache
+def group_finalize_kernel(acc: int, pio: str, has_w: bool, has_b: bool):
+    """One thread per (n, g): merge the P partials of each of the group's channels, then the
+    channels; write the group's mean/rstd (stats), the per-(n, c) float64 mean and M2 (for the
+    InstanceNorm running stats) and the coefficients ``y = (x - shift)·scale + offset``."""
+    ld_p = _loader(64, pio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(part_n, part_mean, part_m2, P, C, G, w, b, eps, gmean_out, grstd_out, cmean, cm2,
+               shift, scale, offset):
+        t = cuda.grid(1)
+        if t >= gmean_out.shape[0]:
+            return
+        n = t // G
+        g = t - n * G
+        cpg = C // G
+        cnt = 0.0
+        m = 0.0
+        m2 = 0.0
+        for c in range(g * cpg, (g + 1) * cpg):
+            k = n * C + c
+            cn = 0.0
+            cmu = 0.0
+            cv = 0.0
+            for p in range(P):  # this channel's partials, then the channel into the group (Chan)
+                nb = part_n[k * P + p]
+                if nb > 0.0:
+                    nn = cn + nb
+                    delta = part_mean[k * P + p] - cmu
+                    fb = nb / nn
+                    cv = cv + part_m2[k * P + p] + delta * delta * cn * fb
+                    cmu = cmu + delta * fb
+                    cn = nn
+            cmean[k] = cmu
+            cm2[k] = cv
+            if cn > 0.0:
+                nn = cnt + cn
+                delta = cmu - m
+                fb = cn / nn
+                m2 = m2 + cv + delta * delta * cnt * fb
+                m = m + delta * fb
+                cnt = nn
+        rstd = 1.0 / math.sqrt(m2 / cnt + eps)
+        gmean_out[t] = m
+        grstd_out[t] = rstd
+        hi = A(m)
+        lo = m - np.float64(hi)  # as in _kernels._coefficients: x - hi is exact near the mean
+        for c in range(g * cpg, (g + 1) * cpg):
+            sc = rstd
+            if has_w:
+                sc *= ld_p(w, c)
+            of = 0.0
+            if has_b:
+                of = ld_p(b, c)
+            shift[n * C + c] = hi
+            scale[n * C + c] = sc
+            offset[n * C + c] = of - lo * sc
+
+    return kernel
+
+
+@functools.cache
+def instance_running_kernel(rio: str):
+    """One thread per channel: running = (1 - momentum)·running + momentum·(batch value averaged
+    over the N samples), with the unbiased per-(n, c) variance, as torch's InstanceNorm."""
+    ld_r, st_r = _loader(64, rio), _storer(rio)
+
+    @cuda.jit
+    def kernel(cmean, cm2, N, C, count, momentum, rmean, rvar):
+        c = cuda.grid(1)
+        if c >= C:
+            return
+        sm = 0.0
+        sv = 0.0
+        for n in range(N):
+            sm += cmean[n * C + c]
+            sv += cm2[n * C + c] / (count - 1.0)
+        st_r(rmean, c, (1.0 - momentum) * ld_r(rmean, c) + momentum * (sm / N))
+        st_r(rvar, c, (1.0 - momentum) * ld_r(rvar, c) + momentum * (sv / N))
+
+    return kernel
