@@ -16,7 +16,11 @@
    host wall time per call on a tiny input (launch overhead), for torch and numbanorm with
    torch, numba and CuPy arguments, through both launch paths;
 6. one table: GB/s (x read once + y written once), ratio vs torch (torch time / numbanorm
-   time), fraction of copy bandwidth.
+   time), fraction of copy bandwidth;
+7. backward ops (layer_norm_backward, batch_norm_backward) against torch float64 autograd, and
+   timings vs ``torch.ops.aten.native_layer_norm_backward`` / ``native_batch_norm_backward``
+   (GB/s counts grad_out and x read once, grad_x written once);
+8. the norm family (rms_norm, add_layer_norm, group_norm, instance_norm) against torch float64.
 
 Under ``--sim`` the same code runs on tiny shapes with numba's simulated device arrays, torch
 on the CPU as the float64 reference, and wall-clock timing (the numbers mean nothing there).
@@ -30,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -219,6 +224,185 @@ def _check_kinds(env: Env, rng) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Backward and family correctness
+# --------------------------------------------------------------------------------------------
+def backend(sim: bool):
+    """The module whose functions take the test arrays (see ``ops``)."""
+    import numbanorm
+
+    if sim:
+        import numbanorm.cuda
+
+        return numbanorm.cuda
+    return numbanorm
+
+
+def _read(env: Env, a, dtype: str):
+    return env.ref_bf16(a) if (env.sim and dtype == "bfloat16") else env.ref(a)
+
+
+def _inputs(env: Env, rng, dtype: str, shape, offset: float):
+    """(device array, float64 torch tensor of the same rounded values) of N(offset, 4) data."""
+    a = env.tensor((rng.standard_normal(shape) * 2 + offset).astype(np.float32), dtype)
+    return a, _read(env, a, dtype)
+
+
+def check_backward(env: Env, sim: bool) -> None:
+    import torch.nn.functional as F
+
+    torch = env.torch
+    nb = backend(sim)
+    rng = np.random.default_rng(int(os.environ.get("NUMBANORM_TEST_SEED", "1235")))
+    print("backward vs float64 torch autograd")
+    ln_shapes = [(5, 21)] if sim else [(64, 768), (16, 5000), (8, 10000)]
+    bn_shape = (3, 4, 3, 2) if sim else (6, 24, 13, 9)
+    for dtype in ["float32", "bfloat16"] if sim else ["float32", "float64", "float16", "bfloat16"]:
+        half = dtype in ("float16", "bfloat16")
+        # float32: the saved stats are float32, which at a 1e3 offset moves x̂ by ~1e-5 relative
+        tol = TOL[dtype] * (1 if half else 100)
+        for shape in ln_shapes:
+            D = shape[-1]
+            x, xr = _inputs(env, rng, dtype, shape, 1.0 if half else 1e3)
+            g, gr = _inputs(env, rng, dtype, shape, 0.0)
+            w, wr = _inputs(env, rng, dtype, (D,), 1.0)
+            _, mean, rstd = nb.layer_norm(x, D, w, None, return_stats=True)
+            gx, gw, gb = nb.layer_norm_backward(g, x, D, mean, rstd, w)
+            xr.requires_grad_(True)
+            wr.requires_grad_(True)
+            br = torch.zeros_like(wr, requires_grad=True)
+            F.layer_norm(xr, (D,), wr, br, 1e-5).backward(gr)
+            for name, got, ref in (("grad_x", gx, xr.grad), ("grad_weight", gw, wr.grad), ("grad_bias", gb, br.grad)):
+                check(f"layer_norm_backward {dtype} {shape} {name}", rel(_read(env, got, dtype), ref), tol)
+        layouts = ["nchw", "nhwc"] if sim else ["nchw", "channels_last", "nhwc"]
+        for layout, training in ((lay, t) for lay in layouts for t in (True, False)):
+            if half and layout == "channels_last":
+                continue
+            shape = bn_shape if layout != "nhwc" else (bn_shape[0], *bn_shape[2:], bn_shape[1])
+            axis = -1 if layout == "nhwc" else 1
+            C = shape[axis]
+            x, xr = _inputs(env, rng, dtype, shape, 1.0 if half else 1e3)
+            g, gr = _inputs(env, rng, dtype, shape, 0.0)
+            if layout == "channels_last":
+                x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+            sdt = "float32" if half else dtype
+            w, wr = _inputs(env, rng, sdt, (C,), 1.0)
+            rm, rmr = _inputs(env, rng, sdt, (C,), 1.0 if half else 1e3)
+            rv = env.tensor((rng.random(C) + 3.0).astype(np.float32), sdt)
+            rvr = env.ref(rv).clone()
+            _, mean, invstd = nb.batch_norm(x, rm, rv, w, None, training, 0.0, channel_axis=axis, return_stats=True)
+            gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis)
+            xm, gm = (t.movedim(-1, 1) if axis == -1 else t for t in (xr, gr))
+            xm = xm.detach().requires_grad_(True)
+            wr.requires_grad_(True)
+            br = torch.zeros_like(wr, requires_grad=True)
+            F.batch_norm(xm, rmr, rvr, wr, br, training, 0.0, 1e-5).backward(gm)
+            gxr = xm.grad.movedim(1, -1) if axis == -1 else xm.grad
+            tag = f"batch_norm_backward {'train' if training else 'eval '} {dtype} {layout}"
+            check(f"{tag} grad_x", rel(_read(env, gx, dtype), gxr), tol)
+            check(f"{tag} grad_weight", rel(env.ref(gw), wr.grad), tol)
+            check(f"{tag} grad_bias", rel(env.ref(gb), br.grad), tol)
+
+
+def check_family(env: Env, sim: bool) -> None:
+    import torch.nn.functional as F
+
+    torch = env.torch
+    nb = backend(sim)
+    rng = np.random.default_rng(int(os.environ.get("NUMBANORM_TEST_SEED", "1236")))
+    print("norm family vs float64 torch")
+    row_shape = (5, 21) if sim else (64, 1000)
+    img_shape = (3, 4, 3, 2) if sim else (6, 32, 13, 9)
+    for dtype in ["float32", "bfloat16"] if sim else ["float32", "float64", "bfloat16"]:
+        half = dtype == "bfloat16"
+        tol = TOL[dtype] * (1 if half else 10)
+        D = row_shape[-1]
+        x, xr = _inputs(env, rng, dtype, row_shape, 1.0 if half else 1e3)
+        r, rr = _inputs(env, rng, dtype, row_shape, 0.0)
+        w, wr = _inputs(env, rng, dtype, (D,), 1.0)
+        b, bref = _inputs(env, rng, dtype, (D,), 0.0)
+        check(f"rms_norm {dtype}", rel(_read(env, nb.rms_norm(x, D, w), dtype),
+                                       xr * torch.rsqrt((xr * xr).mean(-1, keepdim=True) + torch.finfo(
+                                           torch.float64 if dtype == "float64" else torch.float32).eps) * wr), tol)
+        y, s = nb.add_layer_norm(x, r, D, w, b)
+        sr = _read(env, s, dtype)
+        check(f"add_layer_norm {dtype} sum", rel(sr, xr + rr), TOL[dtype] if not half else 8e-3)
+        check(f"add_layer_norm {dtype}", rel(_read(env, y, dtype), F.layer_norm(sr, (D,), wr, bref, 1e-5)), tol)
+        C = img_shape[1]
+        for layout in ["nchw", "nhwc"]:
+            shape = img_shape if layout == "nchw" else (img_shape[0], *img_shape[2:], C)
+            axis = 1 if layout == "nchw" else -1
+            x, xr = _inputs(env, rng, dtype, shape, 1.0 if half else 1e3)
+            xm = xr.movedim(-1, 1) if axis == -1 else xr
+            sdt = "float32" if half else dtype
+            w, wr = _inputs(env, rng, dtype, (C,), 1.0)
+            b, bref = _inputs(env, rng, dtype, (C,), 0.0)
+            y = nb.group_norm(x, 2, w, b, channel_axis=axis)
+            yr = F.group_norm(xm, 2, wr, bref, 1e-5)
+            yr = yr.movedim(1, -1) if axis == -1 else yr
+            check(f"group_norm {dtype} {layout}", rel(_read(env, y, dtype), yr), tol)
+            rm, rmr = _inputs(env, rng, sdt, (C,), 0.0)
+            rv = env.tensor((rng.random(C) + 0.5).astype(np.float32), sdt)
+            rvr = env.ref(rv).clone()
+            rmr = rmr.clone()
+            y = nb.instance_norm(x, rm, rv, w, b, channel_axis=axis)
+            yr = F.instance_norm(xm, rmr, rvr, wr, bref, True, 0.1, 1e-5)
+            check(f"instance_norm {dtype} {layout}", rel(_read(env, y, dtype), yr.movedim(1, -1) if axis == -1 else yr),
+                  tol)
+            check(f"instance_norm {dtype} {layout} running_var", rel(env.ref(rv), rvr), TOL[sdt] * 10)
+
+
+def time_backward(env: Env, sim: bool, copy_gbs: float) -> None:
+    """LN and BN (train) backward vs torch's backward kernels (called directly: no autograd)."""
+    torch = env.torch
+    nb = backend(sim)
+    rows = []
+    reps = 3 if sim else 25
+    aten = torch.ops.aten
+    for dtype in ["float32", "bfloat16"]:
+        for shape in SIM_LN_SHAPES if sim else LN_SHAPES:
+            D = shape[-1]
+            x = torch.randn(shape, device=env.dev).to(env.tdt[dtype])
+            g = torch.randn(shape, device=env.dev).to(env.tdt[dtype])
+            w = torch.randn(D, device=env.dev).to(env.tdt[dtype])
+            b = torch.zeros_like(w)
+            _, tm, tr = aten.native_layer_norm(x, (D,), w, b, 1e-5)
+            t_torch = device_time_ms(env, partial(aten.native_layer_norm_backward, g, x, (D,), tm, tr, w, b,
+                                                  [True, True, True]), reps)
+            nx, ng, nw = (env.tensor(t.float().numpy(), dtype) for t in (x, g, w)) if sim else (x, g, w)
+            _, m, r = nb.layer_norm(nx, D, nw, None, return_stats=True)
+            t_nb = device_time_ms(env, partial(nb.layer_norm_backward, ng, nx, D, m, r, nw), reps)
+            rows.append(("LN bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+        for shape in SIM_BN_SHAPES if sim else BN_SHAPES:
+            C = shape[1]
+            x = torch.randn(shape, device=env.dev).to(env.tdt[dtype])
+            g = torch.randn(shape, device=env.dev).to(env.tdt[dtype])
+            w = torch.randn(C, device=env.dev)
+            _, sm, si = aten.native_batch_norm(x, w, None, None, None, True, 0.1, 1e-5)
+            t_torch = device_time_ms(env, partial(aten.native_batch_norm_backward, g, x, w, None, None, sm, si, True,
+                                                  1e-5, [True, True, True]), reps)
+            if sim:
+                nx, ng = (env.tensor(t.float().numpy(), dtype) for t in (x, g))
+                nw = env.tensor(w.numpy(), "float32")
+            else:
+                nx, ng, nw = x, g, w
+            _, m, s = nb.batch_norm(nx, None, None, nw, None, True, return_stats=True)
+            t_nb = device_time_ms(env, partial(nb.batch_norm_backward, ng, nx, m, s, nw, True), reps)
+            rows.append(("BN bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+    print()
+    print("backward: GB/s counts grad_out and x read once + grad_x written once; ratio = torch time / numbanorm time")
+    _table(rows, copy_gbs)
+
+
+def _table(rows, copy_gbs: float) -> None:
+    print(f"{'op':<9}{'shape':<22}{'dtype':<10}{'torch ms':>9}{'nb ms':>9}{'torch GB/s':>11}{'nb GB/s':>9}"
+          f"{'ratio':>7}{'nb/copy':>9}")
+    for op, shape, dtype, nbytes, tt, tn in rows:
+        g_t, g_n = nbytes / tt / 1e6, nbytes / tn / 1e6
+        print(f"{op:<9}{str(shape):<22}{dtype:<10}{tt:>9.3f}{tn:>9.3f}{g_t:>11.0f}{g_n:>9.0f}{tt / tn:>7.2f}"
+              f"{g_n / copy_gbs:>9.2f}")
+
+
+# --------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------
 def device_time_ms(env: Env, fn, reps: int = 25, warmup: int = 3) -> float:
@@ -270,12 +454,7 @@ def timings(env: Env, sim: bool, copy_gbs: float) -> list[tuple]:
                 rows.append(_time_bn(env, sim, batch_norm, F, shape, dtype, training, reps))
     print()
     print("GB/s counts x read once + y written once; ratio = torch time / numbanorm time (>1: numbanorm faster)")
-    print(f"{'op':<9}{'shape':<22}{'dtype':<10}{'torch ms':>9}{'nb ms':>9}{'torch GB/s':>11}{'nb GB/s':>9}"
-          f"{'ratio':>7}{'nb/copy':>9}")
-    for op, shape, dtype, nbytes, tt, tn in rows:
-        g_t, g_n = nbytes / tt / 1e6, nbytes / tn / 1e6
-        print(f"{op:<9}{str(shape):<22}{dtype:<10}{tt:>9.3f}{tn:>9.3f}{g_t:>11.0f}{g_n:>9.0f}{tt / tn:>7.2f}"
-              f"{g_n / copy_gbs:>9.2f}")
+    _table(rows, copy_gbs)
     return rows
 
 
@@ -426,10 +605,13 @@ def main() -> int:
         _kernels.BN_THREADS, _kernels.BN_TX, _kernels.BN_TY = 4, 2, 2
         _kernels.BN_TARGET_BLOCKS, _kernels.BN_MIN_PER_BLOCK = 6, 8
     check_correctness(env, args.sim)
+    check_backward(env, args.sim)
+    check_family(env, args.sim)
     if not args.sim:
         check_fast_launch(env)
     copy_gbs = copy_bandwidth(env, args.sim)
     timings(env, args.sim, copy_gbs)
+    time_backward(env, args.sim, copy_gbs)
     host_overhead(env, args.sim)
     print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
     if FAILURES:

@@ -18,6 +18,15 @@ __all__ = ["layer_norm_backward", "batch_norm_backward"]
 
 #: Most blocks the LayerNorm backward launches (each writes one row of grad_weight partials).
 LN_BWD_BLOCKS = 528
+#: LayerNorm backward register budget per thread: row elements cached (x̂ and dy·γ), and
+#: grad_weight/grad_bias column accumulators; with at most LN_BWD_MAX_THREADS threads a block
+#: stays within the 64K registers of an SM (benchmarks/ptx_check.py checks it: sm_90 float32
+#: needs 168 registers per thread, float64 233). Rows up to 4 * 256 elements are cached between
+#: the reduction and the write; columns up to 16 * 256 accumulate in registers, further ones in
+#: the block's float64 partial row in global memory.
+LN_BWD_REGS = 4
+LN_BWD_WREGS = 16
+LN_BWD_MAX_THREADS = 256
 
 
 def _wrap_like(a, name: str, x: DevArray) -> DevArray:
@@ -91,15 +100,15 @@ def layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight=None, 
     if R and D:
         acc, xio, sio = _acc(dx.dtype), _io(dx.dtype), _stat_io(dm, dr)
         pio = _io(w.dtype) if w is not None else "f"
-        regs = _kernels.LN_REGS
-        T = _threads(-(-D // regs), _kernels.MAX_THREADS)
+        regs = LN_BWD_REGS
+        T = _threads(-(-D // regs), min(LN_BWD_MAX_THREADS, _kernels.MAX_THREADS))
         P = min(R, LN_BWD_BLOCKS)
         fg = _arrays.flat(gsrc)
         if w is not None:
             parts = [_arrays.flat(_arrays.scratch(dx, P * D, "float64", 6 + k)) for k in range(2)]
         else:
             parts = [fg, fg]
-        kernel = _kb.layer_norm_backward_kernel(acc, xio, pio, sio, regs, w is not None)
+        kernel = _kb.layer_norm_backward_kernel(acc, xio, pio, sio, regs, max(regs, LN_BWD_WREGS), w is not None)
         launch(kernel, (P,), (T,), stream, fg, _arrays.flat(src), _arrays.flat(dm), _arrays.flat(dr),
                _flat(w, fg), _arrays.flat(target), parts[0], parts[1], R, D)
         if w is not None:

@@ -33,9 +33,16 @@ from ._kernels import SHARED_SLOTS, _loader, _np_float, _numba_float, _reduce2_c
 # LayerNorm
 # --------------------------------------------------------------------------------------------
 @functools.cache
-def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int, has_w: bool):
+def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int, wregs: int, has_w: bool):
     """``kernel(g, x, mean, rstd, w, gx, part_w, part_b, R, D)``; grid = P blocks, each writes
-    row ``blockIdx.x`` of the (P, D) float64 partials (with ``has_w``)."""
+    row ``blockIdx.x`` of the (P, D) float64 partials (with ``has_w``).
+
+    Registers: the first ``regs * T`` elements of a row are cached (x̂ and dy·γ) between the
+    reduction and the write (the rest is read again, from L2); the grad_weight/grad_bias
+    accumulators of the first ``wregs * T`` columns stay in registers across rows (columns past
+    that add into the block's partial row in global memory). Both loops over register slots have
+    compile-time bounds, so the local arrays live in registers (benchmarks/ptx_check.py reports
+    registers, spills and stack per kernel)."""
     ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(acc, sio)
     A, nbt = _np_float(acc), _numba_float(acc)
     slots = SHARED_SLOTS
@@ -46,17 +53,17 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
         sh_b = cuda.shared.array(slots, nbt)
         xh = cuda.local.array(regs, nbt)
         gg = cuda.local.array(regs, nbt)
-        aw = cuda.local.array(regs, nbt)
-        ab = cuda.local.array(regs, nbt)
+        aw = cuda.local.array(wregs, nbt)
+        ab = cuda.local.array(wregs, nbt)
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         blk = cuda.blockIdx.x
         pbase = blk * D
-        for k in range(regs):
+        for k in range(wregs):
             aw[k] = A(0.0)
             ab[k] = A(0.0)
         if has_w:
-            j = tid + regs * T
+            j = tid + wregs * T
             while j < D:  # columns past the registers accumulate in this block's partial row
                 part_w[pbase + j] = 0.0
                 part_b[pbase + j] = 0.0
@@ -68,7 +75,7 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
             s = A(ld_s(rstd, r))
             a = A(0.0)
             b = A(0.0)
-            for k in range(regs):
+            for k in range(wregs):
                 j = tid + k * T
                 if j < D:
                     h = (ld_x(x, base + j) - m) * s
@@ -77,11 +84,12 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
                         aw[k] += d * h
                         ab[k] += d
                         d *= ld_p(w, j)
-                    xh[k] = h
-                    gg[k] = d
+                    if k < regs:
+                        xh[k] = h
+                        gg[k] = d
                     a += d
                     b += d * h
-            j = tid + regs * T
+            j = tid + wregs * T
             while j < D:
                 h = (ld_x(x, base + j) - m) * s
                 d = ld_x(g, base + j)
@@ -100,7 +108,7 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
                 if j < D:
                     st_x(gx, base + j, (gg[k] - a - xh[k] * b) * s)
             j = tid + regs * T
-            while j < D:  # the tail is read again (from L2), as in the forward
+            while j < D:  # the uncached part of the row is read again (from L2)
                 h = (ld_x(x, base + j) - m) * s
                 d = ld_x(g, base + j)
                 if has_w:
@@ -110,7 +118,7 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
             cuda.syncthreads()  # the next row's reduction reuses the shared slots
             r += cuda.gridDim.x
         if has_w:
-            for k in range(regs):
+            for k in range(wregs):
                 j = tid + k * T
                 if j < D:
                     part_w[pbase + j] = np.float64(aw[k])

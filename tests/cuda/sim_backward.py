@@ -23,8 +23,10 @@ from numbanorm.cuda import _backward  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def few_ln_blocks(monkeypatch):
-    """Fewer LN backward blocks than rows: each block walks several rows and its partials add up."""
-    monkeypatch.setattr(_backward, "LN_BWD_BLOCKS", 2)
+    """Fewer LN backward blocks than rows: each block walks several rows and its partials add up;
+    tiny register budgets, so rows use the cached, the register-accumulated and the global paths."""
+    for name, value in dict(LN_BWD_BLOCKS=2, LN_BWD_REGS=1, LN_BWD_WREGS=2, LN_BWD_MAX_THREADS=8).items():
+        monkeypatch.setattr(_backward, name, value)
 
 
 def ln_grads_ref(g, x, k, w):
