@@ -158,3 +158,16 @@ def test_row_stack_shim_on_numpy_without_row_stack():
             "assert 'numba.cuda.np.arrayobj' in sys.modules and not hasattr(np, 'row_stack')\n")
     proc = _run(["-c", code])
     assert proc.returncode == 0, proc.stderr
+
+
+HAVE_NVVM = os.path.isdir(os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "nvvm"))
+
+
+@pytest.mark.skipif(not (HAVE_NUMBA_CUDA and HAVE_NVVM),
+                    reason="needs numba-cuda and NVVM (CUDA_HOME: a CUDA toolkit or the nvidia-cuda-nvcc wheel)")
+def test_every_kernel_compiles_for_hardware():
+    """The simulator runs the kernels as Python; this compiles each specialization to sm_90 PTX
+    (and, with ptxas, checks registers, spills and that every launched block fits an SM)."""
+    proc = _run(["benchmarks/ptx_check.py"], NUMBA_ENABLE_CUDASIM="0")
+    print(proc.stdout[-5000:], proc.stderr[-3000:])
+    assert proc.returncode == 0 and "all kernels compiled" in proc.stdout

@@ -141,7 +141,7 @@ def test_layer_norm_backward_half(rng, param_dtype):
 
 # ---------------------------------------------------------------------------------- BatchNorm
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape,axis", [((3, 5, 4, 3), 1), ((4, 3, 2, 5), -1), ((7, 3), 1), ((33, 5), -1)])
+@pytest.mark.parametrize("shape,axis", [((3, 5, 4, 3), 1), ((4, 3, 2, 5), -1), ((33, 5), -1)])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 def test_batch_norm_backward_matches_cpu_and_reference(rng, dtype, shape, axis, training, affine):
