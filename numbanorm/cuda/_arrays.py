@@ -276,6 +276,18 @@ def from_host(like: DevArray, values: np.ndarray) -> DevArray:
     return wrap(cuda.to_device(np.ascontiguousarray(values)), "stats")
 
 
+def zeros(like: DevArray, shape: tuple[int, ...], dtype: str) -> DevArray:
+    """A zero-filled C-contiguous array of ``like``'s kind (bfloat16 too: torch makes it)."""
+    if like.kind == "torch":
+        torch = _torch()
+        return _typed(wrap(torch.zeros(shape, dtype=getattr(torch, dtype), device=like.obj.device), "zeros"), dtype)
+    if like.kind == "cupy":
+        cupy = _cupy()
+        with cupy.cuda.Device(like.obj.device.id):
+            return wrap(cupy.zeros(shape, dtype=dtype), "zeros")
+    return _typed(from_host(like, np.zeros(shape, _kernel_dtype(dtype))), dtype)
+
+
 def contiguous(x: DevArray, name: str) -> DevArray:
     """A C-contiguous copy of a strided array (torch/CuPy through their own copy)."""
     if x.kind == "torch":

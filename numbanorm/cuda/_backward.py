@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .._checks import check_channel_axis, check_float_dtype, check_normalized_shape
 from . import _arrays, _kernels
 from . import _kernels_backward as _kb
@@ -116,18 +114,12 @@ def layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight=None, 
             launch(_kb.ln_param_reduce_kernel(pio), (-(-D // Tr),), (Tr,), stream, parts[0], parts[1], P, D,
                    _arrays.flat(gw), _arrays.flat(gb))
     elif w is not None:  # no rows: the sums are empty
-        gw = _arrays.from_host(dx, np.zeros(shape, _host_dtype(w.dtype)))
-        gb = _arrays.from_host(dx, np.zeros(shape, _host_dtype(w.dtype)))
-        gw.dtype = gb.dtype = w.dtype
+        gw, gb = _arrays.zeros(dx, shape, w.dtype), _arrays.zeros(dx, shape, w.dtype)
     if result is not target:
         _arrays.copy_into(result, target)
     if w is None:
         return result.obj, None, None
     return result.obj, gw.obj, gb.obj
-
-
-def _host_dtype(dtype: str):
-    return np.int16 if dtype == "bfloat16" else np.dtype(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,9 +159,7 @@ def batch_norm_backward(grad_out, x, mean, invstd, weight=None, training=True, *
     if C and dx.size:
         _bn_backward_launches(gsrc, src, dm, ds, w, gw, gb, target, outer, C, inner, training, dx)
     elif w is not None:  # empty batch: the sums are empty (no channels: nothing at all)
-        gw = _arrays.from_host(dx, np.zeros(C, _host_dtype(w.dtype)))
-        gb = _arrays.from_host(dx, np.zeros(C, _host_dtype(w.dtype)))
-        gw.dtype = gb.dtype = w.dtype
+        gw, gb = _arrays.zeros(dx, (C,), w.dtype), _arrays.zeros(dx, (C,), w.dtype)
     if result is not target:
         _arrays.copy_into(result, target)
     if w is None:

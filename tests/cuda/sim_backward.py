@@ -228,6 +228,9 @@ def test_backward_empty_inputs():
     gx, gw, gb = nb.layer_norm_backward(dev(x), dev(x), 4, dev(np.zeros((0, 3), np.float32)),
                                         dev(np.zeros((0, 3), np.float32)), dev(np.ones(4, np.float32)))
     assert host(gx).shape == x.shape and np.array_equal(host(gw), np.zeros(4))
+    gx, gw, gb = nb.cuda.batch_norm_backward(bf16_dev(x), bf16_dev(x), dev(np.zeros(3, np.float32)),
+                                             dev(np.ones(3, np.float32)), bf16_dev(np.ones(3)))
+    assert np.array_equal(from_bf16(gw), np.zeros(3)) and np.array_equal(from_bf16(gb), np.zeros(3))
 
 
 # ---------------------------------------------------------------------------------- errors
