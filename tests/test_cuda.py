@@ -136,6 +136,45 @@ def test_checks_run_on_metadata(hw):
         backend.batch_norm(CAI((1, 6)), training=True)
 
 
+def test_fast_launch_packs_arguments_as_numba_does(hw):
+    """The opt-in lean launch (NUMBANORM_CUDA_FAST_LAUNCH=1) packs kernel parameters itself; they
+    must equal what the installed numba-cuda's ``_Kernel._prepare_args`` packs for the same
+    arguments (a flat float32 / int16 array, an int, a float)."""
+    from types import SimpleNamespace
+
+    from numba import types
+    from numba.cuda.args import ArgHint
+    from numba.cuda.dispatcher import _Kernel
+
+    from numbanorm.cuda import _launch
+    from numbanorm.cuda._arrays import Flat
+
+    class Given(ArgHint):  # hands _prepare_args our fake device array as is
+        def to_device(self, retr, stream=0):
+            return self.value
+
+    def fake_device_array(f):
+        layout = SimpleNamespace(strides_in_bytes=(f.itemsize,), is_contiguous_c=True, is_contiguous_f=True)
+        return SimpleNamespace(size=f.n, dtype=f.dtype, ptr=f.ptr, shape=(f.n,), _layout=layout)
+
+    args = [Flat(1 << 32, 1000, 4, np.dtype(np.float32), None), 7, 1e-5, Flat(1 << 33, 3, 2, np.dtype(np.int16), None)]
+    expected: list = []
+    for a in args:
+        if isinstance(a, Flat):
+            dtype = types.float32 if a.itemsize == 4 else types.int16
+            ty, val = types.Array(dtype, 1, "C"), Given(fake_device_array(a))
+        else:
+            ty, val = (types.float64, a) if isinstance(a, float) else (types.int64, a)
+        _Kernel._prepare_args(SimpleNamespace(extensions=[]), ty, val, 0, [], expected)
+
+    def plain(v):
+        return (type(v).__name__, v.value) if hasattr(v, "value") else ("int", int(v))
+
+    got = _launch.pack_args(args, Flat)
+    assert len(expected) == 7 + 1 + 1 + 7
+    assert [plain(v) for v in got] == [plain(v) for v in expected]
+
+
 def test_gpu_call_without_gpu_is_a_clear_error(hw, monkeypatch):
     backend, _ = hw
     from numba import cuda

@@ -103,11 +103,11 @@ def launch(kernel, grid: tuple, block: tuple, stream, *args) -> None:
     configured(kernel, grid, block, stream)(*[to_numba(a) if isinstance(a, Flat) else a for a in args])
 
 
-def _fast_launch(compiled, grid, block, stream, args, Flat) -> None:  # pragma: no cover - hardware only
-    from cuda.core import LaunchConfig
-    from cuda.core import launch as core_launch
-    from numba.cuda.cudadrv import driver
-
+def pack_args(args, Flat) -> list:
+    """The kernel parameters numba-cuda's ``_Kernel._prepare_args`` would pass for ``args``:
+    per 1-D C-contiguous array (meminfo, parent, nitems, itemsize, data, shape, stride), int64
+    and float64 scalars as ctypes values. ``tests/test_cuda.py`` checks this against the
+    installed numba-cuda's own packing, so an ABI change there fails a test, not a launch."""
     kargs: list = []
     for a in args:
         if isinstance(a, Flat):
@@ -116,6 +116,15 @@ def _fast_launch(compiled, grid, block, stream, args, Flat) -> None:  # pragma: 
             kargs.append(ctypes.c_double(a))
         else:
             kargs.append(ctypes.c_int64(a))
+    return kargs
+
+
+def _fast_launch(compiled, grid, block, stream, args, Flat) -> None:  # pragma: no cover - hardware only
+    from cuda.core import LaunchConfig
+    from cuda.core import launch as core_launch
+    from numba.cuda.cudadrv import driver
+
+    kargs = pack_args(args, Flat)
     core_stream = _CORE_STREAMS.get(id(stream))
     if core_stream is None:
         core_stream = _CORE_STREAMS[id(stream)] = driver._to_core_stream(stream)
