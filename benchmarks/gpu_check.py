@@ -508,6 +508,11 @@ def host_overhead(env: Env, sim: bool) -> None:
         nrm, nrv = rm.clone(), rv.clone()
         cases["numbanorm batch_norm train (torch)"] = lambda: nb.batch_norm(xb, nrm, nrv, training=True)
         cases["numbanorm batch_norm eval (torch)"] = lambda: nb.batch_norm(xb, nrm, nrv)
+        _, lm, lr = nb.layer_norm(x, D, w, b, return_stats=True)
+        cases["numbanorm layer_norm_backward (torch)"] = lambda: nb.layer_norm_backward(x, x, D, lm, lr, w)
+        _, bm, bs = nb.batch_norm(xb, training=True, return_stats=True)
+        cases["numbanorm batch_norm_backward train (torch)"] = lambda: nb.batch_norm_backward(xb, xb, bm, bs)
+        cases["numbanorm rms_norm (torch)"] = lambda: nb.rms_norm(x, D, w)
         nx, nw, nbias = (cuda.as_cuda_array(t) for t in (x, w, b))
         cases["numbanorm layer_norm (numba arrays)"] = lambda: nb.layer_norm(nx, D, nw, nbias)
         try:
@@ -559,6 +564,12 @@ def check_fast_launch(env: Env) -> None:
         "batch_norm train channels_last": lambda: nb.batch_norm(xb, training=True, return_stats=True),
         "batch_norm eval bf16": lambda: nb.batch_norm(xb.bfloat16(), torch.zeros(16, device="cuda"),
                                                       torch.ones(16, device="cuda"), torch.ones(16, device="cuda")),
+        "layer_norm_backward fp32": lambda: nb.layer_norm_backward(
+            x, x, 1000, *nb.layer_norm(x, 1000, return_stats=True)[1:], w),
+        "batch_norm_backward train channels_last": lambda: nb.batch_norm_backward(
+            xb, xb, *nb.batch_norm(xb, training=True, return_stats=True)[1:], torch.ones(16, device="cuda")),
+        "group_norm channels_last": lambda: nb.group_norm(xb, 4, return_stats=True),
+        "add_layer_norm bf16": lambda: nb.add_layer_norm(x.bfloat16(), x.bfloat16(), 1000),
     }
     for name, fn in cases.items():
         _set_fast_launch(False)
