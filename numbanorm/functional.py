@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Literal, overload
 
 import numpy as np
@@ -20,7 +22,7 @@ from ._checks import (
     check_param,
     check_running_stat,
 )
-from ._config import kernel_guard
+from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._layout import copy_back, input_view, output_view, rows_view
 
@@ -28,10 +30,16 @@ __all__ = ["layer_norm", "batch_norm"]
 
 Stats = tuple[np.ndarray, np.ndarray, np.ndarray]
 
+#: Below this many elements the engine plans a single task (see ``_engine.plan_tasks``) whatever
+#: the thread count, so the call neither asks numba for it nor takes the launch lock.
+_SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+
 
 def stats_dtype(dtype: np.dtype) -> np.dtype:
     """dtype of returned mean/rstd: float64 for float64 input, else float32 (like torch)."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    return _F64 if dtype == _F64 else _F32
 
 
 @overload
@@ -48,7 +56,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with biased variance per row.
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``x.shape[:-k]``.
     """
-    if is_device_array(x):
+    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
         return backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     x = as_float_array(x)
     shape = check_normalized_shape(normalized_shape, x.shape)
@@ -57,14 +65,19 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     eps = check_eps(eps)
     out = check_out(out, x)
 
-    x2 = rows_view(x, len(shape))
+    D = shape[0] if len(shape) == 1 else math.prod(shape)
+    x2 = x.reshape(x.size // D, D) if D and x.flags.c_contiguous else rows_view(x, len(shape))
     result = np.empty(x.shape, x.dtype) if out is None else out
-    target = result.reshape(x2.shape) if result.flags.c_contiguous else np.empty(x2.shape, x.dtype)
+    contiguous = out is None or result.flags.c_contiguous
+    target = result.reshape(x2.shape) if contiguous else np.empty(x2.shape, x.dtype)
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
-    with kernel_guard:
-        _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, get_num_threads())
-    if not result.flags.c_contiguous:
+    if x.size < _SERIAL_SIZE:
+        _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, 1)
+    else:
+        with kernel_guard:
+            _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, get_num_threads())
+    if not contiguous:
         np.copyto(result, target.reshape(x.shape))
     if not return_stats:
         return result
@@ -81,30 +94,30 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     unbiased batch variance. ``training=False`` uses the running stats. With
     ``return_stats=True`` returns ``(y, mean, invstd)`` for the statistics actually used.
     """
-    if is_device_array(x):
+    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
         return backend().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)
     x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
         x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out)
     view = input_view(x, axis)
     result, target, needs_copy = output_view(out, x, view, axis)
-    num_channels = x.shape[axis]
-    count = 0.0
-    with kernel_guard:
+    # One jitted dispatch per call (statistics, scale/offset, normalize and the running-stats
+    # update fused); small inputs run serially without the thread count or the launch lock.
+    serial = x.size < _SERIAL_SIZE
+    nthreads = 1 if serial else get_num_threads()
+    lock = kernel_guard if NEEDS_CALL_LOCK and not serial else nullcontext()
+    with lock:
         if not training:
-            mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+            mean, invstd = _engine.batch_norm_eval_forward(view.x3, running_mean, running_var, weight, bias,
+                                                           eps, target, nthreads)
         elif x.size:
-            count, mean, m2 = _engine.channel_moments(view.x3, get_num_threads())
-            var = m2 / count
+            mean, invstd = _engine.batch_norm_train_forward(view.x3, weight, bias, running_mean, running_var,
+                                                            momentum, eps, target, nthreads)
         else:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
-            mean = var = np.full(num_channels, np.nan)
-        invstd, scale, offset = _engine.channel_scale_offset(mean, var, weight, bias, eps)
-        if x.size:
-            _engine.channel_affine(view.x3, mean, scale, offset, target, get_num_threads())
+            mean = np.full(x.shape[axis], np.nan)
+            invstd = _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
     if needs_copy:
         copy_back(result, target, axis, view.channels_moved)
-    if training and running_mean is not None and count > 0:
-        _update_running(running_mean, running_var, mean, m2 / (count - 1.0), momentum)
     if not return_stats:
         return result
     sdt = stats_dtype(x.dtype)
@@ -135,6 +148,7 @@ def _check_batch_norm(x, running_mean, running_var, weight, bias, training, mome
 
 
 def _update_running(running_mean, running_var, mean, unbiased_var, momentum):
-    """torch's rule, computed in float64 and written in place."""
+    """torch's rule, computed in float64 and written in place (batch_norm itself does this inside
+    its fused kernel; kept for callers that combine statistics themselves)."""
     running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
     running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased_var
