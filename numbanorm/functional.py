@@ -99,8 +99,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)
     x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
         x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out)
-    view = input_view(x, axis)
-    result, target, needs_copy = output_view(out, x, view, axis)
+    shape = x.shape
+    if out is None and x.flags.c_contiguous:  # the common case, without the general view mapping
+        x3 = x.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+        result = np.empty(shape, x.dtype)
+        target = result.reshape(x3.shape)
+        needs_copy = channels_moved = False
+    else:
+        view = input_view(x, axis)
+        x3, channels_moved = view
+        result, target, needs_copy = output_view(out, x, view, axis)
     # One jitted dispatch per call (statistics, scale/offset, normalize and the running-stats
     # update fused); small inputs run serially without the thread count or the launch lock.
     serial = x.size < _SERIAL_SIZE
@@ -108,16 +116,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     lock = kernel_guard if NEEDS_CALL_LOCK and not serial else nullcontext()
     with lock:
         if not training:
-            mean, invstd = _engine.batch_norm_eval_forward(view.x3, running_mean, running_var, weight, bias,
+            mean, invstd = _engine.batch_norm_eval_forward(x3, running_mean, running_var, weight, bias,
                                                            eps, target, nthreads)
         elif x.size:
-            mean, invstd = _engine.batch_norm_train_forward(view.x3, weight, bias, running_mean, running_var,
+            mean, invstd = _engine.batch_norm_train_forward(x3, weight, bias, running_mean, running_var,
                                                             momentum, eps, target, nthreads)
         else:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
             mean = np.full(x.shape[axis], np.nan)
             invstd = _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
     if needs_copy:
-        copy_back(result, target, axis, view.channels_moved)
+        copy_back(result, target, axis, channels_moved)
     if not return_stats:
         return result
     sdt = stats_dtype(x.dtype)
