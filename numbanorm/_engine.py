@@ -426,7 +426,48 @@ def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, ou
 # LayerNorm: one row at a time, statistics then normalize while the row is still in cache
 # --------------------------------------------------------------------------------------------
 @_serial
-def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias):
+    """``dst = normalized row`` and, in the same loop, the shifted sums of the next row ``nxt``.
+
+    One loop keeps a DRAM read stream (the next row) and a write stream (this row's output) busy
+    at the same time; separate passes alternate between them and leave bandwidth unused.
+    """
+    D = row.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    # Separate loops per case (None is a compile-time type) keep each one a plain SIMD loop.
+    if weight is None:
+        if bias is None:
+            for j in range(D):
+                d = np.float64(nxt[j]) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = (row[j] - mh) * rs + tail
+        else:
+            for j in range(D):
+                d = np.float64(nxt[j]) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = ((row[j] - mh) * rs + tail) + bias[j]
+    else:
+        if bias is None:
+            for j in range(D):
+                d = np.float64(nxt[j]) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = ((row[j] - mh) * rs + tail) * weight[j]
+        else:
+            for j in range(D):
+                d = np.float64(nxt[j]) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = ((row[j] - mh) * rs + tail) * weight[j] + bias[j]
+    return s1, s2
+
+
+@_serial
+def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+    """Rows ``r0:r1``, two loops per row: sums, then normalize while the row is in L1."""
     D = x2.shape[1]
     for r in range(r0, r1):
         row = x2[r]
@@ -451,6 +492,35 @@ def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
             else:
                 for j in range(D):
                     dst[j] = ((row[j] - mh) * rs + tail) * weight[j] + bias[j]
+        mean_out[r] = mean
+        rstd_out[r] = rstd
+
+
+#: Above this many elements LayerNorm is bound by DRAM bandwidth and uses the pipelined loop;
+#: below, the data is in cache, the two simpler loops per row are faster (measured 1.5-2.5x).
+_LN_PIPELINE_ELEMENTS = 1 << 22
+
+
+@_serial
+def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+    """Rows ``r0:r1``. Large inputs are software-pipelined: row r is normalized while row r + 1
+    is summed (48 -> 36 ms for 256 MB on one core, np.copyto 21 ms)."""
+    D = x2.shape[1]
+    if x2.size < _LN_PIPELINE_ELEMENTS:
+        layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
+        return
+    if r1 <= r0:
+        return
+    nshift = np.float64(x2[r0, 0]) if D > 0 else 0.0
+    n1, n2 = run_sums(x2[r0], 0, D, nshift)
+    for r in range(r0, r1):
+        row = x2[r]
+        mean, m2 = sums_to_moments(D, nshift, n1, n2)
+        rstd = 1.0 / math.sqrt(m2 / D + eps)
+        mh, rs, tail = fold_affine(mean, rstd, 0.0, row)  # (x - mean) * rstd == (x - mh) * rs + tail
+        nxt = x2[r + 1] if r + 1 < r1 else row  # the last row sums itself again (result unused)
+        nshift = np.float64(nxt[0]) if D > 0 else 0.0
+        n1, n2 = normalize_row_and_sum_next(row, out2[r], nxt, nshift, mh, rs, tail, weight, bias)
         mean_out[r] = mean
         rstd_out[r] = rstd
 

@@ -85,3 +85,17 @@ def test_nan_and_inf_propagate_through_fast_paths():
     assert np.isnan(yb[:, 3]).all() and np.isnan(yb[:, 5]).all() and np.isfinite(yb[:, 4]).all()
     yc = nb.batch_norm(x.reshape(-1, 8), training=True, channel_axis=-1)
     assert np.isnan(yc[:, 1]).all() and np.isnan(yc[:, 2]).all() and np.isfinite(yc[:, 0]).all()
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_layer_norm_pipelined_rows(rng, in_place):
+    """Inputs above _LN_PIPELINE_ELEMENTS normalize row r while summing row r + 1."""
+    D = 4099
+    R = _engine._LN_PIPELINE_ELEMENTS // D + 5
+    x = (1e4 + rng.standard_normal((R, D))).astype(np.float32)
+    w = rng.standard_normal(D).astype(np.float32)
+    ry, rmean, rrstd = layer_norm_ref(x, (D,), w, None)
+    y, mean, rstd = nb.layer_norm(x, D, w, None, out=x if in_place else None, return_stats=True)
+    assert (y is x) == in_place
+    assert rel_l2(y, ry) <= 1e-5
+    assert rel_l2(rstd, rrstd) <= 1e-5
