@@ -22,6 +22,9 @@ few parameter bytes are left out), 3 for a backward (x and dy read, dx written),
 ``add_layer_norm``. So GB/s is effective bandwidth, and the fraction of the roofline is
 ``peer GB/s / copy GB/s`` (= ``t_copy / t_peer`` when the op moves 2 arrays, like the copy).
 Half cases count 2 bytes per element: GB/s of the useful data, not of a float32 equivalent.
+This is the compulsory traffic: an op that needs per-channel statistics before it can write
+(BatchNorm train, GroupNorm over large groups, BatchNorm backward) must read x (and dy) a second
+time once they no longer fit in cache, which caps its fraction of the roofline below 1 there.
 """
 
 from __future__ import annotations
@@ -74,13 +77,6 @@ class OpSpec:
     def rows(self) -> bool:
         """Normalized over the trailing dim (LN-like), rather than per channel (BN-like)."""
         return self.kind in ("layer_norm", "rms_norm", "add_layer_norm")
-
-    @property
-    def float32_op(self) -> str | None:
-        """The float32 op a half op is the same computation as (``layer_norm_bf16`` -> ``layer_norm``)."""
-        if self.dtype == "float32":
-            return None
-        return self.name.rsplit("_", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -523,45 +519,77 @@ def _torch(case: Case, data: Data, threads: int) -> Prepared:
     return Prepared(run, stored, keep=[xt])
 
 
-@register("onnxruntime", "layer_norm", "batch_norm_eval")
+_ORT_OPS = ("layer_norm", "batch_norm_eval", "layer_norm_f16", "rms_norm", "group_norm", "add_layer_norm")
+
+
+@register("onnxruntime", *_ORT_OPS)
 def _onnxruntime(case: Case, data: Data, threads: int) -> Prepared:
+    """One-node ONNX models: LayerNormalization (float32, and float16 with float16 weight/bias, as
+    its type constraint requires), BatchNormalization, RMSNormalization (opset 23),
+    GroupNormalization (opset 21, per-channel scale) and ONNX Runtime's SkipLayerNormalization
+    (com.microsoft; outputs y and x + residual). Channels-first only."""
     ort = _module("onnxruntime")
     onnx = _module("onnx")
     _module("onnx.numpy_helper")
+    spec = case.spec
     if case.layout == "NHWC":
-        raise Unsupported("ONNX BatchNormalization is channels-first only (NHWC would add two transposes)")
+        raise Unsupported(f"ONNX {spec.kind} is channels-first only (NHWC would add two transposes)")
     h = onnx.helper
-    f32 = onnx.TensorProto.FLOAT
-    tensor = onnx.numpy_helper.from_array
+    elem = onnx.TensorProto.FLOAT16 if data.x.dtype == np.float16 else onnx.TensorProto.FLOAT
+    pdtype = data.x.dtype  # ONNX wants the parameters in x's type
+    eps, xs = data.eps, list(data.x.shape)
+
+    def tensor(a: np.ndarray, name: str):
+        return onnx.numpy_helper.from_array(a.astype(pdtype), name)
+
+    def vi(name: str):
+        return h.make_tensor_value_info(name, elem, xs)
+
+    inputs, outputs, domain_opsets = ["X"], ["Y"], []
     init = [tensor(data.weight, "scale"), tensor(data.bias, "B")]
-    if case.op == "layer_norm":
-        node = h.make_node("LayerNormalization", ["X", "scale", "B"], ["Y"], axis=-1, epsilon=data.eps)
+    if spec.kind == "layer_norm":
+        node = h.make_node("LayerNormalization", ["X", "scale", "B"], ["Y"], axis=-1, epsilon=eps)
         opset = 17
+    elif spec.kind == "rms_norm":
+        init = init[:1]
+        node = h.make_node("RMSNormalization", ["X", "scale"], ["Y"], axis=-1, epsilon=eps)
+        opset = 23
+    elif spec.kind == "group_norm":
+        node = h.make_node("GroupNormalization", ["X", "scale", "B"], ["Y"], epsilon=eps, num_groups=spec.groups)
+        opset = 21
+    elif spec.kind == "add_layer_norm":
+        inputs, outputs = ["X", "R"], ["Y", "S"]
+        node = h.make_node("SkipLayerNormalization", ["X", "R", "scale", "B"], ["Y", "", "", "S"],
+                           domain="com.microsoft", epsilon=eps)
+        opset, domain_opsets = 17, [h.make_opsetid("com.microsoft", 1)]
     else:
         init += [tensor(data.running_mean, "mean"), tensor(data.running_var, "var")]
-        node = h.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], ["Y"], epsilon=data.eps)
+        node = h.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], ["Y"], epsilon=eps)
         opset = 15
-    graph = h.make_graph([node], case.op, [h.make_tensor_value_info("X", f32, list(data.x.shape))],
-                         [h.make_tensor_value_info("Y", f32, list(data.x.shape))], init)
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
-    model.ir_version = 8  # the IR of opset 17; loadable by every onnxruntime that has LayerNormalization
+    graph = h.make_graph([node], case.op, [vi(n) for n in inputs], [vi(n) for n in outputs], init)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset), *domain_opsets])
+    # the oldest IR that carries the opset: loadable by the oldest onnxruntime that has the op
+    model.ir_version = 8 if opset <= 17 else 10
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feed = {"X": data.x}
-    return Prepared(lambda: sess.run(None, feed)[0], keep=[sess])
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - an older onnxruntime without the op or opset
+        raise Unsupported(f"this onnxruntime cannot run {node.op_type} (opset {opset}): {exc}") from None
+    feed = {"X": data.x} | ({"R": data.residual} if "R" in inputs else {})
+    if len(outputs) == 1:
+        return Prepared(lambda: sess.run(None, feed)[0], keep=[sess])
+    return Prepared(lambda: tuple(sess.run(None, feed)), keep=[sess])
 
 
-@register("onnxruntime", *(op for op in _ALL if op not in ("layer_norm", "batch_norm_eval")))
+@register("onnxruntime", *(op for op in _ALL if op not in _ORT_OPS))
 def _onnxruntime_unsupported(case: Case, data: Data, threads: int) -> Prepared:
     spec = case.spec
     if spec.backward or spec.training:
         raise Unsupported("ONNX Runtime is inference-only: no training-mode BatchNorm, no backward")
-    if spec.dtype != "float32":
-        raise Unsupported("the ONNX Runtime peer is float32 only")
-    raise Unsupported(f"no ONNX Runtime peer for {case.op}")
+    raise Unsupported("onnxruntime's Python API takes no bfloat16 arrays")
 
 
 @register("numpy", *_ALL)
