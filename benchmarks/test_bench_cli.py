@@ -96,3 +96,20 @@ def test_bfloat16_without_ml_dtypes_is_skipped(tmp_path, monkeypatch):
     _, report = _run(tmp_path, "--ops", "batch_norm_train_bf16", "--peers", "numbanorm,copy", "--no-plot")
     assert report["results"] and all("ml_dtypes is not installed" in e["skipped"]
                                      for r in report["results"] for e in r["peers"].values())
+
+
+def test_table_half_vs_float32_column():
+    from numbanorm.bench import _report
+
+    def res(op, dtype, t):
+        return {"group": f"{op}|NLC|2x3x4", "op": op, "dtype": dtype, "x_bytes": 96, "bytes": 192,
+                "peers": {"numbanorm": {"time_s": t, "gbps": 1.0}}}
+
+    report = {"config": {"peers": ["numbanorm"], "threads": 1, "stat": "median"}, "missing_peers": {},
+              "machine": {"cpu": "cpu", "cores": 1, "date": "2026-01-01"},
+              "results": [res("layer_norm", "float32", 3.0), res("layer_norm_bf16", "bfloat16", 2.0),
+                          res("rms_norm", "float32", 1.0)]}
+    header, rows = _report.table(report)
+    col = header.index("vs f32")
+    assert [r[col] for r in rows] == ["—", "1.50×", "—"]
+    assert [r[1] for r in rows] == ["9.6e-05"] * 3  # MB is x's size, whatever the traffic
