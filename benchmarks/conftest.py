@@ -2,7 +2,7 @@
 
 By default (``--benchmark-disable``, set in pyproject) every case runs once on a small shape and
 asserts that the peers agree with a float64 reference: a smoke test. ``--benchmark-enable`` times
-the ``quick`` grid; ``--bench-grid full`` the whole one.
+the ``quick`` grid; ``--bench-grid full`` the whole one; ``--bench-ops backward,half`` a part.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-threads", type=int, default=None,
                     help="threads for numbanorm, torch and ONNX Runtime (default: numba's default)")
     group.addoption("--bench-peers", default=None, help="comma-separated peers (default: all)")
+    group.addoption("--bench-ops", default=None,
+                    help="comma-separated ops or aliases (forward, backward, half, family; default: all)")
 
 
 def _grid_name(config) -> str:
@@ -34,7 +36,8 @@ def _threads(config) -> int:
 
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
-        cases = _cases.grid(_grid_name(metafunc.config), tuple(_cases.OPS))
+        chosen = metafunc.config.getoption("--bench-ops")
+        cases = _cases.grid(_grid_name(metafunc.config), tuple(chosen.split(",")) if chosen else None)
         metafunc.parametrize("case", cases, ids=[c.group for c in cases])
     if "peer" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--bench-peers")

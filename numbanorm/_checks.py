@@ -21,9 +21,16 @@ _HOST_DTYPES = (np.dtype(np.float16), "bfloat16", np.dtype(np.float32), np.dtype
 def is_supported(dtype: np.dtype) -> bool:
     return dtype in SUPPORTED_DTYPES or is_bfloat16(dtype)
 
+# Fast paths: each check first accepts the common case (exact types, native dtypes) in a few
+# cheap tests and otherwise falls through to the full check, which alone raises.
+_F16, _F32, _F64 = SUPPORTED_DTYPES
+_INF = math.inf
+
 
 def as_float_array(x: object, name: str = "x") -> np.ndarray:
     """``x`` as an ndarray of a supported floating dtype (array-likes are converted)."""
+    if type(x) is np.ndarray and (x.dtype is _F32 or x.dtype is _F64):
+        return x
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if not is_supported(arr.dtype):
         check_float_dtype(arr.dtype, name, _HOST_DTYPES)
@@ -53,6 +60,8 @@ def reject_device(p: object, name: str) -> None:
 
 
 def check_eps(eps: object) -> float:
+    if type(eps) is float and 0.0 < eps < _INF:
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a positive finite real number, got {type(eps).__name__}")
     value = float(eps)
@@ -62,6 +71,8 @@ def check_eps(eps: object) -> float:
 
 
 def check_momentum(momentum: object) -> float:
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum must be a real number in [0, 1], got {type(momentum).__name__}")
     value = float(momentum)
@@ -71,6 +82,8 @@ def check_momentum(momentum: object) -> float:
 
 
 def check_channel_axis(channel_axis: object, ndim: int) -> int:
+    if type(channel_axis) is int and -ndim <= channel_axis < ndim:
+        return channel_axis % ndim
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
         raise TypeError(f"channel_axis must be an int, got {type(channel_axis).__name__}")
     axis = int(channel_axis)
@@ -81,6 +94,8 @@ def check_channel_axis(channel_axis: object, ndim: int) -> int:
 
 def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -> tuple[int, ...]:
     """``normalized_shape`` as a tuple that must equal the trailing dims of ``x``."""
+    if type(normalized_shape) is int and x_shape and x_shape[-1] == normalized_shape:
+        return (normalized_shape,)
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         shape: tuple[int, ...] = (int(normalized_shape),)
     elif isinstance(normalized_shape, Sequence) and all(
@@ -104,6 +119,9 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -
     precision, as torch allows), and either is returned as float64 for the kernels."""
     if p is None:
         return None
+    if (type(p) is np.ndarray and p.shape == shape and p.dtype == dtype and (dtype is _F32 or dtype is _F64)
+            and p.flags.c_contiguous):
+        return p if p.ndim == 1 else p.reshape(-1)
     reject_device(p, name)
     arr = p if isinstance(p, np.ndarray) else np.asarray(p)
     if is_half(dtype):
@@ -151,8 +169,10 @@ def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x
         raise TypeError(f"{name} must have the dtype of {x_name}, {x.dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
+    if out is x or not np.shares_memory(out, x):
+        return out
     same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
-    if not same and np.shares_memory(out, x):
+    if not same:
         raise ValueError(
             f"{name} overlaps {x_name} without being {x_name} itself; pass {name}={x_name} for in place, "
             "or a separate array"

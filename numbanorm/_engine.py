@@ -14,6 +14,10 @@ Parallel entry points split the work into tasks of at least ``MIN_TASK_ELEMENTS`
 single task runs the serial helper directly and never wakes the thread pool. They take the
 caller's ``numba.get_num_threads()`` as ``nthreads`` (reading it inside a kernel would stop numba
 from caching the kernel on disk).
+
+Every element read goes through ``load`` and every element write through ``store``
+(``_halfio.py``): identity for float32/float64, and the float16/bfloat16 bit conversions for the
+16-bit views that half arrays reach the kernels as (numba has no CPU float16 array type).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD
 from ._halfio import load, store
@@ -31,8 +36,54 @@ from ._halfio import load, store
 _serial = njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 _parallel = njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True, parallel=True)
 
-#: Rows of a channels-last block that share one shift before they are merged by Chan's formula.
-_CL_CHUNK_ROWS = 256
+#: Channels-last blocks are read as a flat run of ``lanes`` values (``lanes // C`` whole rows at a
+#: time), so that the SIMD lanes run over ``lanes`` accumulators even for small C (C = 3 RGB).
+_MIN_LANES = 256
+
+#: Elements that share one shift before a partial result is merged by Chan's formula.
+_SHIFT_CHUNK = 1 << 14
+
+
+# --------------------------------------------------------------------------------------------
+# Compute type of the normalize step
+# --------------------------------------------------------------------------------------------
+# Statistics are always accumulated in float64. The normalize step ``(x - mean) * scale + offset``
+# runs in float32 for float32 data (8 SIMD lanes instead of 4 on AVX2), with the mean split into
+# a float32 head (subtracted from x: exact when x is near the mean) and the rest, which is folded
+# into the offset in float64: ``(x - head) * scale + (offset - (mean - head) * scale)``. This
+# stays accurate when |mean| >> std and gives exactly ``offset`` for constant input. (Written as
+# ``(x - head) - tail`` instead, ``reassoc`` would fold head + tail back into one float32.)
+# Any other dtype computes in float64, where head == mean.
+def to_compute(v, like):
+    """``v`` in the compute type of array ``like`` (jit-only helper)."""
+    return np.float64(v)
+
+
+@overload(to_compute)
+def _to_compute(v, like):
+    if isinstance(like, types.Array) and like.dtype == types.float32:
+        return lambda v, like: np.float32(v)
+    return lambda v, like: np.float64(v)
+
+
+def compute_empty(n, like):
+    """``np.empty(n)`` in the compute type of array ``like`` (jit-only helper)."""
+    return np.empty(n)
+
+
+@overload(compute_empty)
+def _compute_empty(n, like):
+    if isinstance(like, types.Array) and like.dtype == types.float32:
+        return lambda n, like: np.empty(n, np.float32)
+    return lambda n, like: np.empty(n, np.float64)
+
+
+@_serial
+def fold_affine(m, s, b, like):
+    """(head, scale, offset) in the compute type of ``like`` such that
+    ``(x - head) * scale + offset ~= (x - m) * s + b`` (see above)."""
+    head = to_compute(m, like)
+    return head, to_compute(s, like), to_compute(b - (m - np.float64(head)) * s, like)
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,19 +103,51 @@ def chan_merge(na, ma, m2a, nb, mb, m2b):
 
 
 @_serial
+def run_sums(run, i0, i1, shift):
+    """Shifted sums (sum d, sum d^2), d = run[i] - shift over i0 <= i < i1, in float64.
+
+    A plain reduction over a contiguous 1-D array: with ``reassoc`` LLVM vectorizes it. Hot
+    loops here index with unsigned integers: with a signed start numba adds a negative-index
+    wraparound test per element, which made these loops about 5x slower.
+    """
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(np.uint64(i0), np.uint64(i1)):  # unsigned: no negative-index wraparound test
+        d = np.float64(load(run[i])) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@_serial
+def sums_to_moments(n, shift, s1, s2):
+    """(mean, M2) from shifted sums of ``n`` values."""
+    return shift + s1 / n, max(s2 - s1 * s1 / n, 0.0)
+
+
+@_serial
 def run_moments(run):
     """(mean, M2) of a contiguous 1-D run, shifted by its first value, in float64."""
     n = run.shape[0]
     if n == 0:
         return 0.0, 0.0
     shift = np.float64(load(run[0]))
-    s1 = 0.0
-    s2 = 0.0
-    for i in range(n):
-        d = load(run[i]) - shift
-        s1 += d
-        s2 += d * d
-    return shift + s1 / n, max(s2 - s1 * s1 / n, 0.0)
+    s1, s2 = run_sums(run, 0, n, shift)
+    return sums_to_moments(n, shift, s1, s2)
+
+
+@_serial
+def cl_lanes(C):
+    """Lanes of the channels-last layout: a multiple of C (lane j is channel j % C) and of 8."""
+    if C >= _MIN_LANES or C < 1:
+        return max(C, 1)
+    w = C
+    while w % 8 != 0:
+        w += C
+    step = w
+    while w < _MIN_LANES:
+        w += step
+    return w
 
 
 @_serial
@@ -73,39 +156,74 @@ def block_moments(x3, o0, o1, i0, i1, mean, m2):
     C = x3.shape[1]
     width = i1 - i0
     if x3.shape[2] != 1:
-        for c in range(C):
-            n, cm, cm2 = 0.0, 0.0, 0.0
-            for o in range(o0, o1):
-                rm, rm2 = run_moments(x3[o, c, i0:i1])
-                n, cm, cm2 = chan_merge(n, cm, cm2, float(width), rm, rm2)
-            mean[c] = cm
-            m2[c] = cm2
-        return float((o1 - o0) * width)
-    # Channels-last: accumulate all channels side by side so the lanes run over c.
-    shift = np.empty(C)
-    s1 = np.empty(C)
-    s2 = np.empty(C)
+        # The runs x3[o, c, i0:i1] are contiguous; walk them in memory order (o outer) with
+        # per-channel sums, one shift per channel for a chunk of rows, chunks merged by Chan.
+        rows = max(1, _SHIFT_CHUNK // max(width, 1))
+        shift = np.empty(C)
+        s1 = np.empty(C)
+        s2 = np.empty(C)
+        mean[:] = 0.0
+        m2[:] = 0.0
+        n = 0.0
+        for r0 in range(o0, o1, rows):
+            r1 = min(r0 + rows, o1)
+            for c in range(C):
+                shift[c] = load(x3[r0, c, i0])
+                s1[c] = 0.0
+                s2[c] = 0.0
+            for o in range(r0, r1):
+                for c in range(C):
+                    a, b = run_sums(x3[o, c], i0, i1, shift[c])
+                    s1[c] += a
+                    s2[c] += b
+            nb = float((r1 - r0) * width)
+            for c in range(C):
+                mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
+                _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
+            n += nb
+        return n
+    # Channels-last: the block is one flat run; lane j accumulates channel j % C, so the SIMD
+    # lanes are full even for C = 3, and lanes of one channel share its shift and fold at the end.
+    flat = x3.reshape(x3.size)
+    W = cl_lanes(C)
+    k = W // C
+    chunk = k * max(1, _SHIFT_CHUNK // W)
+    shift = np.empty(W)
+    s1 = np.empty(W)
+    s2 = np.empty(W)
     mean[:] = 0.0
     m2[:] = 0.0
     n = 0.0
-    for r0 in range(o0, o1, _CL_CHUNK_ROWS):
-        r1 = min(r0 + _CL_CHUNK_ROWS, o1)
-        for c in range(C):
-            shift[c] = load(x3[r0, c, 0])
-            s1[c] = 0.0
-            s2[c] = 0.0
-        for r in range(r0, r1):
-            for c in range(C):
-                d = load(x3[r, c, 0]) - shift[c]
-                s1[c] += d
-                s2[c] += d * d
+    for r0 in range(o0, o1, chunk):
+        r1 = min(r0 + chunk, o1)
+        for j in range(W):
+            shift[j] = load(flat[r0 * C + j % C])
+            s1[j] = 0.0
+            s2[j] = 0.0
+        full = r0 + (r1 - r0) // k * k
+        for r in range(r0, full, k):
+            lane_sums(flat, r * C, W, shift, s1, s2)
+        lane_sums(flat, full * C, (r1 - full) * C, shift, s1, s2)
         nb = float(r1 - r0)
         for c in range(C):
-            mb = shift[c] + s1[c] / nb
-            m2b = max(s2[c] - s1[c] * s1[c] / nb, 0.0)
+            t1, t2 = 0.0, 0.0
+            for q in range(c, W, C):
+                t1 += s1[q]
+                t2 += s2[q]
+            mb, m2b = sums_to_moments(nb, shift[c], t1, t2)
             _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
         n += nb
     return n
+
+
+@_serial
+def lane_sums(flat, base, width, shift, s1, s2):
+    """s1[j] += d, s2[j] += d^2 with d = flat[base + j] - shift[j], for j < width."""
+    b = np.uint64(base)
+    for j in range(np.uint64(width)):
+        d = np.float64(load(flat[b + j])) - shift[j]
+        s1[j] += d
+        s2[j] += d * d
 
 
 @_serial
@@ -127,53 +245,123 @@ def block_bounds(length, nblocks, b):
     return (length * b) // nblocks, (length * (b + 1)) // nblocks
 
 
-@_parallel
-def channel_moments(x3, nthreads):
-    """Per-channel (count, mean, M2) over axes 0 and 2 of ``x3``; one pass, parallel."""
-    outer, C, inner = x3.shape
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
-    ntask = n_o * n_i
-    part_n = np.empty(ntask)
-    part_mean = np.empty((ntask, C))
-    part_m2 = np.empty((ntask, C))
-    if ntask == 1:
-        part_n[0] = block_moments(x3, 0, outer, 0, inner, part_mean[0], part_m2[0])
-    else:
-        for t in prange(ntask):
-            o0, o1 = block_bounds(outer, n_o, t // n_i)
-            i0, i1 = block_bounds(inner, n_i, t % n_i)
-            part_n[t] = block_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
+@_serial
+def merge_partials(part_n, part_mean, part_m2):
+    """Chan-merge per-task partial moments (ntask, C) into (count, mean, M2)."""
+    ntask, C = part_mean.shape
     mean = part_mean[0].copy()
     m2 = part_m2[0].copy()
-    count = part_n[0]
     for c in range(C):
         n = part_n[0]
         for t in range(1, ntask):
             n, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], part_n[t], part_mean[t, c], part_m2[t, c])
-    for t in range(1, ntask):
+    count = 0.0
+    for t in range(ntask):
         count += part_n[t]
     return count, mean, m2
+
+
+@_serial
+def serial_moments(x3):
+    """channel_moments on one thread (the fast path for small inputs)."""
+    C = x3.shape[1]
+    mean = np.empty(C)
+    m2 = np.empty(C)
+    count = block_moments(x3, 0, x3.shape[0], 0, x3.shape[2], mean, m2)
+    return count, mean, m2
+
+
+@_parallel
+def parallel_moments(x3, n_o, n_i):
+    outer, C, inner = x3.shape
+    ntask = n_o * n_i
+    part_n = np.empty(ntask)
+    part_mean = np.empty((ntask, C))
+    part_m2 = np.empty((ntask, C))
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, n_o, t // n_i)
+        i0, i1 = block_bounds(inner, n_i, t % n_i)
+        part_n[t] = block_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
+    return merge_partials(part_n, part_mean, part_m2)
+
+
+@_serial
+def channel_moments(x3, nthreads):
+    """Per-channel (count, mean, M2) over axes 0 and 2 of ``x3``; one pass, parallel.
+
+    A serial jitted entry that only calls the parallel kernel when there are several tasks, so
+    small inputs never touch the thread pool.
+    """
+    outer, C, inner = x3.shape
+    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    if n_o * n_i == 1:
+        return serial_moments(x3)
+    return parallel_moments(x3, n_o, n_i)
 
 
 # --------------------------------------------------------------------------------------------
 # Normalize: y = (x - shift[c]) * scale[c] + offset[c], computed in float64
 # --------------------------------------------------------------------------------------------
 @_serial
+def run_affine(src, dst, i0, i1, m, s, b):
+    mh, sc, of = fold_affine(m, s, b, src)
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        dst[i] = store((load(src[i]) - mh) * sc + of, dst)
+
+
+@_serial
+def lane_affine(src, dst, base, width, shift, scale, offset):
+    b = np.uint64(base)
+    for j in range(np.uint64(width)):
+        dst[b + j] = store((load(src[b + j]) - shift[j]) * scale[j] + offset[j], dst)
+
+
+@_serial
+def tile_lanes(shift, scale, offset, W, like):
+    """Per-channel (shift, scale, offset) folded (``fold_affine``) and repeated to W lanes."""
+    C = shift.shape[0]
+    head = compute_empty(W, like)
+    sc = compute_empty(W, like)
+    of = compute_empty(W, like)
+    for j in range(W):
+        c = j % C
+        head[j], sc[j], of[j] = fold_affine(shift[c], scale[c], offset[c], like)
+    return head, sc, of
+
+
+@_serial
 def block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
     C = x3.shape[1]
     if x3.shape[2] != 1:
         for o in range(o0, o1):
             for c in range(C):
-                m, s, b = shift[c], scale[c], offset[c]
-                for i in range(i0, i1):
-                    out3[o, c, i] = store((load(x3[o, c, i]) - m) * s + b, out3)
-    else:
-        for o in range(o0, o1):
-            for c in range(C):
-                out3[o, c, 0] = store((load(x3[o, c, 0]) - shift[c]) * scale[c] + offset[c], out3)
+                run_affine(x3[o, c], out3[o, c], i0, i1, shift[c], scale[c], offset[c])
+        return
+    # Channels-last: flat runs of W lanes, parameters tiled to the lanes (see block_moments).
+    W = cl_lanes(C)
+    k = W // C
+    src = x3.reshape(x3.size)
+    dst = out3.reshape(out3.size)
+    head, sc, of = tile_lanes(shift, scale, offset, W, src)
+    full = o0 + (o1 - o0) // k * k
+    for r in range(o0, full, k):
+        lane_affine(src, dst, r * C, W, head, sc, of)
+    lane_affine(src, dst, full * C, (o1 - full) * C, head, sc, of)
 
 
 @_parallel
+def parallel_affine(x3, shift, scale, offset, out3, n_o, n_i):
+    outer, C, inner = x3.shape
+    ntask = n_o * n_i
+    for t in prange(ntask):
+        # Last task first: right after channel_moments, the end of x is what is still in cache.
+        u = ntask - 1 - t
+        o0, o1 = block_bounds(outer, n_o, u // n_i)
+        i0, i1 = block_bounds(inner, n_i, u % n_i)
+        block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3)
+
+
+@_serial
 def channel_affine(x3, shift, scale, offset, out3, nthreads):
     """``out3 = (x3 - shift[c]) * scale[c] + offset[c]``; safe in place (``out3 is x3``).
 
@@ -181,14 +369,13 @@ def channel_affine(x3, shift, scale, offset, out3, nthreads):
     result stays exact for constant input and accurate when |mean| >> std.
     """
     outer, C, inner = x3.shape
+    if x3.size == 0:
+        return
     n_o, n_i = plan_tasks(outer, C, inner, nthreads)
     if n_o * n_i == 1:
         block_affine(x3, 0, outer, 0, inner, shift, scale, offset, out3)
-        return
-    for t in prange(n_o * n_i):
-        o0, o1 = block_bounds(outer, n_o, t // n_i)
-        i0, i1 = block_bounds(inner, n_i, t % n_i)
-        block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3)
+    else:
+        parallel_affine(x3, shift, scale, offset, out3, n_o, n_i)
 
 
 @_serial
@@ -208,36 +395,156 @@ def channel_scale_offset(mean, var, weight, bias, eps):
     return invstd, scale, offset
 
 
+@_serial
+def batch_norm_train_forward(x3, weight, bias, running_mean, running_var, momentum, eps, out3, nthreads):
+    """BatchNorm training forward in one dispatch; returns (mean, invstd) in float64.
+
+    Also updates the running stats in place (when given) with torch's rule in float64:
+    ``r = (1 - momentum) * r + momentum * batch``, unbiased variance. Needs ``x3.size > 0``.
+    """
+    count, mean, m2 = channel_moments(x3, nthreads)
+    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    channel_affine(x3, mean, scale, offset, out3, nthreads)
+    if running_mean is not None and running_var is not None:
+        keep = 1.0 - momentum
+        for c in range(mean.shape[0]):
+            running_mean[c] = store(keep * np.float64(load(running_mean[c])) + momentum * mean[c], running_mean)
+            running_var[c] = store(keep * np.float64(load(running_var[c])) + momentum * (m2[c] / (count - 1.0)),
+                                   running_var)
+    return mean, invstd
+
+
+@_serial
+def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, out3, nthreads):
+    """BatchNorm inference forward in one dispatch; returns (mean, invstd) in float64."""
+    C = running_mean.shape[0]
+    mean = np.empty(C)
+    var = np.empty(C)
+    for c in range(C):
+        mean[c] = load(running_mean[c])
+        var[c] = load(running_var[c])
+    invstd, scale, offset = channel_scale_offset(mean, var, weight, bias, eps)
+    channel_affine(x3, mean, scale, offset, out3, nthreads)
+    return mean, invstd
+
+
 # --------------------------------------------------------------------------------------------
 # LayerNorm: one row at a time, statistics then normalize while the row is still in cache
 # --------------------------------------------------------------------------------------------
 @_serial
-def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias):
+    """``dst = normalized row`` and, in the same loop, the shifted sums of the next row ``nxt``.
+
+    One loop keeps a DRAM read stream (the next row) and a write stream (this row's output) busy
+    at the same time; separate passes alternate between them and leave bandwidth unused.
+    """
+    D = row.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    # Separate loops per case (None is a compile-time type) keep each one a plain SIMD loop.
+    if weight is None:
+        if bias is None:
+            for j in range(D):
+                d = np.float64(load(nxt[j])) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = store((load(row[j]) - mh) * rs + tail, dst)
+        else:
+            for j in range(D):
+                d = np.float64(load(nxt[j])) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = store(((load(row[j]) - mh) * rs + tail) + bias[j], dst)
+    else:
+        if bias is None:
+            for j in range(D):
+                d = np.float64(load(nxt[j])) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j], dst)
+        else:
+            for j in range(D):
+                d = np.float64(load(nxt[j])) - shift
+                s1 += d
+                s2 += d * d
+                dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j] + bias[j], dst)
+    return s1, s2
+
+
+@_serial
+def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+    """Rows ``r0:r1``, two loops per row: sums, then normalize while the row is in L1."""
     D = x2.shape[1]
     for r in range(r0, r1):
         row = x2[r]
-        mean, m2 = run_moments(row)
-        rstd = 1.0 / math.sqrt(m2 / D + eps)
         dst = out2[r]
-        for j in range(D):
-            v = (load(row[j]) - mean) * rstd
-            if weight is not None:
-                v *= weight[j]
-            if bias is not None:
-                v += bias[j]
-            dst[j] = store(v, dst)
+        shift = np.float64(load(row[0]))
+        s1, s2 = run_sums(row, 0, D, shift)
+        mean, m2 = sums_to_moments(D, shift, s1, s2)
+        rstd = 1.0 / math.sqrt(m2 / D + eps)
+        mh, rs, tail = fold_affine(mean, rstd, 0.0, row)  # (x - mean) * rstd == (x - mh) * rs + tail
+        # Separate loops per case (None is a compile-time type) keep each one a plain SIMD loop.
+        if weight is None:
+            if bias is None:
+                for j in range(D):
+                    dst[j] = store((load(row[j]) - mh) * rs + tail, dst)
+            else:
+                for j in range(D):
+                    dst[j] = store(((load(row[j]) - mh) * rs + tail) + bias[j], dst)
+        else:
+            if bias is None:
+                for j in range(D):
+                    dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j], dst)
+            else:
+                for j in range(D):
+                    dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j] + bias[j], dst)
+        mean_out[r] = mean
+        rstd_out[r] = rstd
+
+
+#: Above this many elements LayerNorm is bound by DRAM bandwidth and uses the pipelined loop;
+#: below, the data is in cache, the two simpler loops per row are faster (measured 1.5-2.5x).
+_LN_PIPELINE_ELEMENTS = 1 << 22
+
+
+@_serial
+def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+    """Rows ``r0:r1``. Large inputs are software-pipelined: row r is normalized while row r + 1
+    is summed (48 -> 36 ms for 256 MB on one core, np.copyto 21 ms)."""
+    D = x2.shape[1]
+    if x2.size < _LN_PIPELINE_ELEMENTS:
+        layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
+        return
+    if r1 <= r0:
+        return
+    nshift = np.float64(load(x2[r0, 0])) if D > 0 else 0.0
+    n1, n2 = run_sums(x2[r0], 0, D, nshift)
+    for r in range(r0, r1):
+        row = x2[r]
+        mean, m2 = sums_to_moments(D, nshift, n1, n2)
+        rstd = 1.0 / math.sqrt(m2 / D + eps)
+        mh, rs, tail = fold_affine(mean, rstd, 0.0, row)  # (x - mean) * rstd == (x - mh) * rs + tail
+        nxt = x2[r + 1] if r + 1 < r1 else row  # the last row sums itself again (result unused)
+        nshift = np.float64(load(nxt[0])) if D > 0 else 0.0
+        n1, n2 = normalize_row_and_sum_next(row, out2[r], nxt, nshift, mh, rs, tail, weight, bias)
         mean_out[r] = mean
         rstd_out[r] = rstd
 
 
 @_parallel
+def parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks):
+    R = x2.shape[0]
+    for b in prange(nblocks):
+        r0, r1 = block_bounds(R, nblocks, b)
+        layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
+
+
+@_serial
 def layer_norm_forward(x2, weight, bias, eps, out2, mean_out, rstd_out, nthreads):
     """LayerNorm over the rows of ``x2`` (R, D); stats go to ``mean_out``/``rstd_out`` (R,)."""
     R, D = x2.shape
     nblocks, _ = plan_tasks(R, 1, D, nthreads)
     if nblocks == 1:
         layer_norm_rows(x2, 0, R, weight, bias, eps, out2, mean_out, rstd_out)
-        return
-    for b in prange(nblocks):
-        r0, r1 = block_bounds(R, nblocks, b)
-        layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
+    else:
+        parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Literal, overload
 
 import numpy as np
@@ -19,8 +21,9 @@ from ._checks import (
     check_out,
     check_param,
     check_running_stat,
+    check_stats,
 )
-from ._config import kernel_guard
+from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
 from ._layout import copy_back, input_view, output_view, rows_view
@@ -29,10 +32,16 @@ __all__ = ["layer_norm", "batch_norm"]
 
 Stats = tuple[np.ndarray, np.ndarray, np.ndarray]
 
+#: Below this many elements the engine plans a single task (see ``_engine.plan_tasks``) whatever
+#: the thread count, so the call neither asks numba for it nor takes the launch lock.
+_SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+
 
 def stats_dtype(dtype: np.dtype) -> np.dtype:
     """dtype of returned mean/rstd: float64 for float64 input, else float32 (like torch)."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    return _F64 if dtype == _F64 else _F32
 
 
 @overload
@@ -49,7 +58,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with biased variance per row.
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``x.shape[:-k]``.
     """
-    if is_device_array(x):
+    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
         return backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     x = as_float_array(x)
     shape = check_normalized_shape(normalized_shape, x.shape)
@@ -58,15 +67,21 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     eps = check_eps(eps)
     out = check_out(out, x)
 
-    x2 = rows_view(x, len(shape))
+    D = shape[0] if len(shape) == 1 else math.prod(shape)
+    x2 = x.reshape(x.size // D, D) if D and x.flags.c_contiguous else rows_view(x, len(shape))
     result = np.empty(x.shape, x.dtype) if out is None else out
-    target = result.reshape(x2.shape) if result.flags.c_contiguous else np.empty(x2.shape, x.dtype)
+    contiguous = out is None or result.flags.c_contiguous
+    target = result.reshape(x2.shape) if contiguous else np.empty(x2.shape, x.dtype)
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
-    with kernel_guard:
-        _engine.layer_norm_forward(kernel_array(x2), weight, bias, eps, kernel_array(target), mean, rstd,
-                                   get_num_threads())
-    if not result.flags.c_contiguous:
+    if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
+        x2, target = kernel_array(x2), kernel_array(target)
+    if x.size < _SERIAL_SIZE:
+        _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, 1)
+    else:
+        with kernel_guard:
+            _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, get_num_threads())
+    if not contiguous:
         np.copyto(result, target.reshape(x.shape))
     if not return_stats:
         return result
@@ -83,51 +98,66 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     unbiased batch variance. ``training=False`` uses the running stats. With
     ``return_stats=True`` returns ``(y, mean, invstd)`` for the statistics actually used.
     ``stats``: a ``numbanorm.Moments`` of shape (C,) (e.g. merged across workers) used instead of
-    the batch's or running statistics; training then updates running stats from it.
+    the batch's or running statistics; training then updates running stats from it (unbiased
+    variance ``m2 / (count - 1)``), as torch's SyncBatchNorm does with the global statistics.
     """
-    if stats is not None:  # externally combined statistics (SyncBatchNorm): see moments.py
-        from .moments import batch_norm_with_stats
-        if is_device_array(x):
+    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
+        if stats is not None:
             raise TypeError("stats= is supported for NumPy arrays only, not CUDA arrays")
-        return batch_norm_with_stats(x, stats, running_mean, running_var, weight, bias, training, momentum,
-                                     eps, channel_axis, out, return_stats)
-    if is_device_array(x):
         return backend().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)
     x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out)
-    view = input_view(x, axis)
-    result, target, needs_copy = output_view(out, x, view, axis)
-    num_channels = x.shape[axis]
-    count = 0.0
-    with kernel_guard:
-        if not training:
-            mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+        x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
+    shape = x.shape
+    if out is None and x.flags.c_contiguous:  # the common case, without the general view mapping
+        x3 = x.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+        result = np.empty(shape, x.dtype)
+        target = result.reshape(x3.shape)
+        needs_copy = channels_moved = False
+    else:
+        view = input_view(x, axis)
+        x3, channels_moved = view
+        result, target, needs_copy = output_view(out, x, view, axis)
+    rm, rv = running_mean, running_var
+    if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
+        x3, target, rm, rv = kernel_array(x3), kernel_array(target), kernel_array(rm), kernel_array(rv)
+    # One jitted dispatch per call (statistics, scale/offset, normalize and the running-stats
+    # update fused); small inputs run serially without the thread count or the launch lock.
+    serial = x.size < _SERIAL_SIZE
+    nthreads = 1 if serial else get_num_threads()
+    lock = kernel_guard if NEEDS_CALL_LOCK and not serial else nullcontext()
+    with lock:
+        if stats is not None:  # external statistics normalize like running ones do in eval
+            mean, invstd = _engine.batch_norm_eval_forward(x3, stats.mean, stats.var(), weight, bias,
+                                                           eps, target, nthreads)
+        elif not training:
+            mean, invstd = _engine.batch_norm_eval_forward(x3, rm, rv, weight, bias, eps, target, nthreads)
         elif x.size:
-            count, mean, m2 = _engine.channel_moments(kernel_array(view.x3), get_num_threads())
-            var = m2 / count
+            mean, invstd = _engine.batch_norm_train_forward(x3, weight, bias, rm, rv, momentum, eps, target,
+                                                            nthreads)
         else:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
-            mean = var = np.full(num_channels, np.nan)
-        invstd, scale, offset = _engine.channel_scale_offset(mean, var, weight, bias, eps)
-        if x.size:
-            _engine.channel_affine(kernel_array(view.x3), mean, scale, offset, kernel_array(target), get_num_threads())
+            mean = np.full(x.shape[axis], np.nan)
+            invstd = _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
+    if stats is not None and training and running_mean is not None:
+        _update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
     if needs_copy:
-        copy_back(result, target, axis, view.channels_moved)
-    if training and running_mean is not None and count > 0:
-        _update_running(running_mean, running_var, mean, m2 / (count - 1.0), momentum)
+        copy_back(result, target, axis, channels_moved)
     if not return_stats:
         return result
     sdt = stats_dtype(x.dtype)
     return result, mean.astype(sdt), invstd.astype(sdt)
 
 
-def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out):
+def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
+                      stats=None):
     """Validate every batch_norm argument before anything is computed or mutated."""
     x = as_float_array(x)
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
     axis = check_channel_axis(channel_axis, x.ndim)
     num_channels = x.shape[axis]
+    if stats is not None:
+        stats = check_stats(stats, num_channels)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or both be None")
     running_mean = check_running_stat(running_mean, "running_mean", num_channels, x.dtype, bool(training))
@@ -136,16 +166,20 @@ def _check_batch_norm(x, running_mean, running_var, weight, bias, training, mome
     bias = check_param(bias, "bias", (num_channels,), x.dtype)
     momentum = check_momentum(momentum)
     eps = check_eps(eps)
-    if not training and running_mean is None:
+    if stats is not None:  # the statistics come from elsewhere, so this shard's size is no matter
+        if training and running_mean is not None and num_channels and not np.all(stats.count > 1):
+            raise ValueError("stats.count must exceed 1 per channel to update the running variance (unbiased)")
+    elif not training and running_mean is None:
         raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
-    if training and num_channels and x.size // num_channels == 1:
+    elif training and num_channels and x.size // num_channels == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     out = check_out(out, x)
     return x, axis, running_mean, running_var, weight, bias, momentum, eps, out
 
 
 def _update_running(running_mean, running_var, mean, unbiased_var, momentum):
-    """torch's rule, computed in float64 and written in place."""
+    """torch's rule, computed in float64 and written in place, for statistics combined outside
+    the fused kernel (``stats=``, numbanorm.dask)."""
     keep = np.float64(1.0 - momentum)  # a float64 scalar, so half running stats are not rounded twice
     running_mean[...] = keep * running_mean + momentum * mean
     running_var[...] = keep * running_var + momentum * unbiased_var

@@ -20,17 +20,11 @@ from ._checks import (
     as_float_array,
     check_axes,
     check_channel_axis,
-    check_eps,
-    check_momentum,
-    check_out,
-    check_param,
-    check_running_stat,
-    check_stats,
 )
 from ._config import kernel_guard
 from ._engine import chan_merge
 from ._halfio import kernel_array
-from ._layout import copy_back, input_view, output_view, reduction_output, reduction_view
+from ._layout import reduction_output, reduction_view
 
 __all__ = ["Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize"]
 
@@ -231,50 +225,3 @@ def standardize(x: ArrayLike, axis: int | tuple[int, ...] | None = 0, *, stats: 
         _engine.channel_affine(kernel_array(x3), stats.mean.reshape(-1), scale, np.zeros_like(scale),
                                kernel_array(out3), get_num_threads())
     return result
-
-
-def batch_norm_with_stats(x, stats, running_mean, running_var, weight, bias, training, momentum, eps,
-                          channel_axis, out, return_stats):
-    """``batch_norm(..., stats=stats)``: normalize with externally combined statistics.
-
-    ``stats`` replaces the statistics batch_norm would otherwise use (the batch's in training,
-    the running ones in eval): ``y = (x - stats.mean) / sqrt(stats.var() + eps) * w + b``. With
-    ``training=True`` and running stats given, they are updated from ``stats`` (unbiased variance
-    ``m2 / (count - 1)``), as torch's SyncBatchNorm does with the global statistics.
-    """
-    from .functional import _update_running, stats_dtype
-
-    x = as_float_array(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
-    axis = check_channel_axis(channel_axis, x.ndim)
-    num_channels = x.shape[axis]
-    stats = check_stats(stats, num_channels)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
-    update = bool(training) and running_mean is not None
-    running_mean = check_running_stat(running_mean, "running_mean", num_channels, x.dtype, update)
-    running_var = check_running_stat(running_var, "running_var", num_channels, x.dtype, update)
-    weight = check_param(weight, "weight", (num_channels,), x.dtype)
-    bias = check_param(bias, "bias", (num_channels,), x.dtype)
-    momentum = check_momentum(momentum)
-    eps = check_eps(eps)
-    if update and num_channels and not np.all(stats.count > 1):
-        raise ValueError("stats.count must exceed 1 per channel to update the running variance (unbiased)")
-    out = check_out(out, x)
-
-    view = input_view(x, axis)
-    result, target, needs_copy = output_view(out, x, view, axis)
-    mean = stats.mean
-    with kernel_guard:
-        invstd, scale, offset = _engine.channel_scale_offset(mean, stats.var(), weight, bias, eps)
-        if x.size:
-            _engine.channel_affine(kernel_array(view.x3), mean, scale, offset, kernel_array(target), get_num_threads())
-    if needs_copy:
-        copy_back(result, target, axis, view.channels_moved)
-    if update:
-        _update_running(running_mean, running_var, mean, stats.var(1), momentum)
-    if not return_stats:
-        return result
-    sdt = stats_dtype(x.dtype)
-    return result, mean.astype(sdt), invstd.astype(sdt)
