@@ -11,7 +11,15 @@ from numba import njit
 from reference import batch_norm_ref, layer_norm_ref
 
 import numbanorm as nb
-from numbanorm._halfio import f16_bits_to_f32_int, f64_to_f16_bits_int, load, store
+from numbanorm._halfio import (
+    f16_bits_to_f32_int,
+    f64_to_f16_bits_int,
+    flush_row,
+    load,
+    row_scratch,
+    row_target,
+    store,
+)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 HALVES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
@@ -107,6 +115,31 @@ def test_bfloat16_encode_rounds_to_nearest_even(rng):
     _encode(np.array([np.nan, -np.nan, 3.4e39]), got[:3])
     assert np.isnan(got[:2].view(ml_dtypes.bfloat16).astype(np.float32)).all()
     assert got[2].view(np.uint16) == 0x7F80  # beyond bfloat16's max: inf
+
+
+@njit
+def _encode_rows(values, out):
+    """``out = values`` through the row hooks: float32 scratch, then one conversion per row."""
+    scratch = row_scratch(out, out.shape[1])
+    for r in range(out.shape[0]):
+        t = row_target(scratch, out[r])
+        for j in range(out.shape[1]):
+            t[j] = values[r, j]
+        flush_row(t, out[r])
+
+
+@pytest.mark.parametrize("dtype", HALVES + [np.dtype(np.float32)], ids=str)
+def test_row_hooks_store_the_same_bits_as_store(rng, dtype):
+    values = _encode_cases(rng, F16 if dtype == np.float32 else dtype)
+    values = np.concatenate([[np.nan, -np.nan], values])[: values.size // 97 * 97].reshape(-1, 97)
+    view = np.dtype({F16: np.uint16, BF16: np.int16}.get(dtype, dtype))
+    want = np.empty(values.shape, view)
+    _encode(values.reshape(-1), want.reshape(-1))
+    got = np.full(values.shape, 7, view)
+    _encode_rows(values, got)
+    nan = np.isnan(want.view(dtype).astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(got.view(dtype).astype(np.float32)), nan)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
 
 
 def _within_one_ulp(y, ref64):
