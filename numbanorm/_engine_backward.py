@@ -160,6 +160,14 @@ def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
 # while the row is still in cache.
 # --------------------------------------------------------------------------------------------
 @_serial
+def row_shift(mean, r):
+    """The row's mean, or 0 without one (RMSNorm)."""
+    if mean is None:
+        return 0.0
+    return mean[r]
+
+
+@_serial
 def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
     """grad_x for rows ``r0:r1``; adds Σ dy·x̂ and Σ dy per column into ``dw``/``db`` (with weight).
 
@@ -170,7 +178,7 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
     dw[:] = 0.0
     db[:] = 0.0
     for r in range(r0, r1):
-        m = 0.0 if mean is None else mean[r]
+        m = row_shift(mean, r)
         s = rstd[r]
         grow = g2[r]
         xrow = x2[r]
@@ -185,8 +193,10 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
                 d *= weight[j]
             a += d
             b += d * xh
-        a = 0.0 if mean is None else a / D
+        a /= D
         b /= D
+        if mean is None:  # RMSNorm: nothing was centered, so no mean(g) term
+            a = 0.0
         dst = out2[r]
         for j in range(D):
             xh = (xrow[j] - m) * s
