@@ -28,7 +28,7 @@ from ._engine import (
     plan_tasks,
 )
 from ._engine_backward import block_grad_input, block_grad_sums
-from ._halfio import compute, flush_row, load, row_scratch, row_target, store
+from ._halfio import compute, load, store
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,15 +299,12 @@ def rms_norm_forward(x2, weight, eps, out2, rstd_out, nthreads):
 @_serial
 def add_layer_norm_rows(x2, res2, r0, r1, weight, bias, eps, out2, sum2, mean_out, rstd_out):
     D = x2.shape[1]
-    scratch = row_scratch(sum2, D)
     for r in range(r0, r1):
         a, b, s = x2[r], res2[r], sum2[r]
-        t = row_target(scratch, s)  # s itself, or float32 scratch for half rows (8-lane store)
         for j in range(D):
             # float64 holds the exact sum of two float32 (or half) values, so the store is the
             # correctly rounded x + residual of the input dtype, as an unfused add would give.
-            t[j] = np.float64(load(a[j])) + load(b[j])
-        flush_row(t, s)
+            s[j] = store(np.float64(load(a[j])) + load(b[j]), s)
         layer_norm_rows(sum2, r, r + 1, weight, bias, eps, out2, mean_out, rstd_out)
 
 
