@@ -10,7 +10,8 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-from .backward import batch_norm_backward, layer_norm_backward  # noqa: E402
-from .layers import BatchNorm, LayerNorm  # noqa: E402
+from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward  # noqa: E402
+from .layers import BatchNorm, GroupNorm, LayerNorm, RMSNorm  # noqa: E402
 
 __all__ += ["batch_norm_backward", "layer_norm_backward", "BatchNorm", "LayerNorm"]
+__all__ += ["rms_norm_backward", "group_norm_backward", "RMSNorm", "GroupNorm"]

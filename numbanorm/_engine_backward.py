@@ -160,16 +160,25 @@ def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
 # while the row is still in cache.
 # --------------------------------------------------------------------------------------------
 @_serial
+def row_shift(mean, r):
+    """The row's mean, or 0 without one (RMSNorm)."""
+    if mean is None:
+        return 0.0
+    return mean[r]
+
+
+@_serial
 def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
     """grad_x for rows ``r0:r1``; adds Σ dy·x̂ and Σ dy per column into ``dw``/``db`` (with weight).
 
-    With g = dy·γ: grad_x = rstd·(g - mean(g) - x̂·mean(g·x̂)).
+    With g = dy·γ: grad_x = rstd·(g - mean(g) - x̂·mean(g·x̂)). ``mean`` None is RMSNorm
+    (x̂ = x·rstd, nothing centered): grad_x = rstd·(g - x̂·mean(g·x̂)).
     """
     D = x2.shape[1]
     dw[:] = 0.0
     db[:] = 0.0
     for r in range(r0, r1):
-        m = mean[r]
+        m = row_shift(mean, r)
         s = rstd[r]
         grow = g2[r]
         xrow = x2[r]
@@ -186,6 +195,8 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
             b += d * xh
         a /= D
         b /= D
+        if mean is None:  # RMSNorm: nothing was centered, so no mean(g) term
+            a = 0.0
         dst = out2[r]
         for j in range(D):
             xh = (xrow[j] - m) * s
@@ -198,7 +209,8 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
 @_parallel
 def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
     """LayerNorm backward over rows of ``x2`` (R, D); returns float64 (Σ dy·x̂, Σ dy) per column
-    (empty when ``weight`` is None), reduced from one partial buffer per task."""
+    (empty when ``weight`` is None), reduced from one partial buffer per task. ``mean`` None:
+    RMSNorm backward (see ``layer_norm_grad_rows``)."""
     R, D = x2.shape
     nblocks, _ = plan_tasks(R, 1, D, nthreads)
     width = D if weight is not None else 0

@@ -27,6 +27,7 @@ from ._engine import (
     layer_norm_rows,
     plan_tasks,
 )
+from ._engine_backward import block_grad_input, block_grad_sums
 from ._halfio import compute, load, store
 
 
@@ -44,62 +45,178 @@ def _sample_plan(N, outer, C, inner, nthreads):
     return N, n_o * n_i, n_o, n_i
 
 
+@_serial
+def _sample_tasks(N, outer, C, inner, nthreads):
+    """The task list of a per-sample pass: rows ``(n0, n1, o0, o1, i0, i1, piece)``, task t covers
+    samples n0:n1 over ``[o0:o1, :, i0:i1]``; ``piece`` (+ n - n0) indexes a partial-result row,
+    ``pieces`` rows in all, ``per`` consecutive rows per sample. One task means run serially."""
+    n_blocks, per, n_o, n_i = _sample_plan(N, outer, C, inner, nthreads)
+    ntask = n_blocks if per == 1 else N * per
+    tasks = np.empty((ntask, 7), np.int64)
+    for t in range(ntask):
+        if per == 1:
+            n0, n1 = block_bounds(N, n_blocks, t)
+            o0, o1, i0, i1, piece = 0, outer, 0, inner, n0
+        else:
+            n0, p = t // per, t % per
+            n1, piece = n0 + 1, t
+            o0, o1 = block_bounds(outer, n_o, p // n_i)
+            i0, i1 = block_bounds(inner, n_i, p % n_i)
+        row = tasks[t]
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6] = n0, n1, o0, o1, i0, i1, piece
+    return tasks, N * per, per
+
+
+@_serial
+def _moments_task(x4, task, part_n, part_mean, part_m2):
+    n0, n1, o0, o1, i0, i1, piece = task[0], task[1], task[2], task[3], task[4], task[5], task[6]
+    for n in range(n0, n1):
+        k = piece + n - n0
+        part_n[k] = block_moments(x4[n], o0, o1, i0, i1, part_mean[k], part_m2[k])
+
+
+@_serial
+def _merge_pieces(part_n, part_mean, part_m2, per):
+    """Chan-merge the ``per`` consecutive partial rows of each sample into (N, C) moments."""
+    N = part_n.shape[0] // per
+    C = part_mean.shape[1]
+    mean = np.empty((N, C))
+    m2 = np.empty((N, C))
+    for n in range(N):
+        for c in range(C):
+            cnt, cm, cm2 = 0.0, 0.0, 0.0
+            for k in range(n * per, (n + 1) * per):
+                cnt, cm, cm2 = chan_merge(cnt, cm, cm2, part_n[k], part_mean[k, c], part_m2[k, c])
+            mean[n, c] = cm
+            m2[n, c] = cm2
+    return mean, m2
+
+
 @_parallel
 def sample_channel_moments(x4, nthreads):
     """Per-(n, c) (count, mean, M2) over the outer and inner axes of each sample; one pass."""
     N, outer, C, inner = x4.shape
-    mean = np.empty((N, C))
-    m2 = np.empty((N, C))
-    n_blocks, per, n_o, n_i = _sample_plan(N, outer, C, inner, nthreads)
-    if per == 1:
-        if n_blocks == 1:
-            for n in range(N):
-                block_moments(x4[n], 0, outer, 0, inner, mean[n], m2[n])
-        else:
-            for b in prange(n_blocks):
-                n0, n1 = block_bounds(N, n_blocks, b)
-                for n in range(n0, n1):
-                    block_moments(x4[n], 0, outer, 0, inner, mean[n], m2[n])
-        return float(outer * inner), mean, m2
-    ntask = N * per
-    part_n = np.empty(ntask)
-    part_mean = np.empty((ntask, C))
-    part_m2 = np.empty((ntask, C))
-    for t in prange(ntask):
-        n, p = t // per, t % per
-        o0, o1 = block_bounds(outer, n_o, p // n_i)
-        i0, i1 = block_bounds(inner, n_i, p % n_i)
-        part_n[t] = block_moments(x4[n], o0, o1, i0, i1, part_mean[t], part_m2[t])
-    for n in range(N):
-        for c in range(C):
-            cnt, cm, cm2 = 0.0, 0.0, 0.0
-            for t in range(n * per, (n + 1) * per):
-                cnt, cm, cm2 = chan_merge(cnt, cm, cm2, part_n[t], part_mean[t, c], part_m2[t, c])
-            mean[n, c] = cm
-            m2[n, c] = cm2
+    tasks, pieces, per = _sample_tasks(N, outer, C, inner, nthreads)
+    part_n = np.empty(pieces)
+    part_mean = np.empty((pieces, C))
+    part_m2 = np.empty((pieces, C))
+    if tasks.shape[0] == 1:
+        _moments_task(x4, tasks[0], part_n, part_mean, part_m2)
+    else:
+        for t in prange(tasks.shape[0]):
+            _moments_task(x4, tasks[t], part_n, part_mean, part_m2)
+    mean, m2 = _merge_pieces(part_n, part_mean, part_m2, per)
     return float(outer * inner), mean, m2
+
+
+@_serial
+def _affine_task(x4, task, shift, scale, offset, out4):
+    n0, n1, o0, o1, i0, i1 = task[0], task[1], task[2], task[3], task[4], task[5]
+    for n in range(n0, n1):
+        block_affine(x4[n], o0, o1, i0, i1, shift[n], scale[n], offset[n], out4[n])
 
 
 @_parallel
 def sample_channel_affine(x4, shift, scale, offset, out4, nthreads):
     """``out4[n] = (x4[n] - shift[n, c]) * scale[n, c] + offset[n, c]``; safe in place."""
     N, outer, C, inner = x4.shape
-    n_blocks, per, n_o, n_i = _sample_plan(N, outer, C, inner, nthreads)
-    if per == 1:
-        if n_blocks == 1:
-            for n in range(N):
-                block_affine(x4[n], 0, outer, 0, inner, shift[n], scale[n], offset[n], out4[n])
-        else:
-            for b in prange(n_blocks):
-                n0, n1 = block_bounds(N, n_blocks, b)
-                for n in range(n0, n1):
-                    block_affine(x4[n], 0, outer, 0, inner, shift[n], scale[n], offset[n], out4[n])
+    tasks, _, _ = _sample_tasks(N, outer, C, inner, nthreads)
+    if tasks.shape[0] == 1:
+        _affine_task(x4, tasks[0], shift, scale, offset, out4)
         return
-    for t in prange(N * per):
-        n, p = t // per, t % per
-        o0, o1 = block_bounds(outer, n_o, p // n_i)
-        i0, i1 = block_bounds(inner, n_i, p % n_i)
-        block_affine(x4[n], o0, o1, i0, i1, shift[n], scale[n], offset[n], out4[n])
+    for t in prange(tasks.shape[0]):
+        _affine_task(x4, tasks[t], shift, scale, offset, out4)
+
+
+# --------------------------------------------------------------------------------------------
+# GroupNorm backward: BatchNorm's training backward (``_engine_backward``) run per sample, with
+# per-(n, c) mean and coefficients
+# --------------------------------------------------------------------------------------------
+@_serial
+def _grad_sums_task(g4, x4, task, mean, part_dy, part_dyx):
+    n0, n1, o0, o1, i0, i1, piece = task[0], task[1], task[2], task[3], task[4], task[5], task[6]
+    for n in range(n0, n1):
+        k = piece + n - n0
+        block_grad_sums(g4[n], x4[n], o0, o1, i0, i1, mean[n], mean[n], None, part_dy[k], part_dyx[k])
+
+
+@_serial
+def _sum_pieces(part, per):
+    N = part.shape[0] // per
+    total = np.zeros((N, part.shape[1]))
+    for n in range(N):
+        for k in range(n * per, (n + 1) * per):
+            total[n] += part[k]
+    return total
+
+
+@_parallel
+def sample_channel_grad_sums(g4, x4, mean, nthreads):
+    """Per-(n, c) Σdy and Σdy·(x - mean[n, c]) over each sample's outer and inner axes; one pass."""
+    N, outer, C, inner = x4.shape
+    tasks, pieces, per = _sample_tasks(N, outer, C, inner, nthreads)
+    part_dy = np.empty((pieces, C))
+    part_dyx = np.empty((pieces, C))
+    if tasks.shape[0] == 1:
+        _grad_sums_task(g4, x4, tasks[0], mean, part_dy, part_dyx)
+    else:
+        for t in prange(tasks.shape[0]):
+            _grad_sums_task(g4, x4, tasks[t], mean, part_dy, part_dyx)
+    return _sum_pieces(part_dy, per), _sum_pieces(part_dyx, per)
+
+
+@_serial
+def _grad_input_task(g4, x4, task, mean, p, q, r, out4):
+    n0, n1, o0, o1, i0, i1 = task[0], task[1], task[2], task[3], task[4], task[5]
+    for n in range(n0, n1):
+        block_grad_input(g4[n], x4[n], o0, o1, i0, i1, mean[n], p[n], q[n], r[n], out4[n])
+
+
+@_parallel
+def sample_channel_grad_input(g4, x4, mean, p, q, r, out4, nthreads):
+    """``out4[n] = p[n, c]·dy - q[n, c]·(x - mean[n, c]) + r[n, c]``; safe in place over g4 or x4."""
+    N, outer, C, inner = x4.shape
+    tasks, _, _ = _sample_tasks(N, outer, C, inner, nthreads)
+    if tasks.shape[0] == 1:
+        _grad_input_task(g4, x4, tasks[0], mean, p, q, r, out4)
+        return
+    for t in prange(tasks.shape[0]):
+        _grad_input_task(g4, x4, tasks[t], mean, p, q, r, out4)
+
+
+@_serial
+def group_grad_coefficients(s_dy, s_dyx, rstd, weight, count):
+    """GroupNorm grad_x = p·dy - q·(x - mean) + r per (n, c), from the per-(n, c) sums (count
+    values each) and per-(n, g) rstd; also returns grad_weight (Σ dy·x̂) and grad_bias (Σ dy).
+
+    With g = dy·γ and M values per group: grad_x = rstd·(g - Σg/M - x̂·Σ(g·x̂)/M).
+    """
+    N, C = s_dy.shape
+    G = rstd.shape[1]
+    cpg = C // G
+    M = count * cpg
+    p = np.empty((N, C))
+    q = np.empty((N, C))
+    r = np.empty((N, C))
+    gw = np.zeros(C)
+    gb = np.zeros(C)
+    for n in range(N):
+        for g in range(G):
+            s = rstd[n, g]
+            a = 0.0  # Σ γ·dy over the group
+            b = 0.0  # Σ γ·dy·(x - mean) over the group
+            for c in range(g * cpg, (g + 1) * cpg):
+                w = 1.0 if weight is None else weight[c]
+                a += w * s_dy[n, c]
+                b += w * s_dyx[n, c]
+                gw[c] += s_dyx[n, c] * s
+                gb[c] += s_dy[n, c]
+            for c in range(g * cpg, (g + 1) * cpg):
+                w = 1.0 if weight is None else weight[c]
+                p[n, c] = s * w
+                q[n, c] = s * s * s * b / M
+                r[n, c] = -s * a / M
+    return p, q, r, gw, gb
 
 
 @_serial

@@ -1,7 +1,9 @@
-"""Gradients of ``layer_norm`` and ``batch_norm`` with respect to x, weight and bias.
+"""Gradients of ``layer_norm``, ``batch_norm``, ``rms_norm`` and ``group_norm`` with respect to x,
+weight and bias.
 
-Both take the statistics the forward returned with ``return_stats=True``, so nothing is
-recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm``.
+All take the statistics the forward returned with ``return_stats=True``, so nothing is
+recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / ``F.rms_norm`` /
+``F.group_norm``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine_backward as _kernels
+from . import _engine_family as _family_kernels
 from ._checks import (
     as_float_array,
     check_channel_axis,
@@ -25,9 +28,11 @@ from ._checks import (
 )
 from ._config import kernel_guard
 from ._device import backend, is_device_array
+from ._halfio import is_half
 from ._layout import canonical_view, copy_back, input_view, output_view, rows_view
+from .family import check_group_layout
 
-__all__ = ["layer_norm_backward", "batch_norm_backward"]
+__all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
 Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
@@ -44,11 +49,32 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     """
     if is_device_array(x):
         return _device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
-    x = as_float_array(x)
+    return _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, centered=True)
+
+
+def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int], rstd: ArrayLike,
+                      weight: ArrayLike | None = None, *,
+                      out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Gradients of ``rms_norm(x, normalized_shape, weight, eps)`` given ``grad_out`` = dL/dy.
+
+    ``rstd`` is from ``rms_norm(..., return_stats=True)`` (it holds eps, so none is passed here).
+    Returns ``(grad_x, grad_weight)`` like torch's ``_fused_rms_norm_backward``: RMSNorm has no
+    bias; ``grad_weight`` (shape ``normalized_shape``) is None when ``weight`` is None. ``out``
+    receives grad_x (may be ``grad_out``).
+    """
+    if is_device_array(x):
+        return _device_op("rms_norm_backward")(grad_out, x, normalized_shape, rstd, weight, out=out)
+    gx, gw, _ = _rows_backward(grad_out, x, normalized_shape, None, rstd, weight, out, centered=False)
+    return gx, gw
+
+
+def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
+    """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
+    x = _float_input(x)
     shape = check_normalized_shape(normalized_shape, x.shape)
     grad_out = check_like(grad_out, "grad_out", x)
     batch_shape = x.shape[: x.ndim - len(shape)]
-    mean = check_stat(mean, "mean", batch_shape)
+    mean = check_stat(mean, "mean", batch_shape) if centered else None
     rstd = check_stat(rstd, "rstd", batch_shape)
     weight = check_param(weight, "weight", shape, x.dtype)
     out = check_out(out, x)
@@ -81,7 +107,7 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     if is_device_array(x):
         return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
-    x = as_float_array(x)
+    x = _float_input(x)
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
     axis = check_channel_axis(channel_axis, x.ndim)
@@ -116,6 +142,60 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     if weight is None:
         return result, None, None
     return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
+
+
+def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean: ArrayLike, rstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, channel_axis: int = 1,
+                        out: np.ndarray | None = None) -> Grads:
+    """Gradients of ``group_norm(x, num_groups, weight, bias)`` given ``grad_out`` = dL/dy.
+
+    ``mean``/``rstd`` (shape ``(N, num_groups)``) are from ``group_norm(..., return_stats=True)``,
+    as for torch's ``native_group_norm_backward``. Returns ``(grad_x, grad_weight, grad_bias)``;
+    the last two (shape ``(C,)``, summed over the batch) are None when ``weight`` is None. ``out``
+    receives grad_x (may be ``grad_out``). ``channel_axis=-1``: channels-last, as in the forward.
+    """
+    if is_device_array(x):
+        return _device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
+                                                 channel_axis=channel_axis, out=out)
+    x = _float_input(x)
+    axis, G = check_group_layout(x, channel_axis, num_groups)
+    N, C = x.shape[0], x.shape[axis]
+    grad_out = check_like(grad_out, "grad_out", x)
+    mean = check_stat(mean, "mean", (N, G)).reshape(N, G)
+    rstd = check_stat(rstd, "rstd", (N, G)).reshape(N, G)
+    weight = check_param(weight, "weight", (C,), x.dtype)
+    out = check_out(out, x)
+    check_no_overlap(out, grad_out, "grad_out")
+
+    view = input_view(x, axis)
+    result, target, needs_copy = output_view(out, x, view, axis)
+    if x.size == 0:
+        zeros = np.zeros(C, x.dtype)
+        return (result, None, None) if weight is None else (result, zeros, zeros.copy())
+    g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
+    shape4 = (N, -1, C, view.x3.shape[2])
+    x4, g4, t4 = view.x3.reshape(shape4), g3.reshape(shape4), target.reshape(shape4)
+    cmean = np.repeat(mean, C // G, axis=1)  # the group's mean for each of its channels
+    count = float(x.size // (N * C))
+    nthreads = get_num_threads()
+    with kernel_guard:
+        s_dy, s_dyx = _family_kernels.sample_channel_grad_sums(g4, x4, cmean, nthreads)
+        p, q, r, gw, gb = _family_kernels.group_grad_coefficients(s_dy, s_dyx, rstd, weight, count)
+        _family_kernels.sample_channel_grad_input(g4, x4, cmean, p, q, r, t4, nthreads)
+    if needs_copy:
+        copy_back(result, target, axis, view.channels_moved)
+    if weight is None:
+        return result, None, None
+    return result, gw.astype(x.dtype), gb.astype(x.dtype)
+
+
+def _float_input(x: ArrayLike) -> np.ndarray:
+    """x for a backward: float32 or float64 (the backward kernels have no half I/O yet)."""
+    x = as_float_array(x)
+    if is_half(x.dtype):
+        raise TypeError(f"x must have dtype float32 or float64 for a backward, got {x.dtype} (the backward "
+                        "kernels have no half I/O yet: convert x, grad_out and the parameters to float32)")
+    return x
 
 
 def _device_op(name: str):

@@ -31,13 +31,17 @@ __all__ = ["rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_ba
 
 
 def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
-             eps: float | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
+             eps: float | None = None, *, out: np.ndarray | None = None, return_stats: bool = False):
     """RMS normalization over the trailing dims, as ``F.rms_norm``: ``x / sqrt(mean(x²) + eps) * weight``.
 
     ``eps=None`` uses the machine epsilon of the compute type, as torch does: float64's for float64
     input, float32's otherwise (half inputs are computed in float32 or wider by torch too).
+    With ``return_stats=True`` returns ``(y, rstd)``, ``rstd = 1/sqrt(mean(x²) + eps)`` of shape
+    ``x.shape[:-k]`` (float32, float64 for float64 input), as ``rms_norm_backward`` takes it.
     """
     if is_device_array(x):
+        if return_stats:
+            return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out, return_stats=True)
         return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
     x = as_float_array(x)
     shape = check_normalized_shape(normalized_shape, x.shape)
@@ -49,7 +53,8 @@ def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayL
     with kernel_guard:
         _engine_family.rms_norm_forward(kernel_array(x2), weight, eps, kernel_array(target).reshape(x2.shape), rstd,
                                         get_num_threads())
-    return _rows_result(result, target)
+    y = _rows_result(result, target)
+    return (y, rstd.reshape(x.shape[: x.ndim - len(shape)])) if return_stats else y
 
 
 def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Sequence[int],
@@ -106,13 +111,8 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
         return _device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
                                     return_stats=return_stats)
     x = as_float_array(x)
-    axis = _check_sample_layout(x, channel_axis, "group_norm")
+    axis, G = check_group_layout(x, channel_axis, num_groups)
     C = x.shape[axis]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
-        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
-    if num_groups <= 0 or C % num_groups:
-        raise ValueError(f"num_groups must be a positive divisor of the number of channels {C}, got {num_groups}")
-    G = int(num_groups)
     weight = check_param(weight, "weight", (C,), x.dtype)
     bias = check_param(bias, "bias", (C,), x.dtype)
     eps = check_eps(eps)
@@ -251,6 +251,17 @@ def _rows_result(result: np.ndarray, target: np.ndarray) -> np.ndarray:
     if target is not result:
         np.copyto(result, target)
     return result
+
+
+def check_group_layout(x: np.ndarray, channel_axis: object, num_groups: object) -> tuple[int, int]:
+    """(channel axis, number of groups) of a group_norm input, checked (shared with the backward)."""
+    axis = _check_sample_layout(x, channel_axis, "group_norm")
+    C = x.shape[axis]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    if num_groups <= 0 or C % num_groups:
+        raise ValueError(f"num_groups must be a positive divisor of the number of channels {C}, got {num_groups}")
+    return axis, int(num_groups)
 
 
 def _check_sample_layout(x: np.ndarray, channel_axis: object, op: str) -> int:

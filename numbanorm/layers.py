@@ -1,8 +1,9 @@
 """Stateful layers with torch's attributes, behaviour and state-dict keys, on NumPy arrays.
 
-``BatchNorm`` mirrors ``torch.nn.BatchNorm{1,2,3}d`` and ``LayerNorm`` mirrors
-``torch.nn.LayerNorm``: parameters ``weight``/``bias``, buffers ``running_mean``/``running_var``/
-``num_batches_tracked``, ``train()``/``eval()``, and ``state_dict()``/``load_state_dict()`` that
+``BatchNorm`` mirrors ``torch.nn.BatchNorm{1,2,3}d``, ``LayerNorm`` ``torch.nn.LayerNorm``,
+``RMSNorm`` ``torch.nn.RMSNorm`` and ``GroupNorm`` ``torch.nn.GroupNorm``: parameters
+``weight``/``bias``, buffers ``running_mean``/``running_var``/``num_batches_tracked`` (BatchNorm),
+``train()``/``eval()``, and ``state_dict()``/``load_state_dict()`` that
 exchange checkpoints with torch (``load_state_dict(torch_module.state_dict())`` works without
 numbanorm importing torch). ``layer(x)`` runs the forward; ``layer.backward(grad_out)`` returns
 grad_x and stores ``grad_weight``/``grad_bias`` (overwritten, not accumulated).
@@ -21,10 +22,11 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._checks import SUPPORTED_DTYPES, as_float_array, check_channel_axis, check_eps, check_momentum
-from .backward import batch_norm_backward, layer_norm_backward
+from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
+from .family import group_norm, rms_norm
 from .functional import batch_norm, layer_norm
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
 
 
 class IncompatibleKeys(NamedTuple):
@@ -60,6 +62,26 @@ class _Norm:
                             f"(create the layer with dtype={x.dtype.name} or convert x)")
         return x
 
+    def _init_affine(self, shape: tuple[int, ...], weight: bool, bias: bool) -> None:
+        """Parameters weight = 1 / bias = 0 of ``shape`` (None where absent), and no grads yet."""
+        self.weight = np.ones(shape, self.dtype) if weight else None
+        self.bias = np.zeros(shape, self.dtype) if weight and bias else None
+        self.training = True
+        self.grad_weight: np.ndarray | None = None
+        self.grad_bias: np.ndarray | None = None
+        self._saved: tuple | None = None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def _store_grads(self, gx: np.ndarray, gw: np.ndarray | None, gb: np.ndarray | None = None) -> np.ndarray:
+        self.grad_weight = gw
+        self.grad_bias = gb if self.bias is not None else None
+        return gx
+
     def _saved_or_raise(self) -> tuple:
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a forward call first: "
@@ -68,7 +90,8 @@ class _Norm:
 
     # ---- state dicts ------------------------------------------------------------------------
     def _state_names(self) -> list[str]:
-        raise NotImplementedError  # pragma: no cover
+        """Parameter names present (subclasses add their buffers)."""
+        return [n for n in ("weight", "bias") if getattr(self, n) is not None]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters and buffers under torch's key names, as NumPy copies."""
@@ -119,6 +142,30 @@ class _Norm:
         return arr.astype(target.dtype)
 
 
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _int_axis(channel_axis: object) -> int:
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
+        raise TypeError(f"channel_axis must be an int, got {type(channel_axis).__name__}")
+    return int(channel_axis)
+
+
+def _shape_arg(normalized_shape: object) -> tuple[int, ...]:
+    """A layer's ``normalized_shape`` (an int or a non-empty sequence of ints) as a tuple."""
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    if not isinstance(normalized_shape, Sequence) or not normalized_shape or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in normalized_shape
+    ):
+        raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints >= 0, "
+                        f"got {normalized_shape!r}")
+    return tuple(int(d) for d in normalized_shape)
+
+
 def _check_dtype(dtype: DTypeLike) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in SUPPORTED_DTYPES:
@@ -139,30 +186,21 @@ class BatchNorm(_Norm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, channel_axis: int = 1, dtype: DTypeLike = np.float32,
                  bias: bool = True) -> None:
-        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
-            raise TypeError(f"channel_axis must be an int, got {type(channel_axis).__name__}")
-        self.num_features = int(num_features)
+        self.num_features = _positive_int(num_features, "num_features")
+        self.channel_axis = _int_axis(channel_axis)
         self.eps = check_eps(eps)
         self.momentum = None if momentum is None else check_momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        self.channel_axis = int(channel_axis)
         self.dtype = _check_dtype(dtype)
         C = self.num_features
-        self.weight = np.ones(C, self.dtype) if self.affine else None
-        self.bias = np.zeros(C, self.dtype) if self.affine and bias else None
+        self._init_affine((C,), self.affine, bias)
         if self.track_running_stats:
             self.running_mean = np.zeros(C, self.dtype)
             self.running_var = np.ones(C, self.dtype)
             self.num_batches_tracked = np.zeros((), np.int64)
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
-        self.training = True
-        self.grad_weight: np.ndarray | None = None
-        self.grad_bias: np.ndarray | None = None
-        self._saved: tuple | None = None
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -172,10 +210,7 @@ class BatchNorm(_Norm):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            self.weight[...] = 1
-        if self.bias is not None:
-            self.bias[...] = 0
+        super().reset_parameters()
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x``; in training also update the running statistics (torch's rule)."""
@@ -206,12 +241,10 @@ class BatchNorm(_Norm):
         x, mean, invstd, weight, use_batch_stats = self._saved_or_raise()
         gx, gw, gb = batch_norm_backward(grad_out, x, mean, invstd, weight, use_batch_stats,
                                          channel_axis=self.channel_axis)
-        self.grad_weight = gw
-        self.grad_bias = gb if self.bias is not None else None
-        return gx
+        return self._store_grads(gx, gw, gb)
 
     def _state_names(self) -> list[str]:
-        names = [n for n in ("weight", "bias") if getattr(self, n) is not None]
+        names = super()._state_names()
         if self.track_running_stats:
             names += ["running_mean", "running_var", "num_batches_tracked"]
         return names
@@ -227,29 +260,11 @@ class LayerNorm(_Norm):
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, *, dtype: DTypeLike = np.float32) -> None:
-        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-            normalized_shape = (normalized_shape,)
-        if not isinstance(normalized_shape, Sequence) or not normalized_shape or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in normalized_shape
-        ):
-            raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints >= 0, "
-                            f"got {normalized_shape!r}")
-        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.normalized_shape = _shape_arg(normalized_shape)
         self.eps = check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = _check_dtype(dtype)
-        self.weight = np.ones(self.normalized_shape, self.dtype) if self.elementwise_affine else None
-        self.bias = np.zeros(self.normalized_shape, self.dtype) if self.elementwise_affine and bias else None
-        self.training = True
-        self.grad_weight: np.ndarray | None = None
-        self.grad_bias: np.ndarray | None = None
-        self._saved: tuple | None = None
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            self.weight[...] = 1
-        if self.bias is not None:
-            self.bias[...] = 0
+        self._init_affine(self.normalized_shape, self.elementwise_affine, bias)
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         x = self._checked_input(x)
@@ -262,13 +277,80 @@ class LayerNorm(_Norm):
         """grad_x for the last forward; stores ``grad_weight``/``grad_bias`` (None without them)."""
         x, mean, rstd, weight = self._saved_or_raise()
         gx, gw, gb = layer_norm_backward(grad_out, x, self.normalized_shape, mean, rstd, weight)
-        self.grad_weight = gw
-        self.grad_bias = gb if self.bias is not None else None
-        return gx
-
-    def _state_names(self) -> list[str]:
-        return [n for n in ("weight", "bias") if getattr(self, n) is not None]
+        return self._store_grads(gx, gw, gb)
 
     def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
                 f"bias={self.bias is not None})")
+
+
+class RMSNorm(_Norm):
+    """RMS normalization layer, as ``torch.nn.RMSNorm``, over the trailing ``normalized_shape``:
+    ``y = x / sqrt(mean(x²) + eps) * weight``, no bias. ``eps=None``: the machine epsilon of the
+    compute type (float32's, float64's for float64), as torch."""
+
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float | None = None,
+                 elementwise_affine: bool = True, *, dtype: DTypeLike = np.float32) -> None:
+        self.normalized_shape = _shape_arg(normalized_shape)
+        self.eps = None if eps is None else check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = _check_dtype(dtype)
+        self._init_affine(self.normalized_shape, self.elementwise_affine, False)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        x = self._checked_input(x)
+        y, rstd = rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
+        weight = None if self.weight is None else self.weight.copy()
+        self._saved = (x, rstd, weight)
+        return y
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        """grad_x for the last forward; stores ``grad_weight`` (None without it; ``grad_bias`` is
+        always None)."""
+        x, rstd, weight = self._saved_or_raise()
+        return self._store_grads(*rms_norm_backward(grad_out, x, self.normalized_shape, rstd, weight))
+
+    def __repr__(self) -> str:
+        return f"RMSNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine})"
+
+
+class GroupNorm(_Norm):
+    """Group normalization layer, as ``torch.nn.GroupNorm``: per sample over each group of
+    ``num_channels / num_groups`` channels; per-channel ``weight``/``bias``. Same in train and eval
+    (no running statistics). ``channel_axis=-1`` for channels-last input."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 channel_axis: int = 1, dtype: DTypeLike = np.float32, bias: bool = True) -> None:
+        self.num_groups = _positive_int(num_groups, "num_groups")
+        self.num_channels = _positive_int(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_channels must be divisible by num_groups, got {num_channels} and {num_groups}")
+        self.channel_axis = _int_axis(channel_axis)
+        self.eps = check_eps(eps)
+        self.affine = bool(affine)
+        self.dtype = _check_dtype(dtype)
+        self._init_affine((self.num_channels,), self.affine, bias)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        x = self._checked_input(x)
+        if x.ndim >= 2:  # fewer dims: group_norm raises the error
+            axis = check_channel_axis(self.channel_axis, x.ndim)
+            if x.shape[axis] != self.num_channels:
+                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
+                                 f"expected num_channels={self.num_channels}")
+        y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                                   channel_axis=self.channel_axis, return_stats=True)
+        weight = None if self.weight is None else self.weight.copy()
+        self._saved = (x, mean, rstd, weight)
+        return y
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        """grad_x for the last forward; stores ``grad_weight``/``grad_bias`` (None without them)."""
+        x, mean, rstd, weight = self._saved_or_raise()
+        return self._store_grads(*group_norm_backward(grad_out, x, self.num_groups, mean, rstd, weight,
+                                                      channel_axis=self.channel_axis))
+
+    def __repr__(self) -> str:
+        extra = f", channel_axis={self.channel_axis}" if self.channel_axis != 1 else ""
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}{extra})")

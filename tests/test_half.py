@@ -11,10 +11,23 @@ from numba import njit
 from reference import batch_norm_ref, layer_norm_ref
 
 import numbanorm as nb
-from numbanorm._halfio import f16_bits_to_f32_int, f64_to_f16_bits_int, load, store
+from numbanorm._halfio import (
+    f16_bits_to_f32_int,
+    f64_to_f16_bits_int,
+    flush_row,
+    load,
+    row_scratch,
+    row_target,
+    store,
+)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 HALVES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+# The load/store hooks are checked exhaustively for both formats below and layer_norm runs both;
+# every other op runs one format (float16 for some, bfloat16 for others): an op's half path is
+# the same generic code for either, and each extra format only compiles its kernels again
+# (about 10 s per op on a cold cache).
+F16, BF16 = HALVES
 
 
 @njit
@@ -104,6 +117,31 @@ def test_bfloat16_encode_rounds_to_nearest_even(rng):
     assert got[2].view(np.uint16) == 0x7F80  # beyond bfloat16's max: inf
 
 
+@njit
+def _encode_rows(values, out):
+    """``out = values`` through the row hooks: float32 scratch, then one conversion per row."""
+    scratch = row_scratch(out, out.shape[1])
+    for r in range(out.shape[0]):
+        t = row_target(scratch, out[r])
+        for j in range(out.shape[1]):
+            t[j] = values[r, j]
+        flush_row(t, out[r])
+
+
+@pytest.mark.parametrize("dtype", HALVES + [np.dtype(np.float32)], ids=str)
+def test_row_hooks_store_the_same_bits_as_store(rng, dtype):
+    values = _encode_cases(rng, F16 if dtype == np.float32 else dtype)
+    values = np.concatenate([[np.nan, -np.nan], values])[: values.size // 97 * 97].reshape(-1, 97)
+    view = np.dtype({F16: np.uint16, BF16: np.int16}.get(dtype, dtype))
+    want = np.empty(values.shape, view)
+    _encode(values.reshape(-1), want.reshape(-1))
+    got = np.full(values.shape, 7, view)
+    _encode_rows(values, got)
+    nan = np.isnan(want.view(dtype).astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(got.view(dtype).astype(np.float32)), nan)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+
+
 def _within_one_ulp(y, ref64):
     want = ref64.astype(y.dtype)
     dist = ulp_distance(y, want)
@@ -128,7 +166,7 @@ def test_layer_norm_half(rng, dtype, param_dtype):
     np.testing.assert_allclose(rstd, rrstd, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("dtype", [F16], ids=str)
 @pytest.mark.parametrize("channel_axis", [1, -1])
 def test_batch_norm_half(rng, dtype, channel_axis):
     x = _half(rng, (6, 5, 7, 9), dtype, 1.0, 2.0)
@@ -146,7 +184,7 @@ def test_batch_norm_half(rng, dtype, channel_axis):
     _within_one_ulp(y_eval, batch_norm_ref(x, rm, rv, w, b, False, channel_axis=channel_axis)[0])
 
 
-@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("dtype", [BF16], ids=str)
 def test_rms_norm_half(rng, dtype):
     x = _half(rng, (7, 129), dtype, 3.0)
     w = _half(rng, 129, dtype)
@@ -160,7 +198,7 @@ def test_rms_norm_half(rng, dtype):
     assert ulp_distance(y, ty.float().numpy().astype(dtype)).max() <= 2  # torch rounds twice (x·rstd, ·w)
 
 
-@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("dtype", [BF16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_group_and_instance_norm_half(rng, dtype, channels_last):
     x = _half(rng, (3, 6, 10, 11), dtype, 2.0, -1.0)
@@ -178,17 +216,17 @@ def test_group_and_instance_norm_half(rng, dtype, channels_last):
     assert rm.dtype == dtype and np.isfinite(rm.astype(np.float32)).all() and (rm != 0).any()
 
 
-@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("dtype", [F16], ids=str)
 def test_add_layer_norm_half(rng, dtype):
     x, r = _half(rng, (9, 75), dtype), _half(rng, (9, 75), dtype, 4.0)
-    w = _half(rng, 75, np.float32)
-    y, s = nb.add_layer_norm(x, r, 75, w)
+    w, b = _half(rng, 75, np.float32), _half(rng, 75, np.float32)
+    y, s = nb.add_layer_norm(x, r, 75, w, b)
     exact_sum = x.astype(np.float64) + r.astype(np.float64)  # exact in float64 for half operands
     _within_one_ulp(s, exact_sum)
     if dtype == np.float16:  # NumPy's float64 -> float16 cast is correctly rounded: bit-exact
         np.testing.assert_array_equal(s.view(np.uint16), exact_sum.astype(np.float16).view(np.uint16))
-    _within_one_ulp(y, layer_norm_ref(s, (75,), w)[0])
-    np.testing.assert_array_equal(y.view(np.uint16), nb.layer_norm(s, 75, w).view(np.uint16))
+    _within_one_ulp(y, layer_norm_ref(s, (75,), w, b)[0])
+    np.testing.assert_array_equal(y.view(np.uint16), nb.layer_norm(s, 75, w, b).view(np.uint16))
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
