@@ -81,8 +81,8 @@ def _finish(result: DevArray, target: DevArray):
 # --------------------------------------------------------------------------------------------
 # Row ops
 # --------------------------------------------------------------------------------------------
-def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
-    """``numbanorm.rms_norm`` on a CUDA array."""
+def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+    """``numbanorm.rms_norm`` on a CUDA array; with ``return_stats`` also rstd (shape ``x.shape[:-k]``)."""
     dx = _wrap_x(x)
     shape = check_normalized_shape(normalized_shape, dx.shape)
     w = _wrap_param(weight, "weight", shape, dx)
@@ -92,10 +92,15 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     rows = math.prod(dx.shape[: dx.ndim - len(shape)])
     src = dx if dx.memory_order(0) == "c" else _arrays.contiguous(dx, "x")
     result, target = _rows_target(src, dout)
-    if rows and D:
-        rstd = _arrays.scratch(dx, rows, stats_dtype(dx.dtype), 14)
-        row_norm("rms", src, None, None, w, None, target, None, rstd, rows, D, eps)
-    return _finish(result, target)
+    sdt = stats_dtype(dx.dtype)
+    if D == 0:  # mean(x²) of no values: NaN rstd, as the CPU path
+        rstd = _arrays.from_host(dx, np.full(rows, np.nan, sdt))
+    else:
+        rstd = _arrays.empty(dx, (rows,), sdt) if return_stats else _arrays.scratch(dx, rows, sdt, 14)
+        if rows:
+            row_norm("rms", src, None, None, w, None, target, None, rstd, rows, D, eps)
+    y = _finish(result, target)
+    return (y, _arrays.reshape(rstd, dx.shape[: dx.ndim - len(shape)])) if return_stats else y
 
 
 def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
