@@ -148,16 +148,22 @@ def _check_sample_layout(dx: DevArray, channel_axis, op: str) -> int:
     return axis
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
-    """``numbanorm.group_norm`` on a CUDA array; stats (with ``return_stats``) of shape (N, G)."""
-    dx = _wrap_x(x)
+def check_group_layout(dx: DevArray, channel_axis, num_groups) -> tuple[int, int]:
+    """(channel axis, number of groups) of a group_norm input, checked (shared with the backward)."""
     axis = _check_sample_layout(dx, channel_axis, "group_norm")
     C = dx.shape[axis]
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
     if num_groups <= 0 or C % num_groups:
         raise ValueError(f"num_groups must be a positive divisor of the number of channels {C}, got {num_groups}")
-    G = int(num_groups)
+    return axis, int(num_groups)
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
+    """``numbanorm.group_norm`` on a CUDA array; stats (with ``return_stats``) of shape (N, G)."""
+    dx = _wrap_x(x)
+    axis, G = check_group_layout(dx, channel_axis, num_groups)
+    C = dx.shape[axis]
     w = _wrap_param(weight, "weight", (C,), dx)
     b = _wrap_param(bias, "bias", (C,), dx)
     eps = check_eps(eps)
