@@ -310,7 +310,7 @@ def check_family(env: Env, sim: bool) -> None:
     torch = env.torch
     nb = backend(sim)
     rng = np.random.default_rng(int(os.environ.get("NUMBANORM_TEST_SEED", "1236")))
-    print("norm family vs float64 torch")
+    print("norm family (and its backward, vs autograd) vs float64 torch")
     row_shape = (5, 21) if sim else (64, 1000)
     img_shape = (3, 4, 3, 2) if sim else (6, 32, 13, 9)
     for dtype in ["float32", "bfloat16"] if sim else ["float32", "float64", "bfloat16"]:
@@ -350,51 +350,44 @@ def check_family(env: Env, sim: bool) -> None:
             check(f"instance_norm {dtype} {layout}", rel(_read(env, y, dtype), yr.movedim(1, -1) if axis == -1 else yr),
                   tol)
             check(f"instance_norm {dtype} {layout} running_var", rel(env.ref(rv), rvr), TOL[sdt] * 10)
+        _check_family_backward(env, nb, rng, dtype, row_shape, img_shape)
 
 
-def check_family_backward(env: Env, sim: bool) -> None:
+def _check_family_backward(env: Env, nb, rng, dtype: str, row_shape, img_shape) -> None:
+    """rms_norm_backward and group_norm_backward (NCHW and NHWC) vs float64 torch autograd."""
     import torch.nn.functional as F
 
     torch = env.torch
-    nb = backend(sim)
-    rng = np.random.default_rng(int(os.environ.get("NUMBANORM_TEST_SEED", "1237")))
-    print("norm family backward vs float64 torch autograd")
-    row_shape = (5, 21) if sim else (64, 1000)
-    img_shape = (3, 4, 3, 2) if sim else (6, 32, 13, 9)
-    for dtype in ["float32", "bfloat16"] if sim else ["float32", "float64", "bfloat16"]:
-        half = dtype == "bfloat16"
-        tol = TOL[dtype] * (1 if half else 100)  # float32 saved stats, as check_backward
-        D = row_shape[-1]
-        x, xr = _inputs(env, rng, dtype, row_shape, 1.0)
-        g, gr = _inputs(env, rng, dtype, row_shape, 0.0)
-        w, wr = _inputs(env, rng, dtype, (D,), 1.0)
-        _, rstd = nb.rms_norm(x, D, w, return_stats=True)
-        gx, gw = nb.rms_norm_backward(g, x, D, rstd, w)
-        xr.requires_grad_(True)
+    half = dtype == "bfloat16"
+    tol = TOL[dtype] * (1 if half else 100)  # float32 saved stats, as check_backward
+    D = row_shape[-1]
+    x, xr = _inputs(env, rng, dtype, row_shape, 1.0)
+    g, gr = _inputs(env, rng, dtype, row_shape, 0.0)
+    w, wr = _inputs(env, rng, dtype, (D,), 1.0)
+    _, rstd = nb.rms_norm(x, D, w, return_stats=True)
+    gx, gw = nb.rms_norm_backward(g, x, D, rstd, w)
+    xr.requires_grad_(True)
+    wr.requires_grad_(True)
+    eps = torch.finfo(torch.float64 if dtype == "float64" else torch.float32).eps
+    (xr * torch.rsqrt((xr * xr).mean(-1, keepdim=True) + eps) * wr).backward(gr)
+    check(f"rms_norm_backward {dtype} grad_x", rel(_read(env, gx, dtype), xr.grad), tol)
+    check(f"rms_norm_backward {dtype} grad_weight", rel(_read(env, gw, dtype), wr.grad), tol)
+    C = img_shape[1]
+    for layout, axis in (("nchw", 1), ("nhwc", -1)):
+        shape = img_shape if axis == 1 else (img_shape[0], *img_shape[2:], C)
+        x, xr = _inputs(env, rng, dtype, shape, 1.0 if half else 1e3)
+        g, gr = _inputs(env, rng, dtype, shape, 0.0)
+        w, wr = _inputs(env, rng, dtype, (C,), 1.0)
+        _, mean, rstd = nb.group_norm(x, 2, w, None, channel_axis=axis, return_stats=True)
+        gx, gw, gb = nb.group_norm_backward(g, x, 2, mean, rstd, w, channel_axis=axis)
+        xm, gm = (t.movedim(-1, 1) if axis == -1 else t for t in (xr, gr))
+        xm = xm.detach().requires_grad_(True)
         wr.requires_grad_(True)
-        eps = torch.finfo(torch.float64 if dtype == "float64" else torch.float32).eps
-        (xr * torch.rsqrt((xr * xr).mean(-1, keepdim=True) + eps) * wr).backward(gr)
-        check(f"rms_norm_backward {dtype} grad_x", rel(_read(env, gx, dtype), xr.grad), tol)
-        check(f"rms_norm_backward {dtype} grad_weight", rel(_read(env, gw, dtype), wr.grad), tol)
-        C = img_shape[1]
-        for layout in ["nchw", "nhwc"]:
-            shape = img_shape if layout == "nchw" else (img_shape[0], *img_shape[2:], C)
-            axis = 1 if layout == "nchw" else -1
-            x, xr = _inputs(env, rng, dtype, shape, 1.0 if half else 1e3)
-            g, gr = _inputs(env, rng, dtype, shape, 0.0)
-            w, wr = _inputs(env, rng, dtype, (C,), 1.0)
-            _, mean, rstd = nb.group_norm(x, 2, w, None, channel_axis=axis, return_stats=True)
-            gx, gw, gb = nb.group_norm_backward(g, x, 2, mean, rstd, w, channel_axis=axis)
-            xm, gm = (t.movedim(-1, 1) if axis == -1 else t for t in (xr, gr))
-            xm = xm.detach().requires_grad_(True)
-            wr.requires_grad_(True)
-            br = torch.zeros_like(wr, requires_grad=True)
-            F.group_norm(xm, 2, wr, br, 1e-5).backward(gm)
-            gxr = xm.grad.movedim(1, -1) if axis == -1 else xm.grad
-            tag = f"group_norm_backward {dtype} {layout}"
-            check(f"{tag} grad_x", rel(_read(env, gx, dtype), gxr), tol)
-            check(f"{tag} grad_weight", rel(_read(env, gw, dtype), wr.grad), tol)
-            check(f"{tag} grad_bias", rel(_read(env, gb, dtype), br.grad), tol)
+        br = torch.zeros_like(wr, requires_grad=True)
+        F.group_norm(xm, 2, wr, br, 1e-5).backward(gm)
+        gxr = xm.grad.movedim(1, -1) if axis == -1 else xm.grad
+        for name, got, ref in (("grad_x", gx, gxr), ("grad_weight", gw, wr.grad), ("grad_bias", gb, br.grad)):
+            check(f"group_norm_backward {dtype} {layout} {name}", rel(_read(env, got, dtype), ref), tol)
 
 
 def time_backward(env: Env, sim: bool, copy_gbs: float) -> None:
@@ -664,7 +657,6 @@ def main() -> int:
     check_correctness(env, args.sim)
     check_backward(env, args.sim)
     check_family(env, args.sim)
-    check_family_backward(env, args.sim)
     if not args.sim:
         check_fast_launch(env)
     copy_gbs = copy_bandwidth(env, args.sim)

@@ -103,6 +103,8 @@ def calls():
             m, r = dev((4,), sdt), dev((4,), sdt)
             yield f"layer_norm_backward {dt} p={pdt} affine={affine} D={D}", \
                 partial(K.layer_norm_backward, dev((4, D), dt), x, D, m, r, w)
+            yield f"rms_norm_backward {dt} p={pdt} affine={affine} D={D}", \
+                partial(K.rms_norm_backward, dev((4, D), dt), x, D, r, w)
         for pdt, layout, training, affine in itertools.product(pdts, ["nchw", "nhwc", "cl"], [True, False],
                                                                [True, False]):
             shape = (8, 16, 5, 7) if layout != "nhwc" else (8, 5, 7, 16)
@@ -120,6 +122,9 @@ def calls():
                 partial(K.batch_norm_backward, g, x, m, s, w, training, channel_axis=axis)
             if training:
                 yield f"group_norm {tag}", partial(K.group_norm, x, 4, w, b, channel_axis=axis)
+                gm, gs = dev((shape[0], 4), sdt), dev((shape[0], 4), sdt)
+                yield f"group_norm_backward {tag}", \
+                    partial(K.group_norm_backward, g, x, 4, gm, gs, w, channel_axis=axis)
                 yield f"instance_norm {tag}", partial(K.instance_norm, x, rm, rv, w, b, channel_axis=axis)
 
 

@@ -89,7 +89,19 @@ class _Norm:
         """``self.to("cpu")``."""
         return self.to("cpu")
 
-    def _checked_input(self, x: ArrayLike) -> np.ndarray:
+    def _checked_input(self, x: ArrayLike, channels: str | None = None) -> np.ndarray:
+        """x, on the layer's device with its dtype; with ``channels`` (the attribute holding the
+        channel count) also that many channels on ``channel_axis`` (fewer than 2 dims: the
+        functional op raises the error)."""
+        x = self._placed_input(x)
+        if channels is not None and x.ndim >= 2:
+            axis = check_channel_axis(self.channel_axis, x.ndim)
+            if x.shape[axis] != getattr(self, channels):
+                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
+                                 f"expected {channels}={getattr(self, channels)}")
+        return x
+
+    def _placed_input(self, x: ArrayLike) -> np.ndarray:
         on_device = type(x) is not np.ndarray and is_device_array(x)
         if on_device != (self.device == "cuda"):
             name = type(self).__name__
@@ -296,12 +308,7 @@ class BatchNorm(_Norm):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x``; in training also update the running statistics (torch's rule)."""
-        x = self._checked_input(x)
-        if x.ndim >= 2:  # fewer dims: batch_norm raises the error
-            axis = check_channel_axis(self.channel_axis, x.ndim)
-            if x.shape[axis] != self.num_features:
-                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
-                                 f"expected num_features={self.num_features}")
+        x = self._checked_input(x, "num_features")
         update = self.training and self.track_running_stats
         factor = 0.0
         if update:
@@ -414,12 +421,7 @@ class GroupNorm(_Norm):
         self._init_affine((self.num_channels,), self.affine, bias)
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        x = self._checked_input(x)
-        if x.ndim >= 2:  # fewer dims: group_norm raises the error
-            axis = check_channel_axis(self.channel_axis, x.ndim)
-            if x.shape[axis] != self.num_channels:
-                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
-                                 f"expected num_channels={self.num_channels}")
+        x = self._checked_input(x, "num_channels")
         y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
                                    channel_axis=self.channel_axis, return_stats=True)
         weight = self._snapshot(self.weight)

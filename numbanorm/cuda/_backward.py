@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 
-from .._checks import check_channel_axis, check_float_dtype, check_normalized_shape
+from .._checks import batch_norm_backward_args, group_norm_backward_args, rows_backward_args
 from . import _arrays, _kernels
 from . import _kernels_backward as _kb
 from . import _kernels_family as _kf
-from ._arrays import DEVICE_DTYPES, DevArray
-from ._family import MAX_SAMPLES, check_group_layout
-from ._functional import _acc, _blocks_per_channel, _flat, _io, _threads, _wrap_out, _wrap_param, _wrap_x
+from ._arrays import DevArray
+from ._family import MAX_SAMPLES
+from ._functional import DEVICE, _acc, _blocks_per_channel, _flat, _io, _threads, _wrap_x, out_target
 from ._launch import launch, stream_for
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
@@ -27,35 +27,6 @@ LN_BWD_BLOCKS = 528
 LN_BWD_REGS = 4
 LN_BWD_WREGS = 16
 LN_BWD_MAX_THREADS = 256
-
-
-def _wrap_like(a, name: str, x: DevArray) -> DevArray:
-    """``check_like`` on a device array: shape and dtype of x."""
-    da = _arrays.wrap(a, name)
-    check_float_dtype(da.dtype, name, DEVICE_DTYPES)
-    if da.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of x, {x.shape}, got {da.shape}")
-    if da.dtype != x.dtype:
-        raise TypeError(f"{name} must have the dtype of x, {x.dtype}, got {da.dtype}")
-    return da
-
-
-def _wrap_stat(s, name: str, shape: tuple[int, ...]) -> DevArray:
-    """``check_stat`` on a device array (any float dtype), made contiguous if it is not."""
-    ds = _arrays.wrap(s, name)
-    check_float_dtype(ds.dtype, name, DEVICE_DTYPES)
-    if ds.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} (as returned by the forward), got {ds.shape}")
-    return ds if ds.memory_order(0) == "c" else _arrays.contiguous(ds, name)
-
-
-def _check_no_overlap(out: DevArray | None, a: DevArray, name: str) -> None:
-    if out is None:
-        return
-    same = out.ptr == a.ptr and out.strides == a.strides
-    (a0, a1), (b0, b1) = out.extent(), a.extent()
-    if not same and a0 < b1 and b0 < a1:
-        raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")
 
 
 def _stat_io(*stats: DevArray) -> str:
@@ -89,24 +60,15 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
     """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims: one
     kernel, ``layer_norm_backward_kernel``, in either mode."""
     dx = _wrap_x(x)
-    shape = check_normalized_shape(normalized_shape, dx.shape)
-    dg = _wrap_like(grad_out, "grad_out", dx)
+    shape, dg, dm, dr, w, dout = rows_backward_args(DEVICE, dx, normalized_shape, grad_out, mean, rstd, weight, out,
+                                                    centered)
     batch_shape = dx.shape[: dx.ndim - len(shape)]
-    dm = _wrap_stat(mean, "mean", batch_shape) if centered else None
-    dr = _wrap_stat(rstd, "rstd", batch_shape)
-    w = _wrap_param(weight, "weight", shape, dx)
-    dout = _wrap_out(out, dx)
-    _check_no_overlap(dout, dg, "grad_out")
 
     D = math.prod(shape)
     R = math.prod(batch_shape)
     src = dx if dx.memory_order(0) == "c" else _arrays.contiguous(dx, "x")
     gsrc = dg if dg.memory_order(0) == "c" else _arrays.contiguous(dg, "grad_out")
-    if dout is not None and dout.memory_order(0) == "c":
-        result = target = dout
-    else:
-        target = _arrays.empty_like(src)
-        result = dout if dout is not None else target
+    result, target = out_target(dout, src)
     gw, gb = _grad_params(w, dx, shape)
     stream = stream_for(dx)
     if R and D:
@@ -130,11 +92,7 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
                    _arrays.flat(gw), _arrays.flat(gb))
     elif w is not None:  # no rows: the sums are empty
         gw, gb = _arrays.zeros(dx, shape, w.dtype), _arrays.zeros(dx, shape, w.dtype)
-    if result is not target:
-        _arrays.copy_into(result, target)
-    if w is None:
-        return result.obj, None, None
-    return result.obj, gw.obj, gb.obj
+    return _grads(result, target, w, gw, gb)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,26 +101,25 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
 def batch_norm_backward(grad_out, x, mean, invstd, weight=None, training=True, *, channel_axis=1, out=None):
     """``numbanorm.batch_norm_backward`` on CUDA arrays; returns arrays of x's kind."""
     dx = _wrap_x(x)
-    if dx.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {dx.shape}")
-    axis = check_channel_axis(channel_axis, dx.ndim)
+    axis, dg, dm, ds, w, dout = batch_norm_backward_args(DEVICE, dx, grad_out, mean, invstd, weight, channel_axis,
+                                                         out)
     C = dx.shape[axis]
-    dg = _wrap_like(grad_out, "grad_out", dx)
-    dm = _wrap_stat(mean, "mean", (C,))
-    ds = _wrap_stat(invstd, "invstd", (C,))
-    w = _wrap_param(weight, "weight", (C,), dx)
-    dout = _wrap_out(out, dx)
-    _check_no_overlap(dout, dg, "grad_out")
     training = bool(training)
 
     src, gsrc, order = _common_layout(dx, dg, axis)
     outer, _, inner = _arrays.canonical_dims(src, axis, order)
-    result, target = _target(dout, src, axis, order)
+    result, target = out_target(dout, src, axis, order)
     gw, gb = _grad_params(w, dx, (C,))
     if C and dx.size:
         _bn_backward_launches(gsrc, src, dm, ds, w, gw, gb, target, outer, C, inner, training, dx)
     elif w is not None:  # empty batch: the sums are empty (no channels: nothing at all)
         gw, gb = _arrays.zeros(dx, (C,), w.dtype), _arrays.zeros(dx, (C,), w.dtype)
+    return _grads(result, target, w, gw, gb)
+
+
+def _grads(result: DevArray, target: DevArray, w, gw, gb):
+    """(grad_x, grad_weight, grad_bias) as the caller's arrays; grad_x copied into ``out`` if
+    the kernels wrote a scratch array; no parameter grads without a weight."""
     if result is not target:
         _arrays.copy_into(result, target)
     if w is None:
@@ -183,14 +140,6 @@ def _common_layout(dx: DevArray, dg: DevArray, axis: int) -> tuple[DevArray, Dev
         gsrc = dg if dg.memory_order(0) == "c" else _arrays.contiguous(dg, "grad_out")
         order = "c"
     return src, gsrc, order
-
-
-def _target(dout: DevArray | None, src: DevArray, axis: int, order: str) -> tuple[DevArray, DevArray]:
-    """(array to return, array the kernels write: ``out`` itself when its layout is x's)."""
-    if dout is not None and dout.memory_order(axis) == order and (order == "c" or dout.strides == src.strides):
-        return dout, dout
-    target = _arrays.empty_like(src)
-    return (dout if dout is not None else target), target
 
 
 def _bn_backward_launches(dg, dx, dm, ds, w, gw, gb, target, outer, C, inner, training, like):
@@ -263,20 +212,15 @@ def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, *, cha
     """``numbanorm.group_norm_backward`` on CUDA arrays: the BatchNorm backward's partial sums
     batched over samples (grid.z), a per-(n, g) finalize, and its grad_x pass."""
     dx = _wrap_x(x)
-    axis, G = check_group_layout(dx, channel_axis, num_groups)
+    axis, G, dg, dm, dr, w, dout = group_norm_backward_args(DEVICE, dx, num_groups, grad_out, mean, rstd, weight,
+                                                            channel_axis, out)
     N, C = dx.shape[0], dx.shape[axis]
-    dg = _wrap_like(grad_out, "grad_out", dx)
-    dm = _wrap_stat(mean, "mean", (N, G))
-    dr = _wrap_stat(rstd, "rstd", (N, G))
-    w = _wrap_param(weight, "weight", (C,), dx)
-    dout = _wrap_out(out, dx)
-    _check_no_overlap(dout, dg, "grad_out")
     if N > MAX_SAMPLES:
         raise ValueError(f"the CUDA group_norm_backward handles at most {MAX_SAMPLES} samples, got {N}")
 
     src, gsrc, order = _common_layout(dx, dg, axis)
     outer, _, inner = _arrays.canonical_dims(src, axis, order)
-    result, target = _target(dout, src, axis, order)
+    result, target = out_target(dout, src, axis, order)
     gw, gb = _grad_params(w, dx, (C,))
     if dx.size:
         acc, sio = _acc(dx.dtype), _stat_io(dm, dr)
@@ -298,8 +242,4 @@ def group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, *, cha
         grad_input(fg, fx, fy, coeffs, outer, C, inner, N, dx)
     elif w is not None:  # empty input: the sums are empty
         gw, gb = _arrays.zeros(dx, (C,), w.dtype), _arrays.zeros(dx, (C,), w.dtype)
-    if result is not target:
-        _arrays.copy_into(result, target)
-    if w is None:
-        return result.obj, None, None
-    return result.obj, gw.obj, gb.obj
+    return _grads(result, target, w, gw, gb)
