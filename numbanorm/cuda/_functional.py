@@ -184,10 +184,13 @@ def row_norm(mode: str, x: DevArray, res: DevArray | None, s: DevArray | None, w
              eps: float) -> None:
     """Launch the row kernel (``_kernels.layer_norm_kernel``) in ``mode`` "ln", "rms" or "add"
     over ``rows`` C-contiguous rows of length ``D > 0``."""
-    regs = _kernels.LN_REGS
+    vec = _kernels.LN_VEC
+    if not (mode != "add" and x.dtype == "float32" and D % vec == 0 and x.ptr % 16 == 0 and y.ptr % 16 == 0):
+        vec = 1  # wide loads only where the row allows them
+    regs = max(1, _kernels.LN_REGS // vec)  # units of vec elements: the same row share in registers
     kernel = _kernels.layer_norm_kernel(_acc(x.dtype), _io(x.dtype), _io(_pdtype(w, b, x)), regs,
-                                        w is not None, b is not None, mode)
-    block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
+                                        w is not None, b is not None, mode, vec)
+    block = (_threads(-(-(D // vec) // regs), _kernels.MAX_THREADS),)
     fx = _arrays.flat(x)
     launch(kernel, (rows,), block, stream_for(x), fx, _flat(res, fx), _flat(s, fx), _flat(w, fx), _flat(b, fx),
            _arrays.flat(y), _flat(mean, fx), _arrays.flat(rstd), D, eps)
