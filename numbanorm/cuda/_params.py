@@ -19,8 +19,13 @@ def to_device(a: np.ndarray):
 
 
 def to_host(d) -> np.ndarray:
-    """A host copy of numba device array ``d``."""
-    return d.copy_to_host()
+    """A host copy of a CUDA array: numba's (the layer's parameters), or a CuPy / torch array (the
+    grads a backward returned for such inputs)."""
+    if hasattr(d, "copy_to_host"):
+        return d.copy_to_host()
+    if hasattr(d, "get"):  # CuPy
+        return d.get()
+    return d.detach().cpu().numpy()  # torch
 
 
 def clone(d):
