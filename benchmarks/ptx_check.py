@@ -95,7 +95,8 @@ def calls():
         half = dt in ("float16", "bfloat16")
         pdts = [dt, "float32"] if half else [dt]
         sdt = "float64" if dt == "float64" else "float32"
-        for pdt, affine, D in itertools.product(pdts, [True, False], [768, 10000]):
+        # 771: a row length without 16-byte units (the scalar float32 LN / RMS kernels)
+        for pdt, affine, D in itertools.product(pdts, [True, False], [768, 771, 10000]):
             x, w, b = dev((4, D), dt), dev((D,), pdt) if affine else None, dev((D,), pdt) if affine else None
             yield f"layer_norm {dt} p={pdt} affine={affine} D={D}", partial(K.layer_norm, x, D, w, b)
             yield f"rms_norm {dt} p={pdt}", partial(K.rms_norm, x, D, w)
