@@ -18,7 +18,9 @@
 6. one table: GB/s (x read once + y written once), ratio vs torch (torch time / numbanorm
    time), fraction of copy bandwidth;
 7. backward ops (layer_norm_backward, batch_norm_backward) against torch float64 autograd, and
-   timings vs ``torch.ops.aten.native_layer_norm_backward`` / ``native_batch_norm_backward``
+   timings vs ``torch.ops.aten.native_layer_norm_backward`` / ``native_batch_norm_backward`` (and
+   group_norm_backward / rms_norm_backward vs ``native_group_norm_backward`` /
+   ``_fused_rms_norm_backward``)
    (GB/s counts grad_out and x read once, grad_x written once);
 8. the norm family (rms_norm, add_layer_norm, group_norm, instance_norm) against torch float64,
    and its backward (rms_norm_backward, group_norm_backward) against torch float64 autograd.
@@ -391,7 +393,7 @@ def _check_family_backward(env: Env, nb, rng, dtype: str, row_shape, img_shape) 
 
 
 def time_backward(env: Env, sim: bool, copy_gbs: float) -> None:
-    """LN and BN (train) backward vs torch's backward kernels (called directly: no autograd)."""
+    """LN, BN (train), GN and RMS backward vs torch's backward kernels (called directly: no autograd)."""
     torch = env.torch
     nb = backend(sim)
     rows = []
@@ -427,9 +429,39 @@ def time_backward(env: Env, sim: bool, copy_gbs: float) -> None:
             _, m, s = nb.batch_norm(nx, None, None, nw, None, True, return_stats=True)
             t_nb = device_time_ms(env, partial(nb.batch_norm_backward, ng, nx, m, s, nw, True), reps)
             rows.append(("BN bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+        rows += _time_family_backward(env, nb, sim, dtype, reps)
     print()
     print("backward: GB/s counts grad_out and x read once + grad_x written once; ratio = torch time / numbanorm time")
     _table(rows, copy_gbs)
+
+
+def _time_family_backward(env: Env, nb, sim: bool, dtype: str, reps: int) -> list[tuple]:
+    """GroupNorm (and, on a GPU, RMSNorm) backward vs torch's backward kernels: table rows."""
+    torch = env.torch
+    aten = torch.ops.aten
+    rows = []
+    for shape in SIM_BN_SHAPES if sim else BN_SHAPES[:2]:
+        N, C, G = shape[0], shape[1], (2 if sim else 32)
+        HW = int(np.prod(shape[2:]))
+        x, g, w = (torch.randn(s, device=env.dev).to(env.tdt[dtype]) for s in (shape, shape, (C,)))
+        _, tm, tr = aten.native_group_norm(x, w, None, N, C, HW, G, 1e-5)
+        t_torch = device_time_ms(env, partial(aten.native_group_norm_backward, g, x, tm, tr, w, N, C, HW, G,
+                                              [True, True, True]), reps)
+        nx, ng, nw = (env.tensor(t.float().numpy(), dtype) for t in (x, g, w)) if sim else (x, g, w)
+        _, m, r = nb.group_norm(nx, G, nw, None, return_stats=True)
+        t_nb = device_time_ms(env, partial(nb.group_norm_backward, ng, nx, G, m, r, nw), reps)
+        rows.append(("GN bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+    if sim:  # torch has no CPU kernel for _fused_rms_norm_backward
+        return rows
+    for shape in LN_SHAPES[:2]:
+        D = shape[-1]
+        x, g, w = (torch.randn(s, device=env.dev).to(env.tdt[dtype]) for s in (shape, shape, (D,)))
+        _, tr = aten._fused_rms_norm(x, [D], w, None)
+        t_torch = device_time_ms(env, partial(aten._fused_rms_norm_backward, g, x, [D], tr, w, [True, True]), reps)
+        _, r = nb.rms_norm(x, D, w, return_stats=True)
+        t_nb = device_time_ms(env, partial(nb.rms_norm_backward, g, x, D, r, w), reps)
+        rows.append(("RMS bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+    return rows
 
 
 def _table(rows, copy_gbs: float) -> None:
