@@ -18,9 +18,12 @@
 6. one table: GB/s (x read once + y written once), ratio vs torch (torch time / numbanorm
    time), fraction of copy bandwidth;
 7. backward ops (layer_norm_backward, batch_norm_backward) against torch float64 autograd, and
-   timings vs ``torch.ops.aten.native_layer_norm_backward`` / ``native_batch_norm_backward``
+   timings vs ``torch.ops.aten.native_layer_norm_backward`` / ``native_batch_norm_backward`` (and
+   group_norm_backward / rms_norm_backward vs ``native_group_norm_backward`` /
+   ``_fused_rms_norm_backward``)
    (GB/s counts grad_out and x read once, grad_x written once);
-8. the norm family (rms_norm, add_layer_norm, group_norm, instance_norm) against torch float64.
+8. the norm family (rms_norm, add_layer_norm, group_norm, instance_norm) against torch float64,
+   and its backward (rms_norm_backward, group_norm_backward) against torch float64 autograd.
 
 Under ``--sim`` the same code runs on tiny shapes with numba's simulated device arrays, torch
 on the CPU as the float64 reference, and wall-clock timing (the numbers mean nothing there).
@@ -309,7 +312,7 @@ def check_family(env: Env, sim: bool) -> None:
     torch = env.torch
     nb = backend(sim)
     rng = np.random.default_rng(int(os.environ.get("NUMBANORM_TEST_SEED", "1236")))
-    print("norm family vs float64 torch")
+    print("norm family (and its backward, vs autograd) vs float64 torch")
     row_shape = (5, 21) if sim else (64, 1000)
     img_shape = (3, 4, 3, 2) if sim else (6, 32, 13, 9)
     for dtype in ["float32", "bfloat16"] if sim else ["float32", "float64", "bfloat16"]:
@@ -349,10 +352,48 @@ def check_family(env: Env, sim: bool) -> None:
             check(f"instance_norm {dtype} {layout}", rel(_read(env, y, dtype), yr.movedim(1, -1) if axis == -1 else yr),
                   tol)
             check(f"instance_norm {dtype} {layout} running_var", rel(env.ref(rv), rvr), TOL[sdt] * 10)
+        _check_family_backward(env, nb, rng, dtype, row_shape, img_shape)
+
+
+def _check_family_backward(env: Env, nb, rng, dtype: str, row_shape, img_shape) -> None:
+    """rms_norm_backward and group_norm_backward (NCHW and NHWC) vs float64 torch autograd."""
+    import torch.nn.functional as F
+
+    torch = env.torch
+    half = dtype == "bfloat16"
+    tol = TOL[dtype] * (1 if half else 100)  # float32 saved stats, as check_backward
+    D = row_shape[-1]
+    x, xr = _inputs(env, rng, dtype, row_shape, 1.0)
+    g, gr = _inputs(env, rng, dtype, row_shape, 0.0)
+    w, wr = _inputs(env, rng, dtype, (D,), 1.0)
+    _, rstd = nb.rms_norm(x, D, w, return_stats=True)
+    gx, gw = nb.rms_norm_backward(g, x, D, rstd, w)
+    xr.requires_grad_(True)
+    wr.requires_grad_(True)
+    eps = torch.finfo(torch.float64 if dtype == "float64" else torch.float32).eps
+    (xr * torch.rsqrt((xr * xr).mean(-1, keepdim=True) + eps) * wr).backward(gr)
+    check(f"rms_norm_backward {dtype} grad_x", rel(_read(env, gx, dtype), xr.grad), tol)
+    check(f"rms_norm_backward {dtype} grad_weight", rel(_read(env, gw, dtype), wr.grad), tol)
+    C = img_shape[1]
+    for layout, axis in (("nchw", 1), ("nhwc", -1)):
+        shape = img_shape if axis == 1 else (img_shape[0], *img_shape[2:], C)
+        x, xr = _inputs(env, rng, dtype, shape, 1.0 if half else 1e3)
+        g, gr = _inputs(env, rng, dtype, shape, 0.0)
+        w, wr = _inputs(env, rng, dtype, (C,), 1.0)
+        _, mean, rstd = nb.group_norm(x, 2, w, None, channel_axis=axis, return_stats=True)
+        gx, gw, gb = nb.group_norm_backward(g, x, 2, mean, rstd, w, channel_axis=axis)
+        xm, gm = (t.movedim(-1, 1) if axis == -1 else t for t in (xr, gr))
+        xm = xm.detach().requires_grad_(True)
+        wr.requires_grad_(True)
+        br = torch.zeros_like(wr, requires_grad=True)
+        F.group_norm(xm, 2, wr, br, 1e-5).backward(gm)
+        gxr = xm.grad.movedim(1, -1) if axis == -1 else xm.grad
+        for name, got, ref in (("grad_x", gx, gxr), ("grad_weight", gw, wr.grad), ("grad_bias", gb, br.grad)):
+            check(f"group_norm_backward {dtype} {layout} {name}", rel(_read(env, got, dtype), ref), tol)
 
 
 def time_backward(env: Env, sim: bool, copy_gbs: float) -> None:
-    """LN and BN (train) backward vs torch's backward kernels (called directly: no autograd)."""
+    """LN, BN (train), GN and RMS backward vs torch's backward kernels (called directly: no autograd)."""
     torch = env.torch
     nb = backend(sim)
     rows = []
@@ -388,9 +429,39 @@ def time_backward(env: Env, sim: bool, copy_gbs: float) -> None:
             _, m, s = nb.batch_norm(nx, None, None, nw, None, True, return_stats=True)
             t_nb = device_time_ms(env, partial(nb.batch_norm_backward, ng, nx, m, s, nw, True), reps)
             rows.append(("BN bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+        rows += _time_family_backward(env, nb, sim, dtype, reps)
     print()
     print("backward: GB/s counts grad_out and x read once + grad_x written once; ratio = torch time / numbanorm time")
     _table(rows, copy_gbs)
+
+
+def _time_family_backward(env: Env, nb, sim: bool, dtype: str, reps: int) -> list[tuple]:
+    """GroupNorm (and, on a GPU, RMSNorm) backward vs torch's backward kernels: table rows."""
+    torch = env.torch
+    aten = torch.ops.aten
+    rows = []
+    for shape in SIM_BN_SHAPES if sim else BN_SHAPES[:2]:
+        N, C, G = shape[0], shape[1], (2 if sim else 32)
+        HW = int(np.prod(shape[2:]))
+        x, g, w = (torch.randn(s, device=env.dev).to(env.tdt[dtype]) for s in (shape, shape, (C,)))
+        _, tm, tr = aten.native_group_norm(x, w, None, N, C, HW, G, 1e-5)
+        t_torch = device_time_ms(env, partial(aten.native_group_norm_backward, g, x, tm, tr, w, N, C, HW, G,
+                                              [True, True, True]), reps)
+        nx, ng, nw = (env.tensor(t.float().numpy(), dtype) for t in (x, g, w)) if sim else (x, g, w)
+        _, m, r = nb.group_norm(nx, G, nw, None, return_stats=True)
+        t_nb = device_time_ms(env, partial(nb.group_norm_backward, ng, nx, G, m, r, nw), reps)
+        rows.append(("GN bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+    if sim:  # torch has no CPU kernel for _fused_rms_norm_backward
+        return rows
+    for shape in LN_SHAPES[:2]:
+        D = shape[-1]
+        x, g, w = (torch.randn(s, device=env.dev).to(env.tdt[dtype]) for s in (shape, shape, (D,)))
+        _, tr = aten._fused_rms_norm(x, [D], w, None)
+        t_torch = device_time_ms(env, partial(aten._fused_rms_norm_backward, g, x, [D], tr, w, [True, True]), reps)
+        _, r = nb.rms_norm(x, D, w, return_stats=True)
+        t_nb = device_time_ms(env, partial(nb.rms_norm_backward, g, x, D, r, w), reps)
+        rows.append(("RMS bwd", shape, dtype, x.numel() * x.element_size() * 3, t_torch, t_nb))
+    return rows
 
 
 def _table(rows, copy_gbs: float) -> None:

@@ -95,7 +95,8 @@ def calls():
         half = dt in ("float16", "bfloat16")
         pdts = [dt, "float32"] if half else [dt]
         sdt = "float64" if dt == "float64" else "float32"
-        for pdt, affine, D in itertools.product(pdts, [True, False], [768, 10000]):
+        # 771: a row length without 16-byte units (the scalar float32 LN / RMS kernels)
+        for pdt, affine, D in itertools.product(pdts, [True, False], [768, 771, 10000]):
             x, w, b = dev((4, D), dt), dev((D,), pdt) if affine else None, dev((D,), pdt) if affine else None
             yield f"layer_norm {dt} p={pdt} affine={affine} D={D}", partial(K.layer_norm, x, D, w, b)
             yield f"rms_norm {dt} p={pdt}", partial(K.rms_norm, x, D, w)
@@ -103,6 +104,8 @@ def calls():
             m, r = dev((4,), sdt), dev((4,), sdt)
             yield f"layer_norm_backward {dt} p={pdt} affine={affine} D={D}", \
                 partial(K.layer_norm_backward, dev((4, D), dt), x, D, m, r, w)
+            yield f"rms_norm_backward {dt} p={pdt} affine={affine} D={D}", \
+                partial(K.rms_norm_backward, dev((4, D), dt), x, D, r, w)
         for pdt, layout, training, affine in itertools.product(pdts, ["nchw", "nhwc", "cl"], [True, False],
                                                                [True, False]):
             shape = (8, 16, 5, 7) if layout != "nhwc" else (8, 5, 7, 16)
@@ -120,6 +123,9 @@ def calls():
                 partial(K.batch_norm_backward, g, x, m, s, w, training, channel_axis=axis)
             if training:
                 yield f"group_norm {tag}", partial(K.group_norm, x, 4, w, b, channel_axis=axis)
+                gm, gs = dev((shape[0], 4), sdt), dev((shape[0], 4), sdt)
+                yield f"group_norm_backward {tag}", \
+                    partial(K.group_norm_backward, g, x, 4, gm, gs, w, channel_axis=axis)
                 yield f"instance_norm {tag}", partial(K.instance_norm, x, rm, rv, w, b, channel_axis=axis)
 
 

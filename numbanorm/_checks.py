@@ -163,10 +163,7 @@ def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x
     reject_device(out, name)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of {x_name}, {x.shape}, got {out.shape}")
-    if out.dtype != x.dtype:
-        raise TypeError(f"{name} must have the dtype of {x_name}, {x.dtype}, got {out.dtype}")
+    check_like_shape_dtype(name, out.shape, out.dtype, x.shape, x.dtype, x_name)
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     if out is x or not np.shares_memory(out, x):
@@ -213,21 +210,21 @@ def check_stats(stats: object, num_channels: int):
     if num_channels and not np.all(stats.count > 0):
         raise ValueError("stats.count must be positive for every channel (statistics of no data cannot normalize)")
     return stats
-def check_out_shape_dtype(out_shape: tuple, out_dtype: object, x_shape: tuple, x_dtype: object) -> None:
-    if tuple(out_shape) != tuple(x_shape):
-        raise ValueError(f"out must have the shape of x, {tuple(x_shape)}, got {tuple(out_shape)}")
-    if out_dtype != x_dtype:
-        raise TypeError(f"out must have the dtype of x, {x_dtype}, got {out_dtype}")
+def check_like_shape_dtype(name: str, got_shape: tuple, got_dtype: object, x_shape: tuple, x_dtype: object,
+                           x_name: str = "x") -> None:
+    """``name`` (an out buffer, a gradient of x) must have exactly x's shape and dtype; metadata
+    only, so device arrays are checked in place."""
+    if tuple(got_shape) != tuple(x_shape):
+        raise ValueError(f"{name} must have the shape of {x_name}, {tuple(x_shape)}, got {tuple(got_shape)}")
+    if got_dtype != x_dtype:
+        raise TypeError(f"{name} must have the dtype of {x_name}, {x_dtype}, got {got_dtype}")
 
 
 def check_like(a: object, name: str, x: np.ndarray) -> np.ndarray:
     """An array-like with exactly the shape and dtype of ``x`` (e.g. a gradient of ``x``)."""
     reject_device(a, name)
     arr = as_float_array(a, name)
-    if arr.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of x, {x.shape}, got {arr.shape}")
-    if arr.dtype != x.dtype:
-        raise TypeError(f"{name} must have the dtype of x, {x.dtype}, got {arr.dtype}")
+    check_like_shape_dtype(name, arr.shape, arr.dtype, x.shape, x.dtype)
     return arr
 
 
@@ -247,3 +244,199 @@ def check_no_overlap(out: np.ndarray | None, a: np.ndarray, name: str) -> None:
     same = out.__array_interface__["data"][0] == a.__array_interface__["data"][0] and out.strides == a.strides
     if not same and np.shares_memory(out, a):
         raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")
+
+
+def check_sample_layout(x, channel_axis: object, op: str) -> int:
+    """The channel axis of a per-sample op's input (axis 0 is the batch); ``x`` is any array
+    with ``ndim``/``shape`` (host or device)."""
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got shape {x.shape}")
+    axis = check_channel_axis(channel_axis, x.ndim)
+    if axis == 0:
+        raise ValueError(f"channel_axis must not be 0, the batch axis, for {op}")
+    return axis
+
+
+def check_group_layout(x, channel_axis: object, num_groups: object) -> tuple[int, int]:
+    """(channel axis, number of groups) of a group_norm input (forward and backward)."""
+    axis = check_sample_layout(x, channel_axis, "group_norm")
+    C = x.shape[axis]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    if num_groups <= 0 or C % num_groups:
+        raise ValueError(f"num_groups must be a positive divisor of the number of channels {C}, got {num_groups}")
+    return axis, int(num_groups)
+
+
+# --------------------------------------------------------------------------------------------
+# The argument checks of each op, in one order with one set of messages for both backends.
+# ``chk`` says how one array argument is checked: ``HOST`` below for NumPy arrays, and
+# ``numbanorm.cuda._functional.DEVICE`` on device-array metadata (no copy to the host). ``x``
+# is already converted by the caller (an ndarray, or the CUDA backend's DevArray).
+# --------------------------------------------------------------------------------------------
+class HostArgs:
+    """The host checks of one array argument (``DeviceArgs`` in the CUDA backend is its twin)."""
+
+    def param(self, p, name: str, shape: tuple[int, ...], x):
+        return check_param(p, name, shape, x.dtype)
+
+    def running(self, p, name: str, num_channels: int, x, will_update: bool):
+        return check_running_stat(p, name, num_channels, x.dtype, will_update)
+
+    def out(self, out, x, name: str = "out", x_name: str = "x"):
+        return check_out(out, x, name=name, x_name=x_name)
+
+    def like(self, a, name: str, x):
+        return check_like(a, name, x)
+
+    def stat(self, s, name: str, shape: tuple[int, ...]):
+        return check_stat(s, name, shape)
+
+    def no_overlap(self, out, a, name: str) -> None:
+        check_no_overlap(out, a, name)
+
+    def overlaps(self, a, b) -> bool:
+        return bool(np.shares_memory(a, b))
+
+
+HOST = HostArgs()
+
+
+def layer_norm_args(chk, x, normalized_shape, weight, bias, eps, out):
+    """(normalized shape, weight, bias, eps, out) of layer_norm."""
+    shape = check_normalized_shape(normalized_shape, x.shape)
+    weight = chk.param(weight, "weight", shape, x)
+    bias = chk.param(bias, "bias", shape, x)
+    return shape, weight, bias, check_eps(eps), chk.out(out, x)
+
+
+def rms_norm_args(chk, x, normalized_shape, weight, eps, out):
+    """(normalized shape, weight, eps, out) of rms_norm; ``eps=None``: the machine epsilon of the
+    compute type (float64's for float64 input, float32's otherwise), as torch."""
+    shape = check_normalized_shape(normalized_shape, x.shape)
+    weight = chk.param(weight, "weight", shape, x)
+    if eps is None:
+        eps = float(np.finfo(np.float64 if str(x.dtype) == "float64" else np.float32).eps)
+    else:
+        eps = check_eps(eps)
+    return shape, weight, eps, chk.out(out, x)
+
+
+def add_layer_norm_args(chk, x, residual, normalized_shape, weight, bias, eps, out, residual_out):
+    """(normalized shape, weight, bias, eps, out, residual_out) of add_layer_norm."""
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"residual must have the shape and dtype of x, {x.shape} {x.dtype}, "
+                         f"got {residual.shape} {residual.dtype}")
+    shape, weight, bias, eps, _ = layer_norm_args(chk, x, normalized_shape, weight, bias, eps, None)
+    bufs = []
+    for name, buf in (("out", out), ("residual_out", residual_out)):
+        chk.out(buf, x, name=name)
+        bufs.append(chk.out(buf, residual, name=name, x_name="residual"))
+    if bufs[0] is not None and bufs[1] is not None and chk.overlaps(bufs[0], bufs[1]):
+        raise ValueError("out and residual_out must not overlap: both results are returned")
+    return shape, weight, bias, eps, bufs[0], bufs[1]
+
+
+def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
+                    stats=None):
+    """(axis, running_mean, running_var, weight, bias, momentum, eps, out, stats) of batch_norm,
+    all validated before anything is computed or mutated."""
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+    axis = check_channel_axis(channel_axis, x.ndim)
+    num_channels = x.shape[axis]
+    if stats is not None:
+        stats = check_stats(stats, num_channels)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    running_mean = chk.running(running_mean, "running_mean", num_channels, x, bool(training))
+    running_var = chk.running(running_var, "running_var", num_channels, x, bool(training))
+    weight = chk.param(weight, "weight", (num_channels,), x)
+    bias = chk.param(bias, "bias", (num_channels,), x)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    if stats is not None:  # the statistics come from elsewhere, so this shard's size is no matter
+        if training and running_mean is not None and num_channels and not np.all(stats.count > 1):
+            raise ValueError("stats.count must exceed 1 per channel to update the running variance (unbiased)")
+    elif not training and running_mean is None:
+        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
+    elif training and num_channels and x.size // num_channels == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    out = chk.out(out, x)
+    return axis, running_mean, running_var, weight, bias, momentum, eps, out, stats
+
+
+def group_norm_args(chk, x, num_groups, weight, bias, eps, channel_axis, out):
+    """(axis, groups, weight, bias, eps, out) of group_norm."""
+    axis, G = check_group_layout(x, channel_axis, num_groups)
+    C = x.shape[axis]
+    weight = chk.param(weight, "weight", (C,), x)
+    bias = chk.param(bias, "bias", (C,), x)
+    return axis, G, weight, bias, check_eps(eps), chk.out(out, x)
+
+
+def instance_norm_args(chk, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                       channel_axis, out):
+    """(axis, update, running_mean, running_var, weight, bias, momentum, eps, out) of
+    instance_norm; None for ``use_input_stats=False`` (batch_norm in eval checks the rest)."""
+    axis = check_sample_layout(x, channel_axis, "instance_norm")
+    C = x.shape[axis]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    update = bool(use_input_stats) and running_mean is not None
+    running_mean = chk.running(running_mean, "running_mean", C, x, update)
+    running_var = chk.running(running_var, "running_var", C, x, update)
+    momentum = check_momentum(momentum)
+    eps = check_eps(eps)
+    if not use_input_stats:
+        if running_mean is None:
+            raise ValueError("use_input_stats=False needs running_mean and running_var")
+        return None
+    weight = chk.param(weight, "weight", (C,), x)
+    bias = chk.param(bias, "bias", (C,), x)
+    if x.shape[0] * C and x.size // (x.shape[0] * C) == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
+    return axis, update, running_mean, running_var, weight, bias, momentum, eps, chk.out(out, x)
+
+
+def rows_backward_args(chk, x, normalized_shape, grad_out, mean, rstd, weight, out, centered: bool):
+    """(normalized shape, grad_out, mean (None unless ``centered``), rstd, weight, out) of
+    layer_norm_backward (``centered``) and rms_norm_backward."""
+    shape = check_normalized_shape(normalized_shape, x.shape)
+    grad_out = chk.like(grad_out, "grad_out", x)
+    batch_shape = x.shape[: x.ndim - len(shape)]
+    mean = chk.stat(mean, "mean", batch_shape) if centered else None
+    rstd = chk.stat(rstd, "rstd", batch_shape)
+    weight = chk.param(weight, "weight", shape, x)
+    out = chk.out(out, x)
+    chk.no_overlap(out, grad_out, "grad_out")
+    return shape, grad_out, mean, rstd, weight, out
+
+
+def batch_norm_backward_args(chk, x, grad_out, mean, invstd, weight, channel_axis, out):
+    """(axis, grad_out, mean, invstd, weight, out) of batch_norm_backward."""
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+    axis = check_channel_axis(channel_axis, x.ndim)
+    C = x.shape[axis]
+    grad_out = chk.like(grad_out, "grad_out", x)
+    mean = chk.stat(mean, "mean", (C,))
+    invstd = chk.stat(invstd, "invstd", (C,))
+    weight = chk.param(weight, "weight", (C,), x)
+    out = chk.out(out, x)
+    chk.no_overlap(out, grad_out, "grad_out")
+    return axis, grad_out, mean, invstd, weight, out
+
+
+def group_norm_backward_args(chk, x, num_groups, grad_out, mean, rstd, weight, channel_axis, out):
+    """(axis, groups, grad_out, mean, rstd, weight, out) of group_norm_backward; stats of
+    shape (N, groups)."""
+    axis, G = check_group_layout(x, channel_axis, num_groups)
+    N, C = x.shape[0], x.shape[axis]
+    grad_out = chk.like(grad_out, "grad_out", x)
+    mean = chk.stat(mean, "mean", (N, G))
+    rstd = chk.stat(rstd, "rstd", (N, G))
+    weight = chk.param(weight, "weight", (C,), x)
+    out = chk.out(out, x)
+    chk.no_overlap(out, grad_out, "grad_out")
+    return axis, G, grad_out, mean, rstd, weight, out

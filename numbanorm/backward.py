@@ -17,20 +17,16 @@ from numpy.typing import ArrayLike
 from . import _engine_backward as _kernels
 from . import _engine_family as _family_kernels
 from ._checks import (
+    HOST,
     as_float_array,
-    check_channel_axis,
-    check_like,
-    check_no_overlap,
-    check_normalized_shape,
-    check_out,
-    check_param,
-    check_stat,
+    batch_norm_backward_args,
+    group_norm_backward_args,
+    rows_backward_args,
 )
 from ._config import kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import is_half
 from ._layout import canonical_view, copy_back, input_view, output_view, rows_view
-from .family import check_group_layout
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
@@ -71,14 +67,8 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
 def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
     """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
     x = _float_input(x)
-    shape = check_normalized_shape(normalized_shape, x.shape)
-    grad_out = check_like(grad_out, "grad_out", x)
-    batch_shape = x.shape[: x.ndim - len(shape)]
-    mean = check_stat(mean, "mean", batch_shape) if centered else None
-    rstd = check_stat(rstd, "rstd", batch_shape)
-    weight = check_param(weight, "weight", shape, x.dtype)
-    out = check_out(out, x)
-    check_no_overlap(out, grad_out, "grad_out")
+    shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean, rstd,
+                                                                  weight, out, centered)
 
     k = len(shape)
     x2, g2 = rows_view(x, k), rows_view(grad_out, k)
@@ -108,16 +98,9 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
         return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
-    axis = check_channel_axis(channel_axis, x.ndim)
+    axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
+                                                                         channel_axis, out)
     C = x.shape[axis]
-    grad_out = check_like(grad_out, "grad_out", x)
-    mean = check_stat(mean, "mean", (C,))
-    invstd = check_stat(invstd, "invstd", (C,))
-    weight = check_param(weight, "weight", (C,), x.dtype)
-    out = check_out(out, x)
-    check_no_overlap(out, grad_out, "grad_out")
 
     view = input_view(x, axis)
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
@@ -158,14 +141,10 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
         return _device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
-    axis, G = check_group_layout(x, channel_axis, num_groups)
+    axis, G, grad_out, mean, rstd, weight, out = group_norm_backward_args(HOST, x, num_groups, grad_out, mean, rstd,
+                                                                          weight, channel_axis, out)
     N, C = x.shape[0], x.shape[axis]
-    grad_out = check_like(grad_out, "grad_out", x)
-    mean = check_stat(mean, "mean", (N, G)).reshape(N, G)
-    rstd = check_stat(rstd, "rstd", (N, G)).reshape(N, G)
-    weight = check_param(weight, "weight", (C,), x.dtype)
-    out = check_out(out, x)
-    check_no_overlap(out, grad_out, "grad_out")
+    mean, rstd = mean.reshape(N, G), rstd.reshape(N, G)
 
     view = input_view(x, axis)
     result, target, needs_copy = output_view(out, x, view, axis)

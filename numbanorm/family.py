@@ -12,14 +12,13 @@ from numpy.typing import ArrayLike
 
 from . import _engine_family
 from ._checks import (
+    HOST,
+    add_layer_norm_args,
     as_float_array,
-    check_channel_axis,
     check_eps,
-    check_momentum,
-    check_normalized_shape,
-    check_out,
-    check_param,
-    check_running_stat,
+    group_norm_args,
+    instance_norm_args,
+    rms_norm_args,
 )
 from ._config import kernel_guard
 from ._device import backend, is_device_array
@@ -44,10 +43,7 @@ def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayL
             return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out, return_stats=True)
         return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
     x = as_float_array(x)
-    shape = check_normalized_shape(normalized_shape, x.shape)
-    weight = check_param(weight, "weight", shape, x.dtype)
-    eps = float(np.finfo(stats_dtype(x.dtype)).eps) if eps is None else check_eps(eps)
-    out = check_out(out, x)
+    shape, weight, eps, out = rms_norm_args(HOST, x, normalized_shape, weight, eps, out)
     x2, result, target = _rows_io(x, len(shape), out)
     rstd = np.empty(x2.shape[0], stats_dtype(x.dtype))
     with kernel_guard:
@@ -72,18 +68,8 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
                                         residual_out=residual_out)
     x = as_float_array(x)
     residual = as_float_array(residual, "residual")
-    if residual.shape != x.shape or residual.dtype != x.dtype:
-        raise ValueError(f"residual must have the shape and dtype of x, {x.shape} {x.dtype}, "
-                         f"got {residual.shape} {residual.dtype}")
-    shape = check_normalized_shape(normalized_shape, x.shape)
-    weight = check_param(weight, "weight", shape, x.dtype)
-    bias = check_param(bias, "bias", shape, x.dtype)
-    eps = check_eps(eps)
-    for name, buf in (("out", out), ("residual_out", residual_out)):
-        check_out(buf, x, name=name)
-        check_out(buf, residual, name=name, x_name="residual")
-    if out is not None and residual_out is not None and np.shares_memory(out, residual_out):
-        raise ValueError("out and residual_out must not overlap: both results are returned")
+    shape, weight, bias, eps, out, residual_out = add_layer_norm_args(HOST, x, residual, normalized_shape, weight,
+                                                                      bias, eps, out, residual_out)
     k = len(shape)
     x2, result, target = _rows_io(x, k, out)
     res2 = rows_view(residual, k)
@@ -111,12 +97,7 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
         return _device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
                                     return_stats=return_stats)
     x = as_float_array(x)
-    axis, G = check_group_layout(x, channel_axis, num_groups)
-    C = x.shape[axis]
-    weight = check_param(weight, "weight", (C,), x.dtype)
-    bias = check_param(bias, "bias", (C,), x.dtype)
-    eps = check_eps(eps)
-    out = check_out(out, x)
+    axis, G, weight, bias, eps, out = group_norm_args(HOST, x, num_groups, weight, bias, eps, channel_axis, out)
 
     result, x4, target4, finish = _sample_io(x, axis, out)
     if x4 is None:  # empty input: nothing to normalize, stats undefined
@@ -144,25 +125,13 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
         return _device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
                                        eps, channel_axis=channel_axis, out=out)
     x = as_float_array(x)
-    axis = _check_sample_layout(x, channel_axis, "instance_norm")
-    C = x.shape[axis]
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
-    update = bool(use_input_stats) and running_mean is not None
-    running_mean = check_running_stat(running_mean, "running_mean", C, x.dtype, update)
-    running_var = check_running_stat(running_var, "running_var", C, x.dtype, update)
-    momentum = check_momentum(momentum)
-    eps = check_eps(eps)
-    if not use_input_stats:
-        if running_mean is None:
-            raise ValueError("use_input_stats=False needs running_mean and running_var")
+    checked = instance_norm_args(HOST, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                                 channel_axis, out)
+    if checked is None:  # normalize with the running stats: that is BatchNorm in eval mode
         return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
                           channel_axis=channel_axis, out=out)
-    weight = check_param(weight, "weight", (C,), x.dtype)
-    bias = check_param(bias, "bias", (C,), x.dtype)
-    if x.shape[0] * C and x.size // (x.shape[0] * C) == 1:
-        raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
-    out = check_out(out, x)
+    axis, update, running_mean, running_var, weight, bias, momentum, eps, out = checked
+    C = x.shape[axis]
 
     result, x4, target4, finish = _sample_io(x, axis, out)
     if x4 is None:
@@ -251,26 +220,6 @@ def _rows_result(result: np.ndarray, target: np.ndarray) -> np.ndarray:
     if target is not result:
         np.copyto(result, target)
     return result
-
-
-def check_group_layout(x: np.ndarray, channel_axis: object, num_groups: object) -> tuple[int, int]:
-    """(channel axis, number of groups) of a group_norm input, checked (shared with the backward)."""
-    axis = _check_sample_layout(x, channel_axis, "group_norm")
-    C = x.shape[axis]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
-        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
-    if num_groups <= 0 or C % num_groups:
-        raise ValueError(f"num_groups must be a positive divisor of the number of channels {C}, got {num_groups}")
-    return axis, int(num_groups)
-
-
-def _check_sample_layout(x: np.ndarray, channel_axis: object, op: str) -> int:
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got shape {x.shape}")
-    axis = check_channel_axis(channel_axis, x.ndim)
-    if axis == 0:
-        raise ValueError(f"channel_axis must not be 0, the batch axis, for {op}")
-    return axis
 
 
 def _sample_io(x: np.ndarray, axis: int, out: np.ndarray | None):

@@ -12,17 +12,7 @@ from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine
-from ._checks import (
-    as_float_array,
-    check_channel_axis,
-    check_eps,
-    check_momentum,
-    check_normalized_shape,
-    check_out,
-    check_param,
-    check_running_stat,
-    check_stats,
-)
+from ._checks import HOST, as_float_array, batch_norm_args, layer_norm_args
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
@@ -61,11 +51,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
         return backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     x = as_float_array(x)
-    shape = check_normalized_shape(normalized_shape, x.shape)
-    weight = check_param(weight, "weight", shape, x.dtype)
-    bias = check_param(bias, "bias", shape, x.dtype)
-    eps = check_eps(eps)
-    out = check_out(out, x)
+    shape, weight, bias, eps, out = layer_norm_args(HOST, x, normalized_shape, weight, bias, eps, out)
 
     D = shape[0] if len(shape) == 1 else math.prod(shape)
     x2 = x.reshape(x.size // D, D) if D and x.flags.c_contiguous else rows_view(x, len(shape))
@@ -152,28 +138,8 @@ def _check_batch_norm(x, running_mean, running_var, weight, bias, training, mome
                       stats=None):
     """Validate every batch_norm argument before anything is computed or mutated."""
     x = as_float_array(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
-    axis = check_channel_axis(channel_axis, x.ndim)
-    num_channels = x.shape[axis]
-    if stats is not None:
-        stats = check_stats(stats, num_channels)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
-    running_mean = check_running_stat(running_mean, "running_mean", num_channels, x.dtype, bool(training))
-    running_var = check_running_stat(running_var, "running_var", num_channels, x.dtype, bool(training))
-    weight = check_param(weight, "weight", (num_channels,), x.dtype)
-    bias = check_param(bias, "bias", (num_channels,), x.dtype)
-    momentum = check_momentum(momentum)
-    eps = check_eps(eps)
-    if stats is not None:  # the statistics come from elsewhere, so this shard's size is no matter
-        if training and running_mean is not None and num_channels and not np.all(stats.count > 1):
-            raise ValueError("stats.count must exceed 1 per channel to update the running variance (unbiased)")
-    elif not training and running_mean is None:
-        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
-    elif training and num_channels and x.size // num_channels == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    out = check_out(out, x)
+    axis, running_mean, running_var, weight, bias, momentum, eps, out, _ = batch_norm_args(
+        HOST, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
     return x, axis, running_mean, running_var, weight, bias, momentum, eps, out
 
 

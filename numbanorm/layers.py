@@ -10,6 +10,12 @@ grad_x and stores ``grad_weight``/``grad_bias`` (overwritten, not accumulated).
 
 The forward keeps a reference to its input for the backward: do not modify it in place between
 the two.
+
+On the GPU: ``layer.to("cuda")`` (or ``layer.cuda()``) moves the parameters, running statistics and
+grads to numba device arrays, after which the layer takes CUDA arrays (numba, CuPy, torch) and runs
+forward/backward through the CUDA functional ops; ``layer.to("cpu")`` (``layer.cpu()``) moves them
+back. ``num_batches_tracked`` stays a host counter (it only picks the momentum). ``state_dict()``
+always returns host NumPy arrays and ``load_state_dict`` accepts host values on either device.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._checks import SUPPORTED_DTYPES, as_float_array, check_channel_axis, check_eps, check_momentum
+from ._device import backend, is_device_array
 from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
 from .family import group_norm, rms_norm
 from .functional import batch_norm, layer_norm
@@ -41,6 +48,10 @@ class _Norm:
 
     training: bool
     dtype: np.dtype
+    #: "cpu" (NumPy arrays) or "cuda" (numba device arrays); see ``to``.
+    device: str = "cpu"
+    #: The arrays that move with the layer (subclasses add their running statistics).
+    _moved: tuple[str, ...] = ("weight", "bias", "grad_weight", "grad_bias")
 
     def __call__(self, x: ArrayLike) -> np.ndarray:
         return self.forward(x)
@@ -55,12 +66,73 @@ class _Norm:
     def eval(self) -> _Norm:
         return self.train(False)
 
-    def _checked_input(self, x: ArrayLike) -> np.ndarray:
+    def to(self, device: object) -> _Norm:
+        """Move parameters, running statistics and grads to ``device``, in place, and return the
+        layer (as torch's ``Module.to``): "cuda" (or "cuda:0", a torch.device) gives numba device
+        arrays, "cpu" NumPy arrays. The saved forward is dropped: backward needs a new forward."""
+        target = _device_name(device)
+        if target != self.device:
+            cuda = backend()  # a clear error without numba-cuda or a GPU
+            move = cuda.to_device if target == "cuda" else cuda.to_host
+            moved = {n: move(getattr(self, n)) for n in self._moved if getattr(self, n) is not None}
+            for name, value in moved.items():  # assigned only once every copy succeeded
+                setattr(self, name, value)
+            self.device = target
+            self._saved = None
+        return self
+
+    def cuda(self) -> _Norm:
+        """``self.to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self) -> _Norm:
+        """``self.to("cpu")``."""
+        return self.to("cpu")
+
+    def _checked_input(self, x: ArrayLike, channels: str | None = None) -> np.ndarray:
+        """x, on the layer's device with its dtype; with ``channels`` (the attribute holding the
+        channel count) also that many channels on ``channel_axis`` (fewer than 2 dims: the
+        functional op raises the error)."""
+        x = self._placed_input(x)
+        if channels is not None and x.ndim >= 2:
+            axis = check_channel_axis(self.channel_axis, x.ndim)
+            if x.shape[axis] != getattr(self, channels):
+                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
+                                 f"expected {channels}={getattr(self, channels)}")
+        return x
+
+    def _placed_input(self, x: ArrayLike) -> np.ndarray:
+        on_device = type(x) is not np.ndarray and is_device_array(x)
+        if on_device != (self.device == "cuda"):
+            name = type(self).__name__
+            if on_device:
+                raise TypeError(f"x is a CUDA array but this {name}'s parameters are host arrays; move the "
+                                f"layer first with layer.to('cuda'), or pass a NumPy array")
+            raise TypeError(f"x is a host array but this {name} is on the GPU; pass a CUDA array, or move the "
+                            f"layer back with layer.to('cpu')")
+        if on_device:
+            dtype = backend().dtype_name(x)
+            if dtype != self.dtype.name:
+                raise TypeError(f"x must have the layer's dtype {self.dtype}, got {dtype} "
+                                f"(create the layer with dtype={dtype} or convert x)")
+            return x
         x = as_float_array(x)
         if x.dtype != self.dtype:
             raise TypeError(f"x must have the layer's dtype {self.dtype}, got {x.dtype} "
                             f"(create the layer with dtype={x.dtype.name} or convert x)")
         return x
+
+    def _snapshot(self, a):
+        """A copy of parameter ``a`` for the backward (an update between the two must not leak in)."""
+        if a is None:
+            return None
+        return backend().clone(a) if self.device == "cuda" else a.copy()
+
+    def _fill(self, a, value: float) -> None:
+        if self.device == "cuda" and is_device_array(a):
+            backend().write(a, np.full(a.shape, value, a.dtype))
+        else:
+            a[...] = value
 
     def _init_affine(self, shape: tuple[int, ...], weight: bool, bias: bool) -> None:
         """Parameters weight = 1 / bias = 0 of ``shape`` (None where absent), and no grads yet."""
@@ -73,9 +145,9 @@ class _Norm:
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
-            self.weight[...] = 1
+            self._fill(self.weight, 1)
         if self.bias is not None:
-            self.bias[...] = 0
+            self._fill(self.bias, 0)
 
     def _store_grads(self, gx: np.ndarray, gw: np.ndarray | None, gb: np.ndarray | None = None) -> np.ndarray:
         self.grad_weight = gw
@@ -94,8 +166,13 @@ class _Norm:
         return [n for n in ("weight", "bias") if getattr(self, n) is not None]
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters and buffers under torch's key names, as NumPy copies."""
-        return {name: np.array(getattr(self, name)) for name in self._state_names()}
+        """Parameters and buffers under torch's key names, as NumPy copies (on either device)."""
+        return {name: self._host_copy(getattr(self, name)) for name in self._state_names()}
+
+    def _host_copy(self, a) -> np.ndarray:
+        if type(a) is not np.ndarray and is_device_array(a):
+            return backend().to_host(a)
+        return np.array(a)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy values from ``state_dict`` (NumPy arrays, torch tensors, anything with ``__array__``).
@@ -122,7 +199,11 @@ class _Norm:
             if name in keys:
                 staged[name] = self._converted(name, state_dict[name])
         for name, value in staged.items():
-            np.copyto(getattr(self, name), value, casting="unsafe")
+            target = getattr(self, name)
+            if type(target) is not np.ndarray and is_device_array(target):
+                backend().write(target, value)
+            else:
+                np.copyto(target, value, casting="unsafe")
         return IncompatibleKeys(missing, unexpected)
 
     def _converted(self, name: str, value: Any) -> np.ndarray:
@@ -140,6 +221,17 @@ class _Norm:
             raise TypeError(f"state_dict[{name!r}] must be floating point (cast to {target.dtype}), "
                             f"got dtype {arr.dtype}")
         return arr.astype(target.dtype)
+
+
+def _device_name(device: object) -> str:
+    """"cpu" or "cuda" for a device given as a string or a torch.device (numbanorm uses the
+    current CUDA device, so "cuda:N" is accepted for N = 0 only)."""
+    name = str(device)
+    if name == "cpu":
+        return "cpu"
+    if name in ("cuda", "cuda:0"):
+        return "cuda"
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:0', got {device!r}")
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -202,10 +294,12 @@ class BatchNorm(_Norm):
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
+    _moved = _Norm._moved + ("running_mean", "running_var")
+
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
+            self._fill(self.running_mean, 0)
+            self._fill(self.running_var, 1)
             self.num_batches_tracked[...] = 0
 
     def reset_parameters(self) -> None:
@@ -214,12 +308,7 @@ class BatchNorm(_Norm):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x``; in training also update the running statistics (torch's rule)."""
-        x = self._checked_input(x)
-        if x.ndim >= 2:  # fewer dims: batch_norm raises the error
-            axis = check_channel_axis(self.channel_axis, x.ndim)
-            if x.shape[axis] != self.num_features:
-                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
-                                 f"expected num_features={self.num_features}")
+        x = self._checked_input(x, "num_features")
         update = self.training and self.track_running_stats
         factor = 0.0
         if update:
@@ -232,7 +321,7 @@ class BatchNorm(_Norm):
                                      channel_axis=self.channel_axis, return_stats=True)
         if update:
             self.num_batches_tracked += 1
-        weight = None if self.weight is None else self.weight.copy()
+        weight = self._snapshot(self.weight)
         self._saved = (x, mean, invstd, weight, use_batch_stats)
         return y
 
@@ -269,7 +358,7 @@ class LayerNorm(_Norm):
     def forward(self, x: ArrayLike) -> np.ndarray:
         x = self._checked_input(x)
         y, mean, rstd = layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, return_stats=True)
-        weight = None if self.weight is None else self.weight.copy()
+        weight = self._snapshot(self.weight)
         self._saved = (x, mean, rstd, weight)
         return y
 
@@ -300,7 +389,7 @@ class RMSNorm(_Norm):
     def forward(self, x: ArrayLike) -> np.ndarray:
         x = self._checked_input(x)
         y, rstd = rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
-        weight = None if self.weight is None else self.weight.copy()
+        weight = self._snapshot(self.weight)
         self._saved = (x, rstd, weight)
         return y
 
@@ -332,15 +421,10 @@ class GroupNorm(_Norm):
         self._init_affine((self.num_channels,), self.affine, bias)
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        x = self._checked_input(x)
-        if x.ndim >= 2:  # fewer dims: group_norm raises the error
-            axis = check_channel_axis(self.channel_axis, x.ndim)
-            if x.shape[axis] != self.num_channels:
-                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
-                                 f"expected num_channels={self.num_channels}")
+        x = self._checked_input(x, "num_channels")
         y, mean, rstd = group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
                                    channel_axis=self.channel_axis, return_stats=True)
-        weight = None if self.weight is None else self.weight.copy()
+        weight = self._snapshot(self.weight)
         self._saved = (x, mean, rstd, weight)
         return y
 

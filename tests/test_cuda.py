@@ -69,6 +69,26 @@ def test_missing_numba_cuda_gives_clear_error(monkeypatch):
         nb.batch_norm(FakeCudaArray(), training=True)
 
 
+def test_host_layer_refuses_a_device_input():
+    for layer in (nb.BatchNorm(3), nb.LayerNorm(3), nb.RMSNorm(3), nb.GroupNorm(1, 3)):
+        with pytest.raises(TypeError, match=r"x is a CUDA array but this \w+'s parameters are host arrays.*"
+                                            r"layer.to\('cuda'\)"):
+            layer(FakeCudaArray())
+        assert layer._saved is None
+
+
+def test_layer_to_cuda_without_numba_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(_device, "_BACKEND", [])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    layer = nb.BatchNorm(3)
+    with pytest.raises(TypeError, match=r"numba-cuda is not installed"):
+        layer.to("cuda")
+    assert layer.device == "cpu" and type(layer.weight) is np.ndarray and type(layer.running_mean) is np.ndarray
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:0'"):
+        layer.to("cuda:1")
+    assert layer.to("cpu") is layer and layer.cpu() is layer  # already there: nothing to import
+
+
 @pytest.mark.parametrize("arg", ["weight", "bias", "out", "running_mean"])
 def test_device_argument_with_host_x_is_refused(arg):
     x = np.zeros((2, 3), np.float32)

@@ -8,13 +8,11 @@ import math
 import numpy as np
 
 from .._checks import (
-    check_channel_axis,
-    check_eps,
+    batch_norm_args,
     check_float_dtype,
-    check_momentum,
-    check_normalized_shape,
-    check_out_shape_dtype,
+    check_like_shape_dtype,
     check_shape_dtype,
+    layer_norm_args,
 )
 from . import _arrays, _kernels
 from ._arrays import DEVICE_DTYPES, DevArray
@@ -80,18 +78,76 @@ def _wrap_running(p, name: str, num_channels: int, x: DevArray, will_update: boo
     return dp
 
 
-def _wrap_out(out, x: DevArray) -> DevArray | None:
+def _wrap_out(out, x: DevArray, name: str = "out", x_name: str = "x") -> DevArray | None:
+    """``_checks.check_out`` on device arrays."""
     if out is None:
         return None
-    do = _arrays.wrap(out, "out")
-    check_out_shape_dtype(do.shape, do.dtype, x.shape, x.dtype)
+    do = _arrays.wrap(out, name)
+    check_like_shape_dtype(name, do.shape, do.dtype, x.shape, x.dtype, x_name)
     if do.readonly:
-        raise ValueError("out must be writeable")
-    same = do.ptr == x.ptr and do.strides == x.strides
-    (a0, a1), (b0, b1) = do.extent(), x.extent()
-    if not same and a0 < b1 and b0 < a1:
-        raise ValueError("out overlaps x without being x itself; pass out=x for in place, or a separate array")
+        raise ValueError(f"{name} must be writeable")
+    if overlaps(do, x) and not _same(do, x):
+        raise ValueError(f"{name} overlaps {x_name} without being {x_name} itself; pass {name}={x_name} for in place, "
+                         "or a separate array")
     return do
+
+
+def _wrap_like(a, name: str, x: DevArray) -> DevArray:
+    """``_checks.check_like`` on a device array: shape and dtype of x."""
+    da = _arrays.wrap(a, name)
+    check_float_dtype(da.dtype, name, DEVICE_DTYPES)
+    check_like_shape_dtype(name, da.shape, da.dtype, x.shape, x.dtype)
+    return da
+
+
+def _wrap_stat(s, name: str, shape: tuple[int, ...]) -> DevArray:
+    """``_checks.check_stat`` on a device array (any float dtype), made contiguous if it is not."""
+    ds = _arrays.wrap(s, name)
+    check_float_dtype(ds.dtype, name, DEVICE_DTYPES)
+    if ds.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (as returned by the forward), got {ds.shape}")
+    return ds if ds.memory_order(0) == "c" else _arrays.contiguous(ds, name)
+
+
+def _check_no_overlap(out: DevArray | None, a: DevArray, name: str) -> None:
+    """``_checks.check_no_overlap`` on device arrays."""
+    if out is not None and overlaps(out, a) and not _same(out, a):
+        raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")
+
+
+def overlaps(a: DevArray, b: DevArray) -> bool:
+    (a0, a1), (b0, b1) = a.extent(), b.extent()
+    return a0 < b1 and b0 < a1
+
+
+def _same(a: DevArray, b: DevArray) -> bool:
+    return a.ptr == b.ptr and a.strides == b.strides
+
+
+def out_target(dout: DevArray | None, src: DevArray, axis: int = 0, order: str = "c") -> tuple[DevArray, DevArray]:
+    """(array to return, array the kernels write): ``out`` itself when its memory layout is
+    ``src``'s (``order`` "c" or "moved" about ``axis``), else a new array of src's layout (copied
+    into ``out`` at the end, when there is one)."""
+    if dout is not None and dout.memory_order(axis) == order and (order == "c" or dout.strides == src.strides):
+        return dout, dout
+    target = _arrays.empty_like(src)
+    return (dout if dout is not None else target), target
+
+
+class DeviceArgs:
+    """``_checks.HostArgs`` on device-array metadata: the shared check sequences of
+    ``numbanorm._checks`` call these for CUDA arrays (no copy to the host)."""
+
+    param = staticmethod(_wrap_param)
+    running = staticmethod(_wrap_running)
+    out = staticmethod(_wrap_out)
+    like = staticmethod(_wrap_like)
+    stat = staticmethod(_wrap_stat)
+    no_overlap = staticmethod(_check_no_overlap)
+    overlaps = staticmethod(overlaps)
+
+
+DEVICE = DeviceArgs()
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,21 +156,13 @@ def _wrap_out(out, x: DevArray) -> DevArray | None:
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
     """``numbanorm.layer_norm`` on a CUDA array; outputs are arrays of x's kind."""
     dx = _wrap_x(x)
-    shape = check_normalized_shape(normalized_shape, dx.shape)
-    w = _wrap_param(weight, "weight", shape, dx)
-    b = _wrap_param(bias, "bias", shape, dx)
-    eps = check_eps(eps)
-    dout = _wrap_out(out, dx)
+    shape, w, b, eps, dout = layer_norm_args(DEVICE, dx, normalized_shape, weight, bias, eps, out)
 
     D = math.prod(shape)
     rows = dx.size // D if D else math.prod(dx.shape[: dx.ndim - len(shape)])
     batch_shape = dx.shape[: dx.ndim - len(shape)]
     src = dx if dx.memory_order(0) == "c" else _arrays.contiguous(dx, "x")
-    if dout is not None and dout.memory_order(0) == "c":
-        result = target = dout
-    else:
-        target = _arrays.empty_like(src)
-        result = dout if dout is not None else target
+    result, target = out_target(dout, src)
     sdt = stats_dtype(dx.dtype)
     if D == 0:  # nothing to reduce: mean 0, rstd 1/sqrt(eps), as the CPU path
         mean = _arrays.from_host(dx, np.zeros(rows, sdt))
@@ -136,10 +184,13 @@ def row_norm(mode: str, x: DevArray, res: DevArray | None, s: DevArray | None, w
              eps: float) -> None:
     """Launch the row kernel (``_kernels.layer_norm_kernel``) in ``mode`` "ln", "rms" or "add"
     over ``rows`` C-contiguous rows of length ``D > 0``."""
-    regs = _kernels.LN_REGS
+    vec = _kernels.LN_VEC
+    if not (mode != "add" and x.dtype == "float32" and D % vec == 0 and x.ptr % 16 == 0 and y.ptr % 16 == 0):
+        vec = 1  # wide loads only where the row allows them
+    regs = max(1, _kernels.LN_REGS // vec)  # units of vec elements: the same row share in registers
     kernel = _kernels.layer_norm_kernel(_acc(x.dtype), _io(x.dtype), _io(_pdtype(w, b, x)), regs,
-                                        w is not None, b is not None, mode)
-    block = (_threads(-(-D // regs), _kernels.MAX_THREADS),)
+                                        w is not None, b is not None, mode, vec)
+    block = (_threads(-(-(D // vec) // regs), _kernels.MAX_THREADS),)
     fx = _arrays.flat(x)
     launch(kernel, (rows,), block, stream_for(x), fx, _flat(res, fx), _flat(s, fx), _flat(w, fx), _flat(b, fx),
            _arrays.flat(y), _flat(mean, fx), _arrays.flat(rstd), D, eps)
@@ -171,11 +222,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     src = dx if order is not None else _arrays.contiguous(dx, "x")
     order = order or "c"
     outer, _, inner = _arrays.canonical_dims(src, axis, order)
-    if dout is not None and dout.memory_order(axis) == order and (order == "c" or dout.strides == src.strides):
-        result = target = dout
-    else:
-        target = _arrays.empty_like(src)
-        result = dout if dout is not None else target
+    result, target = out_target(dout, src, axis, order)
     sdt = stats_dtype(dx.dtype)
     stream = stream_for(dx)
     acc, xio = _acc(dx.dtype), _io(dx.dtype)
@@ -260,23 +307,8 @@ def _normalize(fx, outer, C, inner, shift, scale, offset, fy, acc, xio, stream):
 
 
 def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out):
-    """The CPU path's checks, in the same order, on device-array metadata."""
+    """The CPU path's checks (``_checks.batch_norm_args``) on device-array metadata."""
     dx = _wrap_x(x)
-    if dx.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {dx.shape}")
-    axis = check_channel_axis(channel_axis, dx.ndim)
-    num_channels = dx.shape[axis]
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
-    rm = _wrap_running(running_mean, "running_mean", num_channels, dx, bool(training))
-    rv = _wrap_running(running_var, "running_var", num_channels, dx, bool(training))
-    w = _wrap_param(weight, "weight", (num_channels,), dx)
-    b = _wrap_param(bias, "bias", (num_channels,), dx)
-    momentum = check_momentum(momentum)
-    eps = check_eps(eps)
-    if not training and rm is None:
-        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
-    if training and num_channels and dx.size // num_channels == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {dx.shape}")
-    dout = _wrap_out(out, dx)
+    axis, rm, rv, w, b, momentum, eps, dout, _ = batch_norm_args(DEVICE, dx, running_mean, running_var, weight,
+                                                                 bias, training, momentum, eps, channel_axis, out)
     return dx, axis, rm, rv, w, b, momentum, eps, dout

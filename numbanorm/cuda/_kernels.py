@@ -42,6 +42,9 @@ MAX_THREADS = 1024
 MIN_THREADS = 32
 #: Row elements a LN thread keeps in registers; longer rows re-read their tail (from L2).
 LN_REGS = 8
+#: float32 elements per wide (16-byte) load / store in the LN row kernel, used where the row
+#: allows it (length a multiple of it, x and y 16-byte aligned; see ``_functional.row_norm``).
+LN_VEC = 4
 #: BatchNorm block sizes: 1-D blocks for (outer, C, inner>1), (TX, TY) tiles for channels-last.
 BN_THREADS = 256
 BN_TX = 32
@@ -112,6 +115,65 @@ def st_bf16(a, i, v):
     if r >= 0x8000:
         r -= 0x10000
     a[i] = np.int16(r)
+
+
+# Wide loads / stores: 4 float32 in one 16-byte access (``ld.global.v4.f32``). numba has no
+# vector loads, so these are intrinsics emitting an aligned ``<4 x float>`` load/store; the
+# caller guarantees 16-byte alignment. The simulator gets plain Python.
+if SIM:
+
+    def ld4_f32(a, u):
+        k = 4 * u
+        return np.float32(a[k]), np.float32(a[k + 1]), np.float32(a[k + 2]), np.float32(a[k + 3])
+
+    def st4_f32(a, u, v0, v1, v2, v3):
+        k = 4 * u
+        a[k], a[k + 1], a[k + 2], a[k + 3] = v0, v1, v2, v3
+
+else:  # pragma: no cover - hardware only
+    from llvmlite import ir as _ir
+    from numba import types as _types
+    from numba.cuda import cgutils as _cgutils
+    from numba.cuda.extending import intrinsic as _intrinsic
+
+    def _vec4_pointer(context, builder, aryty, ary_value, u):
+        ary = context.make_array(aryty)(context, builder, ary_value)
+        k = builder.mul(u, _ir.Constant(u.type, 4))
+        ptr = _cgutils.get_item_pointer(context, builder, aryty, ary, [k])
+        return builder.bitcast(ptr, _ir.PointerType(_ir.VectorType(_ir.FloatType(), 4)))
+
+    @_intrinsic
+    def ld4_f32(typingctx, a, u):
+        """Elements 4u .. 4u+3 of a float32 array as a 4-tuple, in one 16-byte load."""
+        sig = _types.UniTuple(_types.float32, 4)(a, u)
+
+        def codegen(context, builder, sig, args):
+            vec = builder.load(_vec4_pointer(context, builder, sig.args[0], args[0], args[1]), align=16)
+            items = [builder.extract_element(vec, _ir.Constant(_ir.IntType(32), q)) for q in range(4)]
+            return context.make_tuple(builder, sig.return_type, items)
+
+        return sig, codegen
+
+    @_intrinsic
+    def st4_f32(typingctx, a, u, v0, v1, v2, v3):
+        """Store four float32 values at 4u .. 4u+3 in one 16-byte store."""
+        sig = _types.void(a, u, _types.float32, _types.float32, _types.float32, _types.float32)
+
+        def codegen(context, builder, sig, args):
+            vec = _ir.Constant(_ir.VectorType(_ir.FloatType(), 4), _ir.Undefined)
+            for q in range(4):
+                v = context.cast(builder, args[2 + q], sig.args[2 + q], _types.float32)
+                vec = builder.insert_element(vec, v, _ir.Constant(_ir.IntType(32), q))
+            builder.store(vec, _vec4_pointer(context, builder, sig.args[0], args[0], args[1]), align=16)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+@_jit_device
+def ld1(a, u):
+    """``(a[u],)``: the one-element unit of the scalar row kernel (float32 or float64 storage)."""
+    return (a[u],)
 
 
 def _loader(acc, io):
@@ -207,28 +269,60 @@ def _np_float(acc):
 # LayerNorm forward: one row per block, the row held in registers between the two phases
 # --------------------------------------------------------------------------------------------
 @functools.cache
-def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_b: bool, mode: str = "ln"):
+def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_b: bool, mode: str = "ln",
+                      vec: int = 1):
     """``kernel(x, res, s, w, b, y, mean, rstd, D, eps)`` over rows of length ``D``; grid = rows.
     An absent weight/bias is compiled out (``has_w``/``has_b``); pass any array in its place.
 
     ``mode`` (compile time): ``"ln"`` LayerNorm; ``"rms"`` RMSNorm (no mean: shift 0, mean not
     written); ``"add"`` residual-add LayerNorm: ``s = x + res`` rounded to x's dtype (summed in
     float64, stored, and read back, so the normalized values are exactly the stored sum, as the
-    unfused ops give), then LayerNorm of ``s``. ``res``/``s`` are placeholders outside "add"."""
+    unfused ops give), then LayerNorm of ``s``. ``res``/``s`` are placeholders outside "add".
+
+    ``vec``: row elements per access. 1: scalar loads and stores (any dtype, any mode); ``LN_VEC``
+    (float32 "ln"/"rms" only, ``D % vec == 0``, x and y 16-byte aligned): each thread reads and
+    writes ``vec`` consecutive elements with one 16-byte access, so a warp moves 512 contiguous
+    bytes per instruction. ``regs`` counts such units per thread."""
     ld_x, st_y, ld_p = _loader(acc, xio), _storer(xio), _loader(acc, pio)
     A, nbt = _np_float(acc), _numba_float(acc)
     add, rms = mode == "add", mode == "rms"
+    V = vec
+    if V == 1:
+        ld_v = ld1 if xio == "f" else _unit_loader(ld_x)
+    else:
+        assert V == LN_VEC and xio == "f" and acc == 32 and not add, "wide loads: float32 ln/rms only"
+        ld_v = ld4_f32
+
+    @_jit_device
+    def affine(v, w, b, j):
+        if has_w:
+            v *= ld_p(w, j)
+        if has_b:
+            v += ld_p(b, j)
+        return v
+
+    @_jit_device
+    def store_unit(y, u, vals, k):
+        """Store the unit ``vals[k : k + V]`` at unit ``u``."""
+        if V == 1:
+            st_y(y, u, vals[k])
+        else:
+            st4_f32(y, u, vals[k], vals[k + 1], vals[k + 2], vals[k + 3])
 
     slots = SHARED_SLOTS
+    nvals = regs * V  # a compile-time size for the local array
 
     @cuda.jit
     def kernel(x, res, s, w, b, y, mean_out, rstd_out, D, eps):
         sh_a = cuda.shared.array(slots, nbt)
         sh_b = cuda.shared.array(slots, nbt)
-        vals = cuda.local.array(regs, nbt)
+        vals = cuda.local.array(nvals, nbt)
+        out = cuda.local.array(V, nbt)
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         base = cuda.blockIdx.x * D
+        U = D // V  # units per row
+        ubase = cuda.blockIdx.x * U
         src = s if add else x  # what the statistics and the tail read
         if add:
             for k in range(regs):
@@ -247,19 +341,28 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_
         s1 = A(0.0)
         s2 = A(0.0)
         for k in range(regs):
-            j = tid + k * T
-            if j < D:
-                v = vals[k] if add else ld_x(x, base + j)
-                d = v - shift
-                vals[k] = d
+            u = tid + k * T
+            if u < U:
+                if add:
+                    d = vals[k] - shift
+                    vals[k] = d
+                    s1 += d
+                    s2 += d * d
+                else:
+                    t = ld_v(x, ubase + u)
+                    for q in range(V):
+                        d = A(t[q]) - shift
+                        vals[k * V + q] = d
+                        s1 += d
+                        s2 += d * d
+        u = tid + regs * T
+        while u < U:  # rows longer than regs * T units: the tail is read again below
+            t = ld_v(src, ubase + u)
+            for q in range(V):
+                d = A(t[q]) - shift
                 s1 += d
                 s2 += d * d
-        j = tid + regs * T
-        while j < D:  # rows longer than regs * T: the tail is read again below
-            d = ld_x(src, base + j) - shift
-            s1 += d
-            s2 += d * d
-            j += T
+            u += T
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         n = A(D)
         dm = A(0.0)
@@ -272,25 +375,31 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_
                 mean_out[cuda.blockIdx.x] = shift + dm
             rstd_out[cuda.blockIdx.x] = rstd
         for k in range(regs):
-            j = tid + k * T
-            if j < D:
-                v = (vals[k] - dm) * rstd  # x - mean = (x - shift) - dm: exact for constant rows
-                if has_w:
-                    v *= ld_p(w, j)
-                if has_b:
-                    v += ld_p(b, j)
-                st_y(y, base + j, v)
-        j = tid + regs * T
-        while j < D:
-            v = (ld_x(src, base + j) - shift - dm) * rstd
-            if has_w:
-                v *= ld_p(w, j)
-            if has_b:
-                v += ld_p(b, j)
-            st_y(y, base + j, v)
-            j += T
+            u = tid + k * T
+            if u < U:
+                for q in range(V):  # x - mean = (x - shift) - dm: exact for constant rows
+                    vals[k * V + q] = affine((vals[k * V + q] - dm) * rstd, w, b, u * V + q)
+                store_unit(y, ubase + u, vals, k * V)
+        u = tid + regs * T
+        while u < U:
+            t = ld_v(src, ubase + u)
+            for q in range(V):
+                out[q] = affine((A(t[q]) - shift - dm) * rstd, w, b, u * V + q)
+            store_unit(y, ubase + u, out, 0)
+            u += T
 
     return kernel
+
+
+@functools.cache
+def _unit_loader(ld):
+    """``(ld(a, u),)``: a one-element unit through a converting loader (bfloat16 bits)."""
+
+    @_jit_device
+    def ld_unit(a, u):
+        return (ld(a, u),)
+
+    return ld_unit
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,9 +33,12 @@ from ._kernels import SHARED_SLOTS, _loader, _np_float, _numba_float, _reduce2_c
 # LayerNorm
 # --------------------------------------------------------------------------------------------
 @functools.cache
-def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int, wregs: int, has_w: bool):
+def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int, wregs: int, has_w: bool,
+                               centered: bool = True):
     """``kernel(g, x, mean, rstd, w, gx, part_w, part_b, R, D)``; grid = P blocks, each writes
-    row ``blockIdx.x`` of the (P, D) float64 partials (with ``has_w``).
+    row ``blockIdx.x`` of the (P, D) float64 partials (with ``has_w``). Without ``centered`` it
+    is RMSNorm's backward: mean is 0 (``mean`` is not read) and there is no ``-Σg/D`` term,
+    ``grad_x = rstd·(g - x̂·Σg·x̂/D)``.
 
     Registers: the first ``regs * T`` elements of a row are cached (x̂ and dy·γ) between the
     reduction and the write (the rest is read again, from L2); the grad_weight/grad_bias
@@ -71,7 +74,7 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
         r = blk
         while r < R:
             base = r * D
-            m = A(ld_s(mean, r))
+            m = A(ld_s(mean, r)) if centered else A(0.0)
             s = A(ld_s(rstd, r))
             a = A(0.0)
             b = A(0.0)
@@ -101,6 +104,8 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
                 b += d * h
                 j += T
             a, b = reduce2(a, b, sh_a, sh_b, tid, T)
+            if not centered:
+                a = A(0.0)
             a /= A(D)
             b /= A(D)
             for k in range(regs):
@@ -153,25 +158,29 @@ def ln_param_reduce_kernel(pio: str):
 # --------------------------------------------------------------------------------------------
 @functools.cache
 def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bool):
-    """(outer, C, inner > 1): grid (C, P), 1-D blocks, the split of ``bn_partials_kernel``.
-    Writes per-block Σdy and Σdy·(x - hi) in float64; with ``write_gx`` (eval backward with a
-    weight) also ``gx = dy·γ·invstd`` on the way."""
+    """(outer, C, inner > 1): grid (C, P, N), 1-D blocks, the split of ``bn_partials_kernel``.
+    Writes per-block Σdy and Σdy·(x - hi) in float64 at ``[(n*C + c)*P + p]``; with ``write_gx``
+    (eval backward with a weight) also ``gx = dy·γ·invstd`` on the way. ``N = gridDim.z``
+    samples (GroupNorm; BatchNorm: 1) whose channel ``c`` uses ``mean[(n*C + c) // cpg]``
+    (GroupNorm: the (n, g) mean of its group; BatchNorm: cpg = 1)."""
     ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(64, sio)
     A, nbt = _np_float(acc), _numba_float(acc)
     slots = SHARED_SLOTS
 
     @cuda.jit
-    def kernel(g, x, mean, invstd, w, C, inner, P, gx, part_dy, part_dyx):
+    def kernel(g, x, mean, invstd, w, C, inner, P, cpg, gx, part_dy, part_dyx):
         sh_a = cuda.shared.array(slots, nbt)
         sh_b = cuda.shared.array(slots, nbt)
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
         p = cuda.blockIdx.y
-        M = x.shape[0] // C
+        nc = cuda.blockIdx.z * C + c
+        M = x.shape[0] // (C * cuda.gridDim.z)
+        xb = cuda.blockIdx.z * M * C  # the sample's first element
         j0 = (M * p) // P
         j1 = (M * (p + 1)) // P
-        hi = A(ld_s(mean, c))
+        hi = A(ld_s(mean, nc // cpg))
         sc = A(0.0)
         if write_gx:
             sc = A(ld_s(invstd, c) * ld_p(w, c))
@@ -181,7 +190,7 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
         o = j // inner
         i = j - o * inner
         while j < j1:
-            k = (o * C + c) * inner + i
+            k = xb + (o * C + c) * inner + i
             d = ld_x(g, k)
             s1 += d
             s2 += d * (ld_x(x, k) - hi)
@@ -194,40 +203,43 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
                 o += 1
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         if tid == 0:
-            part_dy[c * P + p] = np.float64(s1)
-            part_dyx[c * P + p] = np.float64(s2)
+            part_dy[nc * P + p] = np.float64(s1)
+            part_dyx[nc * P + p] = np.float64(s2)
 
     return kernel
 
 
 @functools.cache
 def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bool, TX: int, TY: int):
-    """Channels-last (rows, C): grid (ceil(C/TX), P), blocks (TX, TY), as ``bn_partials_cl_kernel``."""
+    """Channels-last (rows, C): grid (ceil(C/TX), P, N), blocks (TX, TY), as ``bn_partials_cl_kernel``;
+    samples and ``cpg`` as in ``bn_grad_partials_kernel``."""
     ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(64, sio)
     A, nbt = _np_float(acc), _numba_float(acc)
     slots = TX * TY
 
     @cuda.jit
-    def kernel(g, x, mean, invstd, w, C, P, gx, part_dy, part_dyx):
+    def kernel(g, x, mean, invstd, w, C, P, cpg, gx, part_dy, part_dyx):
         sh_a = cuda.shared.array(slots, nbt)
         sh_b = cuda.shared.array(slots, nbt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         p = cuda.blockIdx.y
         c = cuda.blockIdx.x * TX + tx
-        R = x.shape[0] // C
+        nc = cuda.blockIdx.z * C + c
+        R = x.shape[0] // (C * cuda.gridDim.z)
+        xb = cuda.blockIdx.z * R * C
         r0 = (R * p) // P
         r1 = (R * (p + 1)) // P
         s1 = A(0.0)
         s2 = A(0.0)
         if c < C:
-            hi = A(ld_s(mean, c))
+            hi = A(ld_s(mean, nc // cpg))
             sc = A(0.0)
             if write_gx:
                 sc = A(ld_s(invstd, c) * ld_p(w, c))
             r = r0 + ty
             while r < r1:
-                k = r * C + c
+                k = xb + r * C + c
                 d = ld_x(g, k)
                 s1 += d
                 s2 += d * (ld_x(x, k) - hi)
@@ -236,8 +248,8 @@ def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx:
                 r += TY
         s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
         if ty == 0 and c < C:
-            part_dy[c * P + p] = np.float64(s1)
-            part_dyx[c * P + p] = np.float64(s2)
+            part_dy[nc * P + p] = np.float64(s1)
+            part_dyx[nc * P + p] = np.float64(s2)
 
     return kernel
 
@@ -284,15 +296,16 @@ def bn_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool, training:
 
 @functools.cache
 def bn_grad_input_kernel(acc: int, xio: str, has_x: bool):
-    """(outer, C, inner > 1): ``gx = p[c]·dy - q[c]·(x - hi[c]) + r[c]`` (without ``has_x``:
-    ``p[c]·dy``, x unread); the grid of ``bn_normalize_kernel``."""
+    """(outer, C, inner > 1): ``gx = p[k]·dy - q[k]·(x - hi[k]) + r[k]`` (without ``has_x``:
+    ``p[k]·dy``, x unread), ``k = n*C + c`` as in ``bn_normalize_kernel`` (BatchNorm: OC =
+    outer*C, k = c); its grid too."""
     ld_x, st_x = _loader(acc, xio), _storer(xio)
     A = _np_float(acc)
 
     @cuda.jit
-    def kernel(g, x, C, inner, cp, chi, cq, cr, gx):
+    def kernel(g, x, C, inner, OC, cp, chi, cq, cr, gx):
         oc = cuda.blockIdx.x
-        c = oc % C
+        c = (oc // OC) * C + oc % C
         p = A(cp[c])
         h = A(chi[c])
         q = A(cq[c])
@@ -312,23 +325,28 @@ def bn_grad_input_kernel(acc: int, xio: str, has_x: bool):
 
 @functools.cache
 def bn_grad_input_cl_kernel(acc: int, xio: str, has_x: bool, TX: int, TY: int):
-    """Channels-last variant of ``bn_grad_input_kernel`` (the grid of ``bn_normalize_cl_kernel``)."""
+    """Channels-last variant of ``bn_grad_input_kernel`` (the grid of ``bn_normalize_cl_kernel``;
+    row r belongs to sample ``r // S``, BatchNorm: S = rows)."""
     ld_x, st_x = _loader(acc, xio), _storer(xio)
     A = _np_float(acc)
 
     @cuda.jit
-    def kernel(g, x, C, cp, chi, cq, cr, gx):
+    def kernel(g, x, C, S, cp, chi, cq, cr, gx):
         c = cuda.blockIdx.x * TX + cuda.threadIdx.x
         if c >= C:
             return
-        p = A(cp[c])
-        h = A(chi[c])
-        q = A(cq[c])
-        r = A(cr[c])
         R = g.shape[0] // C
         row = cuda.blockIdx.y * TY + cuda.threadIdx.y
         step = cuda.gridDim.y * TY
+        n = -1
+        p = h = q = r = A(0.0)
         while row < R:
+            if row // S != n:  # a new sample: its coefficients (BatchNorm: once)
+                n = row // S
+                p = A(cp[n * C + c])
+                h = A(chi[n * C + c])
+                q = A(cq[n * C + c])
+                r = A(cr[n * C + c])
             k = row * C + c
             v = ld_x(g, k) * p
             if has_x:

@@ -100,3 +100,58 @@ def instance_running_kernel(rio: str):
         st_r(rvar, c, (1.0 - momentum) * ld_r(rvar, c) + momentum * (sv / N))
 
     return kernel
+
+
+@functools.cache
+def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
+    """GroupNorm backward, one thread per (n, g), after ``bn_grad_partials_kernel`` batched over
+    samples: sum each channel's P partials (Σdy, Σdy·(x - hi)) in float64, write its grad_weight /
+    grad_bias contributions ``pw``/``pb`` (per (n, c); ``ln_param_reduce_kernel`` sums them over
+    n) and the coefficients of ``grad_x = p·dy - q·(x - hi) + r``. With g = dy·γ and M values per
+    group: grad_x = rstd·(g - Σg/M - x̂·Σ(g·x̂)/M), as ``_engine_family.group_grad_coefficients``."""
+    ld_p, ld_s = _loader(64, pio), _loader(64, sio)
+    A = _np_float(acc)
+
+    @cuda.jit
+    def kernel(part_dy, part_dyx, P, C, G, mean, rstd, w, count, pw, pb, cp, chi, cq, cr):
+        t = cuda.grid(1)
+        if t >= mean.shape[0]:
+            return
+        n = t // G
+        g = t - n * G
+        cpg = C // G
+        m = ld_s(mean, t)
+        hi = np.float64(A(m))
+        lo = m - hi  # the partials are centred on hi: Σdy·(x - m) = Σdy·(x - hi) - lo·Σdy
+        s = ld_s(rstd, t)
+        a = 0.0  # Σ γ·dy over the group
+        b = 0.0  # Σ γ·dy·(x - mean) over the group
+        for c in range(g * cpg, (g + 1) * cpg):
+            k = n * C + c
+            s_dy = 0.0
+            s2 = 0.0
+            for p in range(P):
+                s_dy += part_dy[k * P + p]
+                s2 += part_dyx[k * P + p]
+            s_dyx = s2 - lo * s_dy
+            pw[k] = s_dyx * s
+            pb[k] = s_dy
+            wc = 1.0
+            if has_w:
+                wc = ld_p(w, c)
+            a += wc * s_dy
+            b += wc * s_dyx
+        M = count * cpg
+        q = s * s * s * b / M
+        r = -s * a / M + q * lo  # -q·(x - mean) = -q·(x - hi) + q·lo
+        for c in range(g * cpg, (g + 1) * cpg):
+            k = n * C + c
+            wc = 1.0
+            if has_w:
+                wc = ld_p(w, c)
+            cp[k] = s * wc
+            chi[k] = hi
+            cq[k] = q
+            cr[k] = r
+
+    return kernel

@@ -106,6 +106,34 @@ def test_layer_norm_constant_rows_and_nan(rng):
     assert np.all(y[0] == 0.0) and np.all(np.isnan(y[1]))
 
 
+@pytest.mark.parametrize("D", [8, 20, 44, 64])
+@pytest.mark.parametrize("mode", ["ln", "rms"])
+def test_wide_loads_where_the_row_allows(rng, monkeypatch, D, mode):
+    """float32 rows whose length is a multiple of LN_VEC run the 16-byte-access kernel (several
+    units per thread, and a re-read tail beyond the registers); a misaligned x falls back to
+    scalar accesses. Both against the float64 reference."""
+    from family_reference import rms_norm_ref
+
+    used = []
+    real = _kernels.layer_norm_kernel
+    monkeypatch.setattr(_kernels, "layer_norm_kernel", lambda *a: used.append(a[-1]) or real(*a))
+    x = (rng.standard_normal((3, D)) * 3 + 1e3).astype(np.float32)
+    w, b = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
+    buf = np.empty(3 * D + 1, np.float32)
+    shifted = buf[1:].reshape(3, D)  # 4 bytes past a 16-byte boundary (numpy aligns buffers to 16+)
+    shifted[...] = x
+    for dx, vec in ((dev(x), _kernels.LN_VEC), (cuda.to_device(buf)[1:].reshape(3, D), 1)):
+        out = dev(poisoned_like(x))
+        if mode == "ln":
+            y = nb.layer_norm(dx, D, dev(w), dev(b), out=out)
+            ref = layer_norm_ref(x, (D,), w, b)[0]
+        else:
+            y = nb.rms_norm(dx, D, dev(w), out=out)
+            ref = rms_norm_ref(x, 1, w)
+        assert used[-1] == vec and y is out
+        assert rel_l2(host(y), ref) < 2e-6
+
+
 def test_layer_norm_float16(rng):
     x = (rng.standard_normal((3, 29)) * 2 + 5).astype(np.float16)
     w = rng.standard_normal(29).astype(np.float16)
