@@ -119,12 +119,13 @@ def test_bfloat16_encode_rounds_to_nearest_even(rng):
 
 @njit
 def _encode_rows(values, out):
-    """``out = values`` through the row hooks: float32 scratch, then one conversion per row."""
+    """``out = values`` through the row hooks: float32 scratch then one conversion per row for
+    bfloat16, direct stores otherwise."""
     scratch = row_scratch(out, out.shape[1])
     for r in range(out.shape[0]):
         t = row_target(scratch, out[r])
         for j in range(out.shape[1]):
-            t[j] = values[r, j]
+            t[j] = store(values[r, j], t)
         flush_row(t, out[r])
 
 
