@@ -235,3 +235,32 @@ def test_half_param_dtype_checked(dtype):
     x = np.ones((2, 4), dtype)
     with pytest.raises(TypeError, match="weight must have dtype .* or float32"):
         nb.layer_norm(x, 4, np.ones(4, np.float64))
+
+
+def test_layer_norm_bfloat16_pipelined_rows(rng):
+    """Above _LN_PIPELINE_ELEMENTS rows are normalized while the next one is summed; bfloat16
+    rows go through the float32 row scratch (``_halfio.row_target``) there too, in place."""
+    from numbanorm import _engine
+
+    D = 4099
+    x = _half(rng, (_engine._LN_PIPELINE_ELEMENTS // D + 3, D), BF16, 1.0, 50.0)
+    w, b = _half(rng, D, np.float32), _half(rng, D, np.float32)
+    ry = layer_norm_ref(x, (D,), w, b)[0]
+    y = nb.layer_norm(x, D, w, b, out=x)
+    assert y is x
+    _within_one_ulp(y, ry)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 48, 50), (1, 2, 190, 190)], ids=["serial", "split-runs"])
+def test_bfloat16_long_runs_normalize_in_float32_chunks(rng, shape):
+    """NCHW runs of at least 2 * _BF16_CHUNK elements are normalized in float32 chunks, then
+    converted 8 lanes wide; the last chunk is partial, and the larger shape also cuts each run
+    between two tasks."""
+    x = _half(rng, shape, BF16, 3.0, 1e2)
+    C = shape[1]
+    w, b = _half(rng, C, BF16), _half(rng, C, BF16)
+    y = nb.batch_norm(x, None, None, w, b, training=True)
+    _within_one_ulp(y, batch_norm_ref(x, None, None, w, b, True)[0])
+    wg, bg = _half(rng, C, np.float32), _half(rng, C, BF16)  # the family test's dtypes
+    y = nb.group_norm(x, 1, wg, bg)
+    _within_one_ulp(y, group_norm_ref(x, 1, wg, bg)[0])
