@@ -305,40 +305,8 @@ def channel_moments(x3, nthreads):
 @_serial
 def run_affine(src, dst, i0, i1, m, s, b):
     mh, sc, of = fold_affine(m, s, b, src)
-    affine_run(src, dst, i0, i1, mh, sc, of)
-
-
-#: bfloat16 runs at least this long are normalized in float32 chunks of this size, each then
-#: converted 8 lanes wide (see ``_halfio.row_target``); shorter runs do not repay the allocation.
-_BF16_CHUNK = 1024
-
-
-def affine_run(src, dst, i0, i1, mh, sc, of):
-    """``dst[i] = (src[i] - mh) * sc + of`` for i0 <= i < i1 (jit-only)."""
-
-
-@overload(affine_run)
-def _affine_run(src, dst, i0, i1, mh, sc, of):
-    if dst.dtype == types.int16:  # bfloat16
-        def chunked(src, dst, i0, i1, mh, sc, of):
-            n = i1 - i0
-            if n < 2 * _BF16_CHUNK:
-                for i in range(np.uint64(i0), np.uint64(i1)):
-                    dst[i] = store((load(src[i]) - mh) * sc + of, dst)
-                return
-            buf = np.empty(_BF16_CHUNK, np.float32)
-            for c0 in range(i0, i1, _BF16_CHUNK):
-                c = min(_BF16_CHUNK, i1 - c0)
-                part = src[c0:c0 + c]
-                for k in range(np.uint64(c)):
-                    buf[k] = (load(part[k]) - mh) * sc + of
-                flush_row(buf[:c], dst[c0:c0 + c])
-        return chunked
-
-    def direct(src, dst, i0, i1, mh, sc, of):
-        for i in range(np.uint64(i0), np.uint64(i1)):
-            dst[i] = store((load(src[i]) - mh) * sc + of, dst)
-    return direct
+    for i in range(np.uint64(i0), np.uint64(i1)):
+        dst[i] = store((load(src[i]) - mh) * sc + of, dst)
 
 
 @_serial

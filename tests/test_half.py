@@ -252,10 +252,9 @@ def test_layer_norm_bfloat16_pipelined_rows(rng):
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 48, 50), (1, 2, 190, 190)], ids=["serial", "split-runs"])
-def test_bfloat16_long_runs_normalize_in_float32_chunks(rng, shape):
-    """NCHW runs of at least 2 * _BF16_CHUNK elements are normalized in float32 chunks, then
-    converted 8 lanes wide; the last chunk is partial, and the larger shape also cuts each run
-    between two tasks."""
+def test_bfloat16_batch_and_group_norm_long_runs(rng, shape):
+    """bfloat16 BatchNorm training and GroupNorm on NCHW runs of thousands of elements; the larger
+    shape also cuts each run between two tasks (partial moments merged, normalize from mid-run)."""
     x = _half(rng, shape, BF16, 3.0, 1e2)
     C = shape[1]
     w, b = _half(rng, C, BF16), _half(rng, C, BF16)
