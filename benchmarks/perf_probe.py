@@ -1,9 +1,11 @@
 """Quick side-by-side probe: numbanorm vs torch vs np.copyto (and NumPy), interleaved, medians.
 
-Usage: PYTHONPATH=$PWD python benchmarks/perf_probe.py [--quick] [--only SUBSTR]
+Usage: PYTHONPATH=$PWD python benchmarks/perf_probe.py [--quick] [--only SUBSTR] [--half]
 Every case runs its contenders round-robin in one process, so a noisy (shared) machine
 affects all of them alike; the ratios are what to read. Not a test, not the full suite
-(that is ``python -m numbanorm.bench``).
+(that is ``python -m numbanorm.bench``). ``--half``: LayerNorm and BatchNorm (training, NCHW) in
+float16 and bfloat16 against torch's half kernels, ``np.copyto`` of the same half bytes and
+numbanorm's float32 kernel.
 """
 
 from __future__ import annotations
@@ -121,6 +123,44 @@ def one_case(name, kind, shape, axis, rng, a) -> None:
     print(line, flush=True)
 
 
+def half_case(kind, shape, rng) -> None:
+    """float16 / bfloat16 LayerNorm or BatchNorm training NCHW (float32 weight/bias for LN, as
+    torch's mixed-type LayerNorm; half weight/bias for BN, as torch's half BatchNorm needs)."""
+    import ml_dtypes
+
+    C = shape[-1] if kind == "LN" else shape[1]
+    x32 = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+
+    def op(x, out, w, b):
+        if kind == "LN":
+            return lambda: nb.layer_norm(x, C, w, b, out=out)
+        return lambda: nb.batch_norm(x, None, None, w, b, training=True, out=out)
+
+    fns = {"f32": op(x32, np.empty_like(x32), w, b)}
+    for name, dt, tdt in (("f16", np.float16, "float16"), ("bf16", ml_dtypes.bfloat16, "bfloat16")):
+        x = x32.astype(dt)
+        pw, pb = (w, b) if kind == "LN" else (w.astype(dt), b.astype(dt))
+        fns[name] = op(x, np.empty_like(x), pw, pb)
+        if torch is not None:
+            t = getattr(torch, tdt)
+            tx, tw, tb = (torch.from_numpy(a).to(t) for a in (x32, w, b))
+            if kind == "LN":
+                fns["torch_" + name] = lambda tx=tx, tw=tw, tb=tb: F.layer_norm(tx, (C,), tw, tb)
+            else:
+                fns["torch_" + name] = lambda tx=tx, tw=tw, tb=tb: F.batch_norm(tx, None, None, tw, tb, training=True)
+    src = x32.astype(np.float16)
+    dst = np.empty_like(src)
+    fns["copy"] = lambda: np.copyto(dst, src)
+    small = x32.nbytes < 1 << 20
+    r = timeit(fns, repeats=31 if small else 15, inner=200 if small else 3)
+    nan = float("nan")
+    print(f"{kind} {str(shape):22s} " + " ".join(
+        f"{r['f32'] / r[h] / 2:7.2f} {r.get('torch_' + h, nan) / r[h]:8.2f} {100 * r['copy'] / r[h]:7.0f}%"
+        for h in ("f16", "bf16")), flush=True)
+
+
 _STARTUP = """
 import time, sys
 t0 = time.perf_counter()
@@ -162,6 +202,7 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--numpy", action="store_true", help="also time plain NumPy")
     ap.add_argument("--startup", action="store_true", help="time import + first calls instead")
+    ap.add_argument("--half", action="store_true", help="float16/bfloat16 LN and BN train instead")
     a = ap.parse_args()
     if a.startup:
         startup()
@@ -174,9 +215,18 @@ def main() -> None:
         CLOCK, REDUCE = time.thread_time, np.min
     clock = "thread CPU time, min" if threads == 1 else "wall time, median"
     print(f"threads={threads} nproc={os.cpu_count()} load={os.getloadavg()[0]:.2f} ({clock})")
+    rng = np.random.default_rng(0)
+    if a.half:
+        # useful GB/s vs f32: (f32 time / half time) / 2, since a half element is half the bytes
+        print(f"{'case':25s} {'f16 GB/s vs f32':>15s} {'x torch':>8s} {'% copy':>7s} "
+              f"{'bf16 GB/s vs f32':>16s} {'x torch':>8s} {'% copy':>7s}")
+        for kind, shapes in (("LN", LN_SHAPES), ("BN", BN_SHAPES)):
+            for s in shapes:
+                if (not a.quick or s in QUICK) and a.only in f"{kind} {s}":
+                    half_case(kind, s, rng)
+        return
     print(f"{'case':28s} {'nb ms':>8s} {'out= ms':>8s} {'torch':>8s} {'copy':>7s} "
           f"{'x torch':>8s} {'%copy out=':>10s}" + ("  x numpy" if a.numpy else ""))
-    rng = np.random.default_rng(0)
     for name, kind, shape, axis in cases(a.quick):
         if a.only and a.only not in name:
             continue

@@ -29,7 +29,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD
-from ._halfio import load, store
+from ._halfio import flush_row, load, row_scratch, row_target, store
 
 # error_model="numpy": x/0 gives inf/nan as in torch (and as NumPy does) instead of raising,
 # and spares a zero test per division.
@@ -437,6 +437,7 @@ def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias)
 
     One loop keeps a DRAM read stream (the next row) and a write stream (this row's output) busy
     at the same time; separate passes alternate between them and leave bandwidth unused.
+    ``dst`` is a ``row_target``: the caller flushes it (bfloat16) afterwards.
     """
     D = row.shape[0]
     s1 = 0.0
@@ -472,32 +473,43 @@ def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias)
 
 
 @_serial
-def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
-    """Rows ``r0:r1``, two loops per row: sums, then normalize while the row is in L1."""
+def normalize_row(row, dst, mh, rs, tail, weight, bias):
+    """``dst[j] = ((row[j] - mh) * rs + tail) * weight[j] + bias[j]`` (weight/bias optional);
+    ``dst`` is a ``row_target``."""
+    D = np.uint64(row.shape[0])
+    # Separate loops per case (None is a compile-time type) keep each one a plain SIMD loop.
+    if weight is None:
+        if bias is None:
+            for j in range(D):
+                dst[j] = store((load(row[j]) - mh) * rs + tail, dst)
+        else:
+            for j in range(D):
+                dst[j] = store(((load(row[j]) - mh) * rs + tail) + bias[j], dst)
+    else:
+        if bias is None:
+            for j in range(D):
+                dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j], dst)
+        else:
+            for j in range(D):
+                dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j] + bias[j], dst)
+
+
+@_serial
+def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch):
+    """Rows ``r0:r1``, two loops per row: sums, then normalize while the row is in L1.
+    ``scratch``: ``row_scratch(out2, D)`` (bfloat16 rows are written in float32, then converted
+    8 lanes wide; see ``_halfio.row_target``)."""
     D = x2.shape[1]
     for r in range(r0, r1):
         row = x2[r]
-        dst = out2[r]
         shift = np.float64(load(row[0]))
         s1, s2 = run_sums(row, 0, D, shift)
         mean, m2 = sums_to_moments(D, shift, s1, s2)
         rstd = 1.0 / math.sqrt(m2 / D + eps)
         mh, rs, tail = fold_affine(mean, rstd, 0.0, row)  # (x - mean) * rstd == (x - mh) * rs + tail
-        # Separate loops per case (None is a compile-time type) keep each one a plain SIMD loop.
-        if weight is None:
-            if bias is None:
-                for j in range(D):
-                    dst[j] = store((load(row[j]) - mh) * rs + tail, dst)
-            else:
-                for j in range(D):
-                    dst[j] = store(((load(row[j]) - mh) * rs + tail) + bias[j], dst)
-        else:
-            if bias is None:
-                for j in range(D):
-                    dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j], dst)
-            else:
-                for j in range(D):
-                    dst[j] = store(((load(row[j]) - mh) * rs + tail) * weight[j] + bias[j], dst)
+        target = row_target(scratch, out2[r])
+        normalize_row(row, target, mh, rs, tail, weight, bias)
+        flush_row(target, out2[r])
         mean_out[r] = mean
         rstd_out[r] = rstd
 
@@ -508,12 +520,12 @@ _LN_PIPELINE_ELEMENTS = 1 << 22
 
 
 @_serial
-def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
-    """Rows ``r0:r1``. Large inputs are software-pipelined: row r is normalized while row r + 1
-    is summed (48 -> 36 ms for 256 MB on one core, np.copyto 21 ms)."""
+def layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch):
+    """``layer_norm_rows`` with the caller's ``row_scratch(out2, D)`` (for callers that run it
+    on one row at a time)."""
     D = x2.shape[1]
     if x2.size < _LN_PIPELINE_ELEMENTS:
-        layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
+        layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
         return
     if r1 <= r0:
         return
@@ -526,9 +538,19 @@ def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
         mh, rs, tail = fold_affine(mean, rstd, 0.0, row)  # (x - mean) * rstd == (x - mh) * rs + tail
         nxt = x2[r + 1] if r + 1 < r1 else row  # the last row sums itself again (result unused)
         nshift = np.float64(load(nxt[0])) if D > 0 else 0.0
-        n1, n2 = normalize_row_and_sum_next(row, out2[r], nxt, nshift, mh, rs, tail, weight, bias)
+        target = row_target(scratch, out2[r])
+        n1, n2 = normalize_row_and_sum_next(row, target, nxt, nshift, mh, rs, tail, weight, bias)
+        flush_row(target, out2[r])
         mean_out[r] = mean
         rstd_out[r] = rstd
+
+
+@_serial
+def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
+    """Rows ``r0:r1``. Large inputs are software-pipelined: row r is normalized while row r + 1
+    is summed (48 -> 36 ms for 256 MB on one core, np.copyto 21 ms)."""
+    scratch = row_scratch(out2, x2.shape[1])
+    layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
 
 
 @_parallel

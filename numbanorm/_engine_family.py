@@ -24,11 +24,11 @@ from ._engine import (
     block_bounds,
     block_moments,
     chan_merge,
-    layer_norm_rows,
+    layer_norm_rows_into,
     plan_tasks,
 )
 from ._engine_backward import block_grad_input, block_grad_sums
-from ._halfio import compute, load, store
+from ._halfio import compute, load, row_scratch, store
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,13 +299,14 @@ def rms_norm_forward(x2, weight, eps, out2, rstd_out, nthreads):
 @_serial
 def add_layer_norm_rows(x2, res2, r0, r1, weight, bias, eps, out2, sum2, mean_out, rstd_out):
     D = x2.shape[1]
+    scratch = row_scratch(out2, D)  # once per task: layer_norm_rows_into runs once per row here
     for r in range(r0, r1):
         a, b, s = x2[r], res2[r], sum2[r]
         for j in range(D):
             # float64 holds the exact sum of two float32 (or half) values, so the store is the
             # correctly rounded x + residual of the input dtype, as an unfused add would give.
             s[j] = store(np.float64(load(a[j])) + load(b[j]), s)
-        layer_norm_rows(sum2, r, r + 1, weight, bias, eps, out2, mean_out, rstd_out)
+        layer_norm_rows_into(sum2, r, r + 1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
 
 
 @_parallel

@@ -243,52 +243,56 @@ def compute(v, a):
 
 
 def row_scratch(out, n):
-    """Per-task scratch for ``row_target`` (jit-only): a float32 row of ``n`` for a half ``out``,
-    an empty array otherwise. Allocate it once per task, outside the row loop."""
-    return np.empty(0, np.float32)
+    """Per-task scratch for ``row_target`` (jit-only): a float32 row of ``n`` for a bfloat16
+    ``out``, None otherwise (no allocation). Allocate it once per task, outside the row loop."""
+    return None
 
 
 def row_target(scratch, dst):
-    """Where a row loop writes its float results (jit-only): ``dst`` itself for float arrays, the
-    float32 ``scratch`` for half views, converted by ``flush_row`` once the row is done.
+    """Where a row loop writes its results, each through ``store(v, target)`` (jit-only): the
+    float32 ``scratch`` for bfloat16, converted by ``flush_row`` once the row is done, and
+    ``dst`` itself for every other dtype (``flush_row`` then does nothing).
 
-    Why: a float64 loop that stores each element through ``store`` vectorizes only 4 lanes wide
-    with the integer rounding in it (bfloat16 LayerNorm measured 0.62-0.71 ns per element on Zen 3);
-    writing float32 first and converting the row in an 8-lane loop gives the same bits in
-    0.38-0.47 ns. The float32 rounding is the one ``store`` does first anyway."""
+    Why: a float64 loop that stores each element through ``store`` vectorizes only 4 lanes wide,
+    and bfloat16's integer rounding costs about as much as the rest of the LayerNorm loop at 4
+    lanes (0.62-0.71 ns per element on Zen 3); writing float32 first and converting the row in an
+    8-lane loop gives the same bits in 0.38-0.47 ns. The float32 rounding is the one ``store``
+    does first anyway. float16 gains nothing (F16C's ``vcvtps2ph`` is one instruction: the
+    direct store measured 0.27 ns per element against 0.33 through the scratch), so it stores
+    directly."""
     return dst
 
 
 def flush_row(target, dst):
-    """Convert a row written to ``row_target`` into ``dst`` (jit-only; nothing for float arrays)."""
+    """Convert a row written to ``row_target`` into ``dst`` (jit-only; nothing unless bfloat16)."""
     return None
 
 
 @overload(row_scratch)
 def _row_scratch_impl(out, n):
-    if out.dtype in (types.uint16, types.int16):
+    if out.dtype == types.int16:
         return lambda out, n: np.empty(n, np.float32)
-    return lambda out, n: np.empty(0, np.float32)
+    return lambda out, n: None
 
 
 @overload(row_target)
 def _row_target_impl(scratch, dst):
-    if isinstance(dst.dtype, types.Float):
-        return lambda scratch, dst: dst
-    if dst.dtype in (types.uint16, types.int16):
+    if dst.dtype == types.int16:
         return lambda scratch, dst: scratch[: dst.shape[0]]
+    if isinstance(dst.dtype, types.Float) or dst.dtype == types.uint16:
+        return lambda scratch, dst: dst
     return None
 
 
 @overload(flush_row)
 def _flush_row_impl(target, dst):
-    if isinstance(dst.dtype, types.Float):
-        return lambda target, dst: None
-    if dst.dtype in (types.uint16, types.int16):
+    if dst.dtype == types.int16:
         def flush(target, dst):
-            for j in range(dst.shape[0]):  # float32 in: the store's first rounding is a no-op
+            for j in range(np.uint64(dst.shape[0])):  # float32 in: the store's first rounding is a no-op
                 dst[j] = store(target[j], dst)
         return flush
+    if isinstance(dst.dtype, types.Float) or dst.dtype == types.uint16:
+        return lambda target, dst: None
     return None
 
 

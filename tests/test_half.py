@@ -119,12 +119,13 @@ def test_bfloat16_encode_rounds_to_nearest_even(rng):
 
 @njit
 def _encode_rows(values, out):
-    """``out = values`` through the row hooks: float32 scratch, then one conversion per row."""
+    """``out = values`` through the row hooks: float32 scratch then one conversion per row for
+    bfloat16, direct stores otherwise."""
     scratch = row_scratch(out, out.shape[1])
     for r in range(out.shape[0]):
         t = row_target(scratch, out[r])
         for j in range(out.shape[1]):
-            t[j] = values[r, j]
+            t[j] = store(values[r, j], t)
         flush_row(t, out[r])
 
 
@@ -234,3 +235,31 @@ def test_half_param_dtype_checked(dtype):
     x = np.ones((2, 4), dtype)
     with pytest.raises(TypeError, match="weight must have dtype .* or float32"):
         nb.layer_norm(x, 4, np.ones(4, np.float64))
+
+
+def test_layer_norm_bfloat16_pipelined_rows(rng):
+    """Above _LN_PIPELINE_ELEMENTS rows are normalized while the next one is summed; bfloat16
+    rows go through the float32 row scratch (``_halfio.row_target``) there too, in place."""
+    from numbanorm import _engine
+
+    D = 4099
+    x = _half(rng, (_engine._LN_PIPELINE_ELEMENTS // D + 3, D), BF16, 1.0, 50.0)
+    w, b = _half(rng, D, np.float32), _half(rng, D, np.float32)
+    ry = layer_norm_ref(x, (D,), w, b)[0]
+    y = nb.layer_norm(x, D, w, b, out=x)
+    assert y is x
+    _within_one_ulp(y, ry)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 48, 50), (1, 2, 190, 190)], ids=["serial", "split-runs"])
+def test_bfloat16_batch_and_group_norm_long_runs(rng, shape):
+    """bfloat16 BatchNorm training and GroupNorm on NCHW runs of thousands of elements; the larger
+    shape also cuts each run between two tasks (partial moments merged, normalize from mid-run)."""
+    x = _half(rng, shape, BF16, 3.0, 1e2)
+    C = shape[1]
+    w, b = _half(rng, C, BF16), _half(rng, C, BF16)
+    y = nb.batch_norm(x, None, None, w, b, training=True)
+    _within_one_ulp(y, batch_norm_ref(x, None, None, w, b, True)[0])
+    wg, bg = _half(rng, C, np.float32), _half(rng, C, BF16)  # the family test's dtypes
+    y = nb.group_norm(x, 1, wg, bg)
+    _within_one_ulp(y, group_norm_ref(x, 1, wg, bg)[0])
