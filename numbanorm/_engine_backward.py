@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._engine import _parallel, _serial, block_bounds, plan_tasks
+from ._engine import _CL_GROUP_MIN_C, _parallel, _serial, block_bounds, cl_dot_sums, plan_tasks
 
 # Note for the ``_parallel`` entry points below: they allocate with ``np.empty`` only and leave
 # zeroing and merging to ``_serial`` helpers. Under ``parallel=True`` numba turns ``np.zeros`` and
@@ -85,6 +85,10 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
                                                 out3[o, c, i0:i1])
                 s_dy[c] += a
                 s_dyx[c] += b
+    elif out3 is None and C >= _CL_GROUP_MIN_C:
+        # Channels-last, many channels: register-resident channel groups (the engine's helper
+        # for the moments too), so the per-channel sums do not round-trip through memory.
+        cl_dot_sums(g3.reshape(g3.size), None, x3.reshape(x3.size), mean, o0, o1, C, s_dy, s_dyx)
     else:
         # Channels-last: all channels side by side so the lanes run over c.
         for o in range(o0, o1):
