@@ -136,13 +136,21 @@ def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
                     for i in range(grun.shape[0]):
                         orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
     else:
-        for o in range(o0, o1):
-            if x3 is None:
-                for c in range(C):
-                    out3[o, c, 0] = g3[o, c, 0] * p[c]
-            else:
-                for c in range(C):
-                    out3[o, c, 0] = g3[o, c, 0] * p[c] - (x3[o, c, 0] - mean[c]) * q[c] + r[c]
+        # Channels-last: flat rows of C, unsigned indices (no wraparound test per element).
+        gf = g3.reshape(g3.size)
+        of = out3.reshape(out3.size)
+        w = np.uint64(C)
+        if x3 is None:
+            for o in range(o0, o1):
+                b = np.uint64(o) * w
+                for c in range(w):
+                    of[b + c] = gf[b + c] * p[c]
+        else:
+            xf = x3.reshape(x3.size)
+            for o in range(o0, o1):
+                b = np.uint64(o) * w
+                for c in range(w):
+                    of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
 
 
 @_parallel

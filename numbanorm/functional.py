@@ -14,6 +14,7 @@ from numpy.typing import ArrayLike
 from . import _engine
 from ._checks import (
     as_float_array,
+    bn_common_channels,
     check_channel_axis,
     check_eps,
     check_momentum,
@@ -106,11 +107,21 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             raise TypeError("stats= is supported for NumPy arrays only, not CUDA arrays")
         return backend().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)
-    x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
+    C = -1 if out is not None or stats is not None else bn_common_channels(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis)
+    if C < 0:
+        x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
+            x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
+    else:
+        axis = channel_axis % x.ndim
     shape = x.shape
     if out is None and x.flags.c_contiguous:  # the common case, without the general view mapping
-        x3 = x.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+        if C < 0:
+            C = shape[axis]
+        if axis == len(shape) - 1:
+            x3 = x.reshape(x.size // C if C else 0, C, 1)
+        else:
+            x3 = x.reshape(shape[0] if axis == 1 else math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
         result = np.empty(shape, x.dtype)
         target = result.reshape(x3.shape)
         needs_copy = channels_moved = False
