@@ -85,6 +85,19 @@ def test_channel_group_sums_all_input_types(rng, view):
     assert np.allclose(s2, (g64 * (x64 - shift)).sum(0), rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("inner", [8, 15, 17, 41, 49, 72])
+@pytest.mark.parametrize("dtype,bound", [(np.float32, 1e-6), (np.float64, 1e-12), (np.float16, 2e-3)])
+def test_nchw_run_tails(rng, inner, dtype, bound):
+    """NCHW runs are normalized 32 at a time by LLVM's loop, then 8 at a time (``affine8``),
+    then one at a time: every split of a run, out of place and in place."""
+    x = (1e2 + rng.standard_normal((3, 5, inner))).astype(dtype)
+    ref = batch_norm_ref(x, training=True)[0]
+    y = nb.batch_norm(x, training=True, out=poisoned_like(x))
+    assert rel_l2(y, ref) <= bound
+    xi = x.copy()
+    assert nb.batch_norm(xi, training=True, out=xi) is xi and rel_l2(xi, ref) <= bound
+
+
 @pytest.mark.parametrize("inner", [1 * 7, 7 * 7, 14 * 14])
 def test_nchw_short_runs_across_shift_chunks(rng, inner):
     outer = _engine._SHIFT_CHUNK // inner * 2 + 3
