@@ -7,6 +7,9 @@ input, so it will not keep them in registers), which held the NHWC moments at ~5
 ``group_dot_sums`` emits the loop over rows for ``width`` adjacent channels directly in LLVM IR
 with the accumulators as vector values: for ``width`` 16 that is 4 + 4 ymm registers of float64
 and no memory access but the input loads. See ``_engine.cl_dot_sums`` for the tiling around it.
+
+``affine8`` is the eight-element normalize statement that ends short NCHW runs (numba runs LLVM
+without its SLP vectorizer, so eight scalar statements would stay scalar).
 """
 
 from __future__ import annotations
