@@ -71,7 +71,7 @@ def cases(quick: bool):
     for s in LN_SHAPES:
         if not quick or s in QUICK:
             yield f"LN {s}", "ln", s, None
-    for kind, label in (("bn", "BN train"), ("bne", "BN eval")):
+    for kind, label in (("bn", "BN train"), ("bne", "BN eval"), ("bnb", "BN backward")):
         for s in BN_SHAPES:
             if quick and s not in QUICK:
                 continue
@@ -95,6 +95,23 @@ def one_case(name, kind, shape, axis, rng, a) -> None:
             fns["torch"] = lambda: F.layer_norm(tx, (D,), tw, tb)
         if a.numpy:
             fns["numpy"] = lambda: np_ln(x, w, b)
+    elif kind == "bnb":  # training backward; torch: autograd.grad of F.batch_norm (as numbanorm.bench)
+        C = shape[axis]
+        g = rng.standard_normal(shape).astype(np.float32)
+        w = rng.standard_normal(C).astype(np.float32)
+        b = rng.standard_normal(C).astype(np.float32)
+        _, mean, invstd = nb.batch_norm(x, None, None, w, b, training=True, channel_axis=axis, return_stats=True)
+        fns["nb"] = lambda: nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis)
+        fns["nb_out"] = lambda: nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=out)
+        if torch is not None:
+            def logical(a):
+                t = torch.from_numpy(a)
+                return t.permute(0, a.ndim - 1, *range(1, a.ndim - 1)) if axis == -1 else t
+            tx = logical(x).detach().requires_grad_(True)
+            tw, tb = torch.from_numpy(w).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
+            ty = F.batch_norm(tx, None, None, tw, tb, True)
+            tg = logical(g)
+            fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
     else:
         C = shape[axis]
         train = kind == "bn"
@@ -119,7 +136,7 @@ def one_case(name, kind, shape, axis, rng, a) -> None:
     line = (f"{name:28s} {ms['nb']:8.4f} {ms['nb_out']:8.4f} {tt:8.4f} {ms['copy']:7.4f} "
             f"{tt / ms['nb']:8.2f} {100 * ms['copy'] / ms['nb_out']:9.0f}%")
     if a.numpy:
-        line += f" {ms['numpy'] / ms['nb']:8.1f}"
+        line += f" {ms.get('numpy', float('nan')) / ms['nb']:8.1f}"
     print(line, flush=True)
 
 

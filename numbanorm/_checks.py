@@ -37,6 +37,46 @@ def as_float_array(x: object, name: str = "x") -> np.ndarray:
     return arr
 
 
+def bn_common_channels(x: object, running_mean: object, running_var: object, weight: object, bias: object,
+                       training: object, momentum: object, eps: object, channel_axis: object) -> int:
+    """The channel count when every ``batch_norm`` argument has its common form, else -1.
+
+    Common: ``x`` a non-empty C-contiguous float32/float64 ndarray, ``channel_axis`` an in-range
+    int, ``momentum``/``eps`` floats in range, and each given statistic/parameter an ndarray of
+    shape (C,), x's dtype, C-contiguous (running stats writeable when training). Everything the
+    full check (``functional._check_batch_norm``) accepts without conversion; anything else,
+    including every error, goes to it. A few plain tests, so a tiny call does not pay ~3 µs of
+    checks for a ~3 µs kernel.
+    """
+    if type(x) is not np.ndarray:
+        return -1
+    dt = x.dtype
+    if not (dt is _F32 or dt is _F64) or not x.flags.c_contiguous or type(channel_axis) is not int:
+        return -1
+    ndim = x.ndim
+    if ndim < 2 or not -ndim <= channel_axis < ndim or x.size == 0:
+        return -1
+    if type(momentum) is not float or not 0.0 <= momentum <= 1.0 or type(eps) is not float or not 0.0 < eps < _INF:
+        return -1
+    C = x.shape[channel_axis]
+    shape = (C,)
+    for p in (weight, bias):
+        if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == shape
+                                  and p.flags.c_contiguous):
+            return -1
+    if running_mean is None or running_var is None:
+        # training=False needs them; a lone one is an error: the full check says which
+        return C if training and running_mean is None and running_var is None and x.size // C > 1 else -1
+    for p in (running_mean, running_var):
+        if not (type(p) is np.ndarray and p.dtype is dt and p.shape == shape and p.flags.c_contiguous):
+            return -1
+        if training and not p.flags.writeable:
+            return -1
+    if training and x.size // C <= 1:
+        return -1
+    return C
+
+
 def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
     """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
     if dtype in supported:

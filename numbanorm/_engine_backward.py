@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._engine import _parallel, _serial, block_bounds, plan_tasks
+from ._engine import _CL_GROUP_MIN_C, _parallel, _serial, block_bounds, cl_dot_sums, cl_lanes, plan_tasks
 
 # Note for the ``_parallel`` entry points below: they allocate with ``np.empty`` only and leave
 # zeroing and merging to ``_serial`` helpers. Under ``parallel=True`` numba turns ``np.zeros`` and
@@ -85,7 +85,30 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
                                                 out3[o, c, i0:i1])
                 s_dy[c] += a
                 s_dyx[c] += b
+    elif out3 is None and C >= _CL_GROUP_MIN_C:
+        # Channels-last, many channels: register-resident channel groups (the engine's helper
+        # for the moments too), so the per-channel sums do not round-trip through memory.
+        cl_dot_sums(g3.reshape(g3.size), None, x3.reshape(x3.size), mean, o0, o1, C, s_dy, s_dyx)
     else:
+        if out3 is None and C > 0:
+            # Channels-last, few channels (C = 3): the same groups over lanes, as the forward
+            # does (``cl_lanes``): k rows at a time are one row of W lanes, lane j is channel
+            # j % C; the lanes fold into the channels at the end, leftover rows go below.
+            W = cl_lanes(C)
+            k = W // C
+            full = o0 + (o1 - o0) // k * k
+            mw = np.empty(W)
+            sa = np.zeros(W)
+            sb = np.zeros(W)
+            for j in range(W):
+                mw[j] = mean[j % C]
+            gl = g3.reshape(g3.size)[o0 * C:full * C]
+            xl = x3.reshape(x3.size)[o0 * C:full * C]
+            cl_dot_sums(gl, None, xl, mw, 0, (full - o0) // k, W, sa, sb)
+            for j in range(W):
+                s_dy[j % C] += sa[j]
+                s_dyx[j % C] += sb[j]
+            o0 = full
         # Channels-last: all channels side by side so the lanes run over c.
         for o in range(o0, o1):
             for c in range(C):
@@ -132,13 +155,34 @@ def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
                     for i in range(grun.shape[0]):
                         orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
     else:
-        for o in range(o0, o1):
-            if x3 is None:
-                for c in range(C):
-                    out3[o, c, 0] = g3[o, c, 0] * p[c]
-            else:
-                for c in range(C):
-                    out3[o, c, 0] = g3[o, c, 0] * p[c] - (x3[o, c, 0] - mean[c]) * q[c] + r[c]
+        # Channels-last: flat rows of C, unsigned indices (no wraparound test per element).
+        gf = g3.reshape(g3.size)
+        of = out3.reshape(out3.size)
+        w = np.uint64(C)
+        if x3 is None:
+            for o in range(o0, o1):
+                b = np.uint64(o) * w
+                for c in range(w):
+                    of[b + c] = gf[b + c] * p[c]
+        elif C >= _CL_GROUP_MIN_C:
+            xf = x3.reshape(x3.size)
+            for o in range(o0, o1):
+                b = np.uint64(o) * w
+                for c in range(w):
+                    of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
+        else:
+            # Few channels: runs of W lanes with the parameters tiled to the lanes (see above).
+            xf = x3.reshape(x3.size)
+            W = cl_lanes(C)
+            pw, mw, qw, rw = np.empty(W), np.empty(W), np.empty(W), np.empty(W)
+            for j in range(W):
+                pw[j], mw[j], qw[j], rw[j] = p[j % C], mean[j % C], q[j % C], r[j % C]
+            n = (o1 - o0) * C
+            start = o0 * C
+            for b0 in range(start, start + n, W):
+                b = np.uint64(b0)
+                for j in range(np.uint64(min(W, start + n - b0))):
+                    of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
 
 
 @_parallel

@@ -116,6 +116,10 @@ BN_CASES = [
     ((1, 3, 211, 157), 1),
     ((8, 61, 67, 3), -1),  # parallel channels-last
     ((33, 64, 17), 1),
+    ((37, 29), -1),  # channel groups of 16 + 8 + 4 + 1 (_engine.cl_dot_sums)
+    ((3, 5, 11, 64), -1),
+    ((70, 269), -1),  # rows over 1 KB: software-prefetched group sweeps, several row tiles
+    ((3, 130, 5), -1),  # few channels: lane rows of cl_lanes(5) // 5 rows, plus leftover rows
 ]
 
 

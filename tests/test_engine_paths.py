@@ -46,6 +46,58 @@ def test_channels_last_lanes_and_tails(rng, C, dtype, offset, bound):
     assert rel_l2(ye, batch_norm_ref(x, rm, rv, w, b, training=False, channel_axis=-1)[0]) <= bound
 
 
+@pytest.mark.parametrize("C", [16, 29, 64, 269])
+@pytest.mark.parametrize("dtype,offset,bound", [(np.float32, 0.0, 1e-6), (np.float32, 1e6, 1e-3),
+                                                (np.float64, 1e4, 1e-10)])
+def test_channels_last_channel_groups(rng, C, dtype, offset, bound):
+    """C >= 16 channels-last moments sum in channel groups of 16/8/4/1 over row tiles; rows here
+    span several tiles and shift chunks and end in a partial tile."""
+    rows = 2 * max(1, _engine._SHIFT_CHUNK // C) + 37
+    x = (offset + rng.standard_normal((rows, C)) * 3).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    y, mean, invstd = nb.batch_norm(x, rm, rv, training=True, channel_axis=-1, out=poisoned_like(x),
+                                    return_stats=True)
+    ry, rmean, rinv, rrm, rrv = batch_norm_ref(x, np.zeros(C), np.ones(C), training=True, channel_axis=-1)
+    assert rel_l2(y, ry) <= bound and rel_l2(invstd, rinv) <= bound
+    assert rel_l2(mean - offset, rmean - offset) <= bound * max(1.0, offset)
+    assert rel_l2(rv, rrv) <= bound
+
+
+@pytest.mark.parametrize("view", [np.float16, np.float32])
+def test_channel_group_sums_all_input_types(rng, view):
+    """``cl_dot_sums`` (moments and backward forms) against float64 sums, also through the plain
+    fallback loops that half views compile to."""
+    from numbanorm._halfio import kernel_array
+
+    rows, C = 45, 29
+    x = (rng.standard_normal((rows, C)) + 2).astype(view)
+    g = rng.standard_normal((rows, C)).astype(view)
+    shift = rng.standard_normal(C)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    fx, fg = kernel_array(x).reshape(-1), kernel_array(g).reshape(-1)
+    s1, s2 = np.zeros(C), np.zeros(C)
+    _engine.cl_dot_sums(fx, shift, None, None, 3, rows, C, s1, s2)
+    d = x64[3:] - shift
+    assert np.allclose(s1, d.sum(0), rtol=1e-12, atol=1e-9) and np.allclose(s2, (d * d).sum(0), rtol=1e-12)
+    s1, s2 = np.zeros(C), np.zeros(C)
+    _engine.cl_dot_sums(fg, None, fx, shift, 0, rows, C, s1, s2)
+    assert np.allclose(s1, g64.sum(0), rtol=1e-12, atol=1e-9)
+    assert np.allclose(s2, (g64 * (x64 - shift)).sum(0), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("inner", [8, 15, 17, 41, 49, 72])
+@pytest.mark.parametrize("dtype,bound", [(np.float32, 1e-6), (np.float64, 1e-12), (np.float16, 2e-3)])
+def test_nchw_run_tails(rng, inner, dtype, bound):
+    """NCHW runs are normalized 32 at a time by LLVM's loop, then 8 at a time (``affine8``),
+    then one at a time: every split of a run, out of place and in place."""
+    x = (1e2 + rng.standard_normal((3, 5, inner))).astype(dtype)
+    ref = batch_norm_ref(x, training=True)[0]
+    y = nb.batch_norm(x, training=True, out=poisoned_like(x))
+    assert rel_l2(y, ref) <= bound
+    xi = x.copy()
+    assert nb.batch_norm(xi, training=True, out=xi) is xi and rel_l2(xi, ref) <= bound
+
+
 @pytest.mark.parametrize("inner", [1 * 7, 7 * 7, 14 * 14])
 def test_nchw_short_runs_across_shift_chunks(rng, inner):
     outer = _engine._SHIFT_CHUNK // inner * 2 + 3

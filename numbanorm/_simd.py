@@ -1,0 +1,200 @@
+"""Register-resident channel-group sums for channels-last data (one LLVM loop per group).
+
+Channels-last per-channel sums (BatchNorm moments, the backward's Σdy and Σdy·(x - mean)) need
+one pair of float64 accumulators per channel. Written as numba loops over accumulator arrays,
+they round-trip through L1 on every element (LLVM cannot prove the accumulators do not alias the
+input, so it will not keep them in registers), which held the NHWC moments at ~50% of a copy.
+``group_dot_sums`` emits the loop over rows for ``width`` adjacent channels directly in LLVM IR
+with the accumulators as vector values: for ``width`` 16 that is 4 + 4 ymm registers of float64
+and no memory access but the input loads. See ``_engine.cl_dot_sums`` for the tiling around it.
+
+``affine8`` is the eight-element normalize statement that ends short NCHW runs (numba runs LLVM
+without its SLP vectorizer, so eight scalar statements would stay scalar).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from ._halfio import load, store
+
+_NATIVE = (types.float32, types.float64)
+
+
+@intrinsic(prefer_literal=True)
+def _simd_dot_sums(typingctx, a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
+    """SIMD body of ``group_dot_sums`` for float32/float64 arrays (see there)."""
+    no_b = isinstance(b, types.NoneType)
+    if (not isinstance(width, types.IntegerLiteral) or a.dtype not in _NATIVE
+            or not (no_b or b.dtype == a.dtype)):
+        return None
+    G = width.literal_value
+    no_sha = isinstance(sha, types.NoneType)
+    sig = types.none(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width)
+
+    def codegen(context, builder, sig, args):
+        f64v = ir.VectorType(ir.DoubleType(), G)
+        elt = context.get_value_type(sig.args[0].dtype)
+        inv = ir.VectorType(elt, G)
+        align = context.get_abi_sizeof(elt)
+
+        def data(k):
+            return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+        def as_i64(k):
+            return context.cast(builder, args[k], sig.args[k], types.int64)
+
+        def vload(ptr, idx, vty, al):
+            return builder.load(builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer()), align=al)
+
+        def widen(v):
+            return builder.fpext(v, f64v) if elt != ir.DoubleType() else v
+
+        base_v, nrows_v, stride_v, ahead_v, c0_v = as_i64(4), as_i64(5), as_i64(6), as_i64(7), as_i64(10)
+        flags = ("reassoc", "contract", "nsz")
+        pa = data(0)
+        shift_a = None if no_sha else vload(data(1), c0_v, f64v, 8)
+        pb = None if no_b else data(2)
+        shift_b = None if no_b else vload(data(3), c0_v, f64v, 8)
+        zero = ir.Constant(f64v, None)
+        acc_a = cgutils.alloca_once_value(builder, zero)  # allocas: promoted to registers
+        acc_b = cgutils.alloca_once_value(builder, zero)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        with cgutils.for_range(builder, nrows_v) as loop:
+            off = builder.add(base_v, builder.mul(loop.index, stride_v))
+            for ptr in (pa,) if no_b else (pa, pb):  # read, high locality, data cache
+                addr = builder.bitcast(builder.gep(ptr, [builder.add(off, ahead_v)]), i8p)
+                builder.call(prefetch, [addr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            u = widen(vload(pa, off, inv, align))
+            if not no_sha:
+                u = builder.fsub(u, shift_a, flags=flags)
+            v = u if no_b else builder.fsub(widen(vload(pb, off, inv, align)), shift_b, flags=flags)
+            builder.store(builder.fadd(builder.load(acc_a), u, flags=flags), acc_a)
+            builder.store(builder.fadd(builder.load(acc_b), builder.fmul(u, v, flags=flags), flags=flags), acc_b)
+        for k, acc in ((8, acc_a), (9, acc_b)):
+            p = builder.bitcast(builder.gep(data(k), [c0_v]), f64v.as_pointer())
+            builder.store(builder.fadd(builder.load(p, align=8), builder.load(acc)), p, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
+    """For j < width, over rows r < nrows, with k = base + r * stride + j (jit-only)::
+
+        u = a[k] - sha[c0 + j]             (sha None: u = a[k])
+        v = b[k] - shb[c0 + j]             (b None: v = u)
+        sa[c0 + j] += Σ u,   sb[c0 + j] += Σ u * v
+
+    Moments pass ``(x, shift, None, None)`` (shifted sums); the BatchNorm backward passes
+    ``(dy, None, x, mean)`` (Σdy, Σdy·(x - mean)). ``width`` must be a literal. Each row also
+    prefetches the inputs ``ahead`` elements further on (0: the line being read, a no-op).
+    """
+
+
+@overload(group_dot_sums, prefer_literal=True)
+def _group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
+    if a.dtype in _NATIVE and (isinstance(b, types.NoneType) or b.dtype == a.dtype):
+        def simd(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
+            _simd_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width)
+        return simd
+    # float16/bfloat16 views: plain loops through ``load`` (these layouts keep the lane path).
+    if isinstance(b, types.NoneType):
+        def scalar_moments(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
+            for j in range(width):
+                ta = 0.0
+                tb = 0.0
+                for r in range(nrows):
+                    u = np.float64(load(a[base + r * stride + j])) - sha[c0 + j]
+                    ta += u
+                    tb += u * u
+                sa[c0 + j] += ta
+                sb[c0 + j] += tb
+        return scalar_moments
+
+    def scalar_grad(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
+        for j in range(width):
+            ta = 0.0
+            tb = 0.0
+            for r in range(nrows):
+                k = base + r * stride + j
+                u = np.float64(load(a[k]))
+                ta += u
+                tb += u * (np.float64(load(b[k])) - shb[c0 + j])
+            sa[c0 + j] += ta
+            sb[c0 + j] += tb
+    return scalar_grad
+
+
+def simd_ok(a):
+    """Whether ``group_dot_sums`` runs its SIMD loop for array ``a`` (jit-only; a constant)."""
+    return False
+
+
+@overload(simd_ok)
+def _simd_ok(a):
+    ok = isinstance(a, types.Array) and a.dtype in _NATIVE
+    return lambda a: ok
+
+
+@intrinsic
+def _simd_affine8(typingctx, src, dst, i, head, scale, offset):
+    """SIMD body of ``affine8`` for float32/float64 arrays whose compute type is ``head``'s."""
+    if src.dtype not in _NATIVE or dst.dtype != src.dtype or head not in _NATIVE:
+        return None
+    sig = types.none(src, dst, i, head, scale, offset)
+
+    def codegen(context, builder, sig, args):
+        elt = context.get_value_type(sig.args[0].dtype)
+        cty = context.get_value_type(sig.args[3])
+        align = context.get_abi_sizeof(elt)
+        idx = context.cast(builder, args[2], sig.args[2], types.int64)
+
+        def ptr(k):
+            data = context.make_array(sig.args[k])(context, builder, args[k]).data
+            return builder.bitcast(builder.gep(data, [idx]), ir.VectorType(elt, 8).as_pointer())
+
+        def splat(k):
+            v = context.cast(builder, args[k], sig.args[k], sig.args[3])
+            vec = ir.Constant(ir.VectorType(cty, 8), None)
+            for j in range(8):
+                vec = builder.insert_element(vec, v, ir.Constant(ir.IntType(32), j))
+            return vec
+
+        flags = ("reassoc", "contract", "nsz")
+        v = builder.load(ptr(0), align=align)
+        if elt != cty:
+            v = builder.fpext(v, ir.VectorType(cty, 8)) if cty == ir.DoubleType() else builder.fptrunc(
+                v, ir.VectorType(cty, 8))
+        y = builder.fadd(builder.fmul(builder.fsub(v, splat(3), flags=flags), splat(4), flags=flags), splat(5),
+                         flags=flags)
+        if elt != cty:
+            y = builder.fptrunc(y, ir.VectorType(elt, 8)) if elt == ir.FloatType() else builder.fpext(
+                y, ir.VectorType(elt, 8))
+        builder.store(y, ptr(1), align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def affine8(src, dst, i, head, scale, offset):
+    """``dst[i:i+8] = (src[i:i+8] - head) * scale + offset`` as one SIMD statement (jit-only).
+    Numba leaves LLVM's SLP vectorizer off, so eight scalar statements would stay scalar."""
+
+
+@overload(affine8)
+def _affine8(src, dst, i, head, scale, offset):
+    if src.dtype in _NATIVE and dst.dtype == src.dtype and head in _NATIVE:
+        return lambda src, dst, i, head, scale, offset: _simd_affine8(src, dst, i, head, scale, offset)
+
+    def scalar(src, dst, i, head, scale, offset):  # float16/bfloat16 views
+        for j in range(i, i + 8):
+            dst[j] = store((load(src[j]) - head) * scale + offset, dst)
+    return scalar
