@@ -26,10 +26,21 @@ class _Dispatcher(CPUDispatcher):
     propagates the constant once the callee is inlined, so calls are typed with plain types.
     """
 
+    _cache_attached = False
+
     def get_call_template(self, args, kws):
         args = tuple(types.unliteral(a) for a in args)
         kws = {k: types.unliteral(v) for k, v in kws.items()}
         return super().get_call_template(args, kws)
+
+    def compile(self, sig):
+        # The on-disk cache (``cache=True``) is attached at the first compile or cache load, not
+        # at import: attaching it checks that the cache folder is writable with a temporary file,
+        # about 1 ms per kernel, 60+ ms for the whole package at ``import numbanorm``.
+        if not self._cache_attached:
+            self._cache_attached = True
+            self.enable_caching()
+        return super().compile(sig)
 
 
 def jit(**options):
@@ -37,9 +48,7 @@ def jit(**options):
     def decorate(func):
         if numba.config.DISABLE_JIT:
             return func
-        disp = _Dispatcher(py_func=func, locals={}, targetoptions={"nopython": True, **options})
-        disp.enable_caching()
-        return disp
+        return _Dispatcher(py_func=func, locals={}, targetoptions={"nopython": True, **options})
     return decorate
 
 #: Smallest number of elements one parallel task gets. Below two tasks' worth a call runs
