@@ -43,6 +43,8 @@ _MIN_LANES = 256
 #: Elements that share one shift before a partial result is merged by Chan's formula.
 _SHIFT_CHUNK = 1 << 14
 
+_F64 = np.dtype(np.float64)
+
 
 # --------------------------------------------------------------------------------------------
 # Compute type of the normalize step
@@ -402,12 +404,15 @@ def channel_scale_offset(mean, var, weight, bias, eps):
     invstd = np.empty(C)
     scale = np.empty(C)
     offset = np.zeros(C)
+    # A zero-length weight/bias means "none" too (see ``_absent``), a run-time test per channel.
+    has_weight = weight is not None and weight.size > 0
+    has_bias = bias is not None and bias.size > 0
     for c in range(C):
         invstd[c] = 1.0 / math.sqrt(var[c] + eps)
         scale[c] = invstd[c]
-        if weight is not None:
+        if has_weight:
             scale[c] *= weight[c]
-        if bias is not None:
+        if has_bias:
             offset[c] = bias[c]
     return invstd, scale, offset
 
@@ -421,16 +426,40 @@ def batch_norm_train_forward(x3, weight, bias, running_mean, running_var, moment
     Also updates the running stats in place (when given) with torch's rule in float64:
     ``r = (1 - momentum) * r + momentum * batch``, unbiased variance. Needs ``x3.size > 0``.
     """
+    weight, bias = _absent(weight, x3), _absent(bias, x3)
+    if running_mean is None:
+        running_mean = running_var = _none_of(x3.dtype)
     n_o, n_i = _plan(x3, nthreads)
     if n_o * n_i == 1:
         return batch_norm_train_serial(x3, weight, bias, running_mean, running_var, momentum, eps, out3)
     return batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momentum, eps, out3, n_o, n_i)
 
 
+#: Zero-length arrays that stand for an absent weight, bias or running stats in the BN entry
+#: points: None is a compile-time type in numba, so each None/array combination compiled (and
+#: cached) its own copy of the whole entry (6 copies of BN training per dtype in the tests).
+_NONE: dict = {}
+
+
+def _none_of(dtype):
+    a = _NONE.get(dtype)
+    if a is None:
+        a = _NONE[dtype] = np.empty(0, dtype)
+    return a
+
+
+def _absent(p, x3):
+    """``p``, or the zero-length stand-in of the dtype ``check_param`` gives a parameter for x3:
+    x's float dtype, float64 for the 16-bit views of half arrays."""
+    if p is not None:
+        return p
+    return _none_of(x3.dtype if x3.dtype.kind == "f" else _F64)
+
+
 @_serial
 def update_running_stats(running_mean, running_var, count, mean, m2, momentum):
-    """torch's running-stats rule in float64, in place; a no-op when they are None."""
-    if running_mean is not None and running_var is not None:
+    """torch's running-stats rule in float64, in place; a no-op when they are None or empty."""
+    if running_mean is not None and running_var is not None and running_mean.size > 0:
         keep = 1.0 - momentum
         for c in range(mean.shape[0]):
             running_mean[c] = store(keep * np.float64(load(running_mean[c])) + momentum * mean[c], running_mean)
@@ -458,6 +487,7 @@ def batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momen
 
 def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, out3, nthreads):
     """BatchNorm inference forward in one dispatch; returns (mean, invstd) in float64."""
+    weight, bias = _absent(weight, x3), _absent(bias, x3)
     n_o, n_i = _plan(x3, nthreads)
     if n_o * n_i == 1:
         return batch_norm_eval_serial(x3, running_mean, running_var, weight, bias, eps, out3)
