@@ -510,7 +510,8 @@ def eval_scale_offset(running_mean, running_var, weight, bias, eps):
 @_serial
 def batch_norm_eval_serial(x3, running_mean, running_var, weight, bias, eps, out3):
     mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
-    serial_affine(x3, mean, scale, offset, out3)
+    if x3.size:  # block_affine itself, not serial_affine: BN training compiled it already
+        block_affine(x3, 0, x3.shape[0], 0, x3.shape[2], mean, scale, offset, out3)
     return mean, invstd
 
 
