@@ -35,6 +35,9 @@ from ._halfio import load, store
 # and spares a zero test per division.
 _serial = jit(fastmath=FASTMATH, error_model="numpy", nogil=True)
 _parallel = jit(fastmath=FASTMATH, error_model="numpy", nogil=True, parallel=True)
+#: Glue shared by a serial and a parallel entry point, inlined at numba-IR level (typed in its
+#: caller instead of compiled, optimized and cached as one more jitted function).
+_glue = jit(fastmath=FASTMATH, error_model="numpy", nogil=True, inline="always")
 
 #: Channels-last blocks are read as a flat run of ``lanes`` values (``lanes // C`` whole rows at a
 #: time), so that the SIMD lanes run over ``lanes`` accumulators even for small C (C = 3 RGB).
@@ -494,7 +497,7 @@ def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, ou
     return batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, out3, n_o, n_i)
 
 
-@_serial
+@_glue
 def eval_scale_offset(running_mean, running_var, weight, bias, eps):
     """(mean, invstd, scale, offset) in float64 from the running stats and the optional affine."""
     C = running_mean.shape[0]
