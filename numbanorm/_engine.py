@@ -25,17 +25,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
-from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD
+from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD, jit
 from ._halfio import flush_row, load, row_scratch, row_target, store
 from ._simd import affine8, group_dot_sums, simd_ok
 
 # error_model="numpy": x/0 gives inf/nan as in torch (and as NumPy does) instead of raising,
 # and spares a zero test per division.
-_serial = njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
-_parallel = njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True, parallel=True)
+_serial = jit(fastmath=FASTMATH, error_model="numpy", nogil=True)
+_parallel = jit(fastmath=FASTMATH, error_model="numpy", nogil=True, parallel=True)
+#: Glue shared by a serial and a parallel entry point, inlined at numba-IR level (typed in its
+#: caller instead of compiled, optimized and cached as one more jitted function).
+_glue = jit(fastmath=FASTMATH, error_model="numpy", nogil=True, inline="always")
 
 #: Channels-last blocks are read as a flat run of ``lanes`` values (``lanes // C`` whole rows at a
 #: time), so that the SIMD lanes run over ``lanes`` accumulators even for small C (C = 3 RGB).
@@ -62,6 +65,7 @@ _CL_MIN_TILE_ROWS = 16
 #: C = 256 1.79 -> 1.24, but with C = 64 2.72 -> 3.17, so not there.
 _CL_PREFETCH_ROW_BYTES = 1024
 _CL_PREFETCH_ROWS = 16
+_F64 = np.dtype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +313,10 @@ def plan_tasks(outer, C, inner, nthreads):
     return outer, min(inner, (tasks + outer - 1) // outer)
 
 
+#: plan_tasks as plain Python, for the dispatch in Python (see ``_plan``).
+_plan_tasks_py = getattr(plan_tasks, "py_func", plan_tasks)
+
+
 @_serial
 def block_bounds(length, nblocks, b):
     return (length * b) // nblocks, (length * (b + 1)) // nblocks
@@ -354,15 +362,25 @@ def parallel_moments(x3, n_o, n_i):
     return merge_partials(part_n, part_mean, part_m2)
 
 
-@_serial
+def _plan(x3, nthreads):
+    """``plan_tasks`` for the Python-level dispatch of the entry points below.
+
+    The entry points choose their serial or parallel jitted kernel here, in Python, so that a
+    call compiles only the path it takes (a small input never compiles a parfor; each jitted
+    layer between the entry and the loops costs a re-optimization of everything under it when
+    compiled cold). ``plan_tasks`` runs as plain Python: no compile, no cache load at start-up.
+    """
+    if x3.size < 2 * MIN_TASK_ELEMENTS:  # plan_tasks' answer for any thread count
+        return 1, 1
+    return _plan_tasks_py(x3.shape[0], x3.shape[1], x3.shape[2], nthreads)
+
+
 def channel_moments(x3, nthreads):
     """Per-channel (count, mean, M2) over axes 0 and 2 of ``x3``; one pass, parallel.
 
-    A serial jitted entry that only calls the parallel kernel when there are several tasks, so
-    small inputs never touch the thread pool.
+    Small inputs (one task) run the serial kernel and never touch the thread pool.
     """
-    outer, C, inner = x3.shape
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    n_o, n_i = _plan(x3, nthreads)
     if n_o * n_i == 1:
         return serial_moments(x3)
     return parallel_moments(x3, n_o, n_i)
@@ -445,21 +463,24 @@ def parallel_affine(x3, shift, scale, offset, out3, n_o, n_i):
         block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3)
 
 
-@_serial
 def channel_affine(x3, shift, scale, offset, out3, nthreads):
     """``out3 = (x3 - shift[c]) * scale[c] + offset[c]``; safe in place (``out3 is x3``).
 
     The per-channel ``x - mean`` is kept (instead of folding it into the offset) so that the
     result stays exact for constant input and accurate when |mean| >> std.
     """
-    outer, C, inner = x3.shape
-    if x3.size == 0:
-        return
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    n_o, n_i = _plan(x3, nthreads)
     if n_o * n_i == 1:
-        block_affine(x3, 0, outer, 0, inner, shift, scale, offset, out3)
+        serial_affine(x3, shift, scale, offset, out3)
     else:
         parallel_affine(x3, shift, scale, offset, out3, n_o, n_i)
+
+
+@_serial
+def serial_affine(x3, shift, scale, offset, out3):
+    """channel_affine on one thread (the fast path for small inputs)."""
+    if x3.size:
+        block_affine(x3, 0, x3.shape[0], 0, x3.shape[2], shift, scale, offset, out3)
 
 
 @_serial
@@ -469,38 +490,99 @@ def channel_scale_offset(mean, var, weight, bias, eps):
     invstd = np.empty(C)
     scale = np.empty(C)
     offset = np.zeros(C)
+    # A zero-length weight/bias means "none" too (see ``_absent``), a run-time test per channel.
+    has_weight = weight is not None and weight.size > 0
+    has_bias = bias is not None and bias.size > 0
     for c in range(C):
         invstd[c] = 1.0 / math.sqrt(var[c] + eps)
         scale[c] = invstd[c]
-        if weight is not None:
+        if has_weight:
             scale[c] *= weight[c]
-        if bias is not None:
+        if has_bias:
             offset[c] = bias[c]
     return invstd, scale, offset
 
 
-@_serial
+# --------------------------------------------------------------------------------------------
+# BatchNorm entry points: one jitted dispatch per call, serial or parallel kernel chosen in Python
+# --------------------------------------------------------------------------------------------
 def batch_norm_train_forward(x3, weight, bias, running_mean, running_var, momentum, eps, out3, nthreads):
     """BatchNorm training forward in one dispatch; returns (mean, invstd) in float64.
 
     Also updates the running stats in place (when given) with torch's rule in float64:
     ``r = (1 - momentum) * r + momentum * batch``, unbiased variance. Needs ``x3.size > 0``.
     """
-    count, mean, m2 = channel_moments(x3, nthreads)
-    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
-    channel_affine(x3, mean, scale, offset, out3, nthreads)
-    if running_mean is not None and running_var is not None:
+    weight, bias = _absent(weight, x3), _absent(bias, x3)
+    if running_mean is None:
+        running_mean = running_var = _none_of(x3.dtype)
+    n_o, n_i = _plan(x3, nthreads)
+    if n_o * n_i == 1:
+        return batch_norm_train_serial(x3, weight, bias, running_mean, running_var, momentum, eps, out3)
+    return batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momentum, eps, out3, n_o, n_i)
+
+
+#: Zero-length arrays that stand for an absent weight, bias or running stats in the BN entry
+#: points: None is a compile-time type in numba, so each None/array combination compiled (and
+#: cached) its own copy of the whole entry (6 copies of BN training per dtype in the tests).
+_NONE: dict = {}
+
+
+def _none_of(dtype):
+    a = _NONE.get(dtype)
+    if a is None:
+        a = _NONE[dtype] = np.empty(0, dtype)
+    return a
+
+
+def _absent(p, x3):
+    """``p``, or the zero-length stand-in of the dtype ``check_param`` gives a parameter for x3:
+    x's float dtype, float64 for the 16-bit views of half arrays."""
+    if p is not None:
+        return p
+    return _none_of(x3.dtype if x3.dtype.kind == "f" else _F64)
+
+
+@_serial
+def update_running_stats(running_mean, running_var, count, mean, m2, momentum):
+    """torch's running-stats rule in float64, in place; a no-op when they are None or empty."""
+    if running_mean is not None and running_var is not None and running_mean.size > 0:
         keep = 1.0 - momentum
         for c in range(mean.shape[0]):
             running_mean[c] = store(keep * np.float64(load(running_mean[c])) + momentum * mean[c], running_mean)
             running_var[c] = store(keep * np.float64(load(running_var[c])) + momentum * (m2[c] / (count - 1.0)),
                                    running_var)
+
+
+@_serial
+def batch_norm_train_serial(x3, weight, bias, running_mean, running_var, momentum, eps, out3):
+    count, mean, m2 = serial_moments(x3)
+    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    block_affine(x3, 0, x3.shape[0], 0, x3.shape[2], mean, scale, offset, out3)
+    update_running_stats(running_mean, running_var, count, mean, m2, momentum)
     return mean, invstd
 
 
 @_serial
+def batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momentum, eps, out3, n_o, n_i):
+    count, mean, m2 = parallel_moments(x3, n_o, n_i)
+    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
+    update_running_stats(running_mean, running_var, count, mean, m2, momentum)
+    return mean, invstd
+
+
 def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, out3, nthreads):
     """BatchNorm inference forward in one dispatch; returns (mean, invstd) in float64."""
+    weight, bias = _absent(weight, x3), _absent(bias, x3)
+    n_o, n_i = _plan(x3, nthreads)
+    if n_o * n_i == 1:
+        return batch_norm_eval_serial(x3, running_mean, running_var, weight, bias, eps, out3)
+    return batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, out3, n_o, n_i)
+
+
+@_glue
+def eval_scale_offset(running_mean, running_var, weight, bias, eps):
+    """(mean, invstd, scale, offset) in float64 from the running stats and the optional affine."""
     C = running_mean.shape[0]
     mean = np.empty(C)
     var = np.empty(C)
@@ -508,7 +590,21 @@ def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, ou
         mean[c] = load(running_mean[c])
         var[c] = load(running_var[c])
     invstd, scale, offset = channel_scale_offset(mean, var, weight, bias, eps)
-    channel_affine(x3, mean, scale, offset, out3, nthreads)
+    return mean, invstd, scale, offset
+
+
+@_serial
+def batch_norm_eval_serial(x3, running_mean, running_var, weight, bias, eps, out3):
+    mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
+    if x3.size:  # block_affine itself, not serial_affine: BN training compiled it already
+        block_affine(x3, 0, x3.shape[0], 0, x3.shape[2], mean, scale, offset, out3)
+    return mean, invstd
+
+
+@_serial
+def batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, out3, n_o, n_i):
+    mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
+    parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
     return mean, invstd
 
 
@@ -645,12 +741,20 @@ def parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks
         layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
 
 
-@_serial
 def layer_norm_forward(x2, weight, bias, eps, out2, mean_out, rstd_out, nthreads):
     """LayerNorm over the rows of ``x2`` (R, D); stats go to ``mean_out``/``rstd_out`` (R,)."""
-    R, D = x2.shape
-    nblocks, _ = plan_tasks(R, 1, D, nthreads)
+    if x2.size < 2 * MIN_TASK_ELEMENTS:  # one task (see _plan)
+        layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out)
+        return
+    nblocks = _plan_tasks_py(x2.shape[0], 1, x2.shape[1], nthreads)[0]
     if nblocks == 1:
-        layer_norm_rows(x2, 0, R, weight, bias, eps, out2, mean_out, rstd_out)
+        layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out)
     else:
         parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks)
+
+
+@_serial
+def layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out):
+    """layer_norm_forward on one thread: a jitted entry with 7 arguments, because every argument
+    of a call from Python costs (two more for ``layer_norm_rows`` measured +0.5 us per tiny call)."""
+    layer_norm_rows(x2, 0, x2.shape[0], weight, bias, eps, out2, mean_out, rstd_out)
