@@ -19,6 +19,26 @@ def _check(a, ref, tol=TOL):
     assert rel_l2(a, ref) <= tol
 
 
+def _step_side_by_side(layer, tm, x, g, to_t, from_t, sgd=True):
+    """Forward and backward of ``x``, ``g`` on both (``to_t``/``from_t`` map arrays to torch's
+    layout and back), outputs and grads compared; then, with ``sgd``, a plain SGD step on both."""
+    tx = to_t(x).requires_grad_(True)
+    ty = tm(tx)
+    _check(layer(x), from_t(ty))
+    ty.backward(to_t(g))
+    _check(layer.backward(g), from_t(tx.grad))
+    for name in ("weight", "bias"):
+        if getattr(tm, name, None) is None:
+            assert getattr(layer, "grad_" + name) is None
+            continue
+        _check(getattr(layer, "grad_" + name), getattr(tm, name).grad)
+        if sgd:
+            getattr(layer, name)[...] -= LR * getattr(layer, "grad_" + name)
+            with torch.no_grad():
+                getattr(tm, name).sub_(LR * getattr(tm, name).grad)
+                getattr(tm, name).grad = None
+
+
 def _train_side_by_side(rng, layer, tm, shape, to_t, from_t, steps=4):
     """A few steps of forward, backward and plain SGD on both; every output and grad compared."""
     params = [n for n in ("weight", "bias") if getattr(tm, n, None) is not None]
@@ -29,20 +49,7 @@ def _train_side_by_side(rng, layer, tm, shape, to_t, from_t, steps=4):
             tm.eval()  # no effect on either module, on either side
         x = (rng.standard_normal(shape) * (1 + step) + step).astype(np.float32)
         g = rng.standard_normal(shape).astype(np.float32)
-        tx = to_t(x).requires_grad_(True)
-        ty = tm(tx)
-        _check(layer(x), from_t(ty))
-        ty.backward(to_t(g))
-        _check(layer.backward(g), from_t(tx.grad))
-        for name in ("weight", "bias"):
-            if name not in params:
-                assert getattr(layer, "grad_" + name) is None
-                continue
-            _check(getattr(layer, "grad_" + name), getattr(tm, name).grad)
-            getattr(layer, name)[...] -= LR * getattr(layer, "grad_" + name)
-            with torch.no_grad():
-                getattr(tm, name).sub_(LR * getattr(tm, name).grad)
-                getattr(tm, name).grad = None
+        _step_side_by_side(layer, tm, x, g, to_t, from_t)
     for name in params:
         _check(getattr(layer, name), getattr(tm, name))
 

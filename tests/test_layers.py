@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from layer_helpers import LR, _assert_unchanged, _check, _snapshot, _train_side_by_side
+from layer_helpers import _assert_unchanged, _check, _snapshot, _step_side_by_side, _train_side_by_side
 
 import numbanorm as nb
 
@@ -32,21 +32,7 @@ def test_batch_norm_layer_trains_like_torch(rng, momentum, shape, axis, torch_cl
     for step in range(10):
         x = (rng.standard_normal(shape) * (1 + step) + step).astype(np.float32)
         g = rng.standard_normal(shape).astype(np.float32)
-        tx = to_t(x).requires_grad_(True)
-        y = layer(x)
-        ty = tm(tx)
-        _check(y, from_t(ty))
-        gx = layer.backward(g)
-        ty.backward(to_t(g))
-        _check(gx, from_t(tx.grad))
-        _check(layer.grad_weight, tm.weight.grad)
-        _check(layer.grad_bias, tm.bias.grad)
-        layer.weight -= LR * layer.grad_weight  # plain SGD on both sides
-        layer.bias -= LR * layer.grad_bias
-        with torch.no_grad():
-            tm.weight -= LR * tm.weight.grad
-            tm.bias -= LR * tm.bias.grad
-            tm.weight.grad = tm.bias.grad = None
+        _step_side_by_side(layer, tm, x, g, to_t, from_t)  # with plain SGD on both sides
         _check(layer.running_mean, tm.running_mean, 1e-6)
         _check(layer.running_var, tm.running_var, 1e-6)
         assert int(layer.num_batches_tracked) == int(tm.num_batches_tracked) == step + 1
@@ -55,13 +41,7 @@ def test_batch_norm_layer_trains_like_torch(rng, momentum, shape, axis, torch_cl
     assert not layer.training
     x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
     g = rng.standard_normal(shape).astype(np.float32)
-    tx = to_t(x).requires_grad_(True)
-    ty = tm(tx)
-    _check(layer(x), from_t(ty))
-    ty.backward(to_t(g))
-    _check(layer.backward(g), from_t(tx.grad))
-    _check(layer.grad_weight, tm.weight.grad)
-    _check(layer.grad_bias, tm.bias.grad)
+    _step_side_by_side(layer, tm, x, g, to_t, from_t, sgd=False)
     assert int(layer.num_batches_tracked) == int(tm.num_batches_tracked) == 10  # eval does not count
     _check(layer.running_mean, tm.running_mean, 1e-6)
 
