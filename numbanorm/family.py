@@ -125,12 +125,26 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
         return _device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
                                        eps, channel_axis=channel_axis, out=out)
     x = as_float_array(x)
-    checked = instance_norm_args(HOST, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                                 channel_axis, out)
-    if checked is None:  # normalize with the running stats: that is BatchNorm in eval mode
+    return instance_norm_checked(HOST, x, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                                 channel_axis, out, batch_norm, lambda *checked: _instance_norm(x, *checked))
+
+
+def instance_norm_checked(side, x, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                          eps, channel_axis, out, batch_norm, run):
+    """What the host and CUDA ``instance_norm`` share: check the arguments (on ``checked_x``, x
+    itself or its device metadata) and return ``run(*checked)``; without input statistics, hand
+    ``x`` to ``batch_norm`` (the same side's), since normalizing with the running stats is
+    BatchNorm in eval mode."""
+    checked = instance_norm_args(side, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                 eps, channel_axis, out)
+    if checked is None:
         return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
                           channel_axis=channel_axis, out=out)
-    axis, update, running_mean, running_var, weight, bias, momentum, eps, out = checked
+    return run(*checked)
+
+
+def _instance_norm(x, axis, update, running_mean, running_var, weight, bias, momentum, eps, out):
+    """Host instance_norm after the checks (``instance_norm_args``' values)."""
     C = x.shape[axis]
 
     result, x4, target4, finish = _sample_io(x, axis, out)

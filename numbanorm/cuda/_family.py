@@ -12,9 +12,9 @@ from .._checks import (
     add_layer_norm_args,
     check_float_dtype,
     group_norm_args,
-    instance_norm_args,
     rms_norm_args,
 )
+from ..family import instance_norm_checked
 from . import _arrays, _kernels
 from . import _kernels_family as _kf
 from ._arrays import DEVICE_DTYPES, DevArray
@@ -107,12 +107,12 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
                   momentum=0.1, eps=1e-5, *, channel_axis=1, out=None):
     """``numbanorm.instance_norm`` on a CUDA array; running stats (CUDA arrays) update in place."""
     dx = _wrap_x(x)
-    checked = instance_norm_args(DEVICE, dx, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                                 channel_axis, out)
-    if checked is None:  # normalize with the running stats: that is BatchNorm in eval mode
-        return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
-                          channel_axis=channel_axis, out=out)
-    axis, update, rm, rv, w, b, momentum, eps, dout = checked
+    return instance_norm_checked(DEVICE, x, dx, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                 eps, channel_axis, out, batch_norm, lambda *checked: _instance_norm(dx, *checked))
+
+
+def _instance_norm(dx: DevArray, axis, update, rm, rv, w, b, momentum, eps, dout):
+    """CUDA instance_norm after the checks (``instance_norm_args``' values)."""
     C = dx.shape[axis]
     if rm is not None and rm.dtype != rv.dtype:
         raise TypeError(f"running_mean and running_var must have one dtype, got {rm.dtype} and {rv.dtype}")
