@@ -150,7 +150,7 @@ def _initial_limit() -> int:
         return _default_limit()
     try:
         return _parse_bytes(text)
-    except (ValueError, IndexError):
+    except (ValueError, OverflowError):
         raise ValueError(f"{_ENV} must be a byte count such as 0, 268435456, 512M or 2G, got {text!r}") from None
 
 
