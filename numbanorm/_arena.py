@@ -160,8 +160,8 @@ if hasattr(os, "register_at_fork"):  # a lock held by another thread at fork() s
 
 
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """``np.empty(shape, dtype)`` (C order, uninitialized), from the arena when big enough."""
-    dtype = np.dtype(dtype)
+    """``np.empty(shape, dtype)`` (C order, uninitialized), from the arena when big enough.
+    ``dtype`` must be a ``np.dtype`` instance (``x.dtype``): no conversion on the tiny-call path."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < THRESHOLD or not _ARENA.limit:
         return np.empty(shape, dtype)
