@@ -6,7 +6,8 @@ Per case, round-robin in one process: numbanorm allocating (arena on), numbanorm
 the arena bypassed (limit 0 for that one call: a fresh ``np.empty`` per call, the old behaviour),
 numbanorm ``out=``, torch, onnxruntime (LN, BN eval NCHW) and ``np.copyto``. One thread: the calling
 thread's CPU time (``time.thread_time``, which counts page faults and kernel zeroing but not time
-slices lost to other processes); more threads: wall time. Medians. Not a test.
+slices lost to other processes); more threads: wall time. Medians (``--stat min``: minima).
+Not a test.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def contenders(label, shape, axis, threads, rng):
     return fns
 
 
-def measure(fns, repeats, clock):
+def measure(fns, repeats, clock, stat):
     times = {k: [] for k in fns}
     keep = {}
     for k, f in fns.items():  # warm up; keep one result alive, as `y = op(x)` in a loop does
@@ -105,7 +106,7 @@ def measure(fns, repeats, clock):
             t0 = clock()
             keep[k] = f()
             times[k].append(clock() - t0)
-    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    return {k: float(stat(v)) * 1e3 for k, v in times.items()}
 
 
 def main() -> None:
@@ -113,13 +114,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--only", default="")
+    p.add_argument("--stat", choices=("median", "min"), default="median")
     a = p.parse_args()
     rng = np.random.default_rng(0)
     for threads in a.threads:
         numba.set_num_threads(threads)
         torch.set_num_threads(threads)
         clock = time.thread_time if threads == 1 else time.perf_counter
-        print(f"\n{threads} thread(s), {'thread CPU' if threads == 1 else 'wall'} time, median ms; "
+        print(f"\n{threads} thread(s), {'thread CPU' if threads == 1 else 'wall'} time, {a.stat} ms; "
               "ratios: peer time / numbanorm allocating (arena on)")
         print(f"{'case':34s} {'arena':>7s} {'no-arena':>8s} {'out=':>7s} {'torch':>7s} {'ort':>7s} {'copy':>6s}"
               f" {'xtorch':>6s} {'xort':>6s} {'xtorch-na':>9s} {'xort-na':>7s}")
@@ -128,7 +130,7 @@ def main() -> None:
             if a.only not in name:
                 continue
             fns = contenders(label, shape, axis, threads, rng)
-            ms = measure(fns, a.repeats, clock)
+            ms = measure(fns, a.repeats, clock, getattr(np, a.stat))
             nan = float("nan")
             t, o = ms["torch"], ms.get("onnxruntime", nan)
             print(f"{name:34s} {ms['arena']:7.2f} {ms['no arena']:8.2f} {ms['out=']:7.2f} {t:7.2f} {o:7.2f}"
