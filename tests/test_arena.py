@@ -23,8 +23,10 @@ BIG = (8, 40, 30, 30)  # 288,000 float32 = 1.15 MB: over the arena threshold, od
 
 
 @pytest.fixture
-def arena():
-    """An emptied arena with a 64 MiB limit; the previous limit is restored afterwards."""
+def arena(monkeypatch):
+    """An emptied arena with a 64 MiB limit, taking outputs from 1 MiB up (the default threshold
+    is 16 MiB: smaller test arrays run faster); the previous limit is restored afterwards."""
+    monkeypatch.setattr(_arena, "THRESHOLD", 1 << 20)
     gc.collect()
     old = nb.set_arena_limit(0)
     nb.set_arena_limit(64 << 20)
@@ -251,3 +253,14 @@ def test_threads_running_ops(rng, arena):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(work, range(4)))
+
+
+def test_default_threshold(rng):
+    """Outputs from 16 MiB come from the arena (when it is on); smaller ones from np.empty."""
+    if nb.arena_info()["limit"] == 0:
+        pytest.skip("arena disabled by NUMBANORM_ARENA_BYTES")
+    x = rng.standard_normal((4100, 1024)).astype(np.float32)  # 16.8 MB
+    big = nb.layer_norm(x, 1024)
+    assert isinstance(big.base, _arena._Lease)
+    np.testing.assert_array_equal(big, nb.layer_norm(x, 1024, out=np.empty_like(x)))
+    assert nb.layer_norm(x[:1000], 1024).base is None
