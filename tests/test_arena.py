@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import sys
 import threading
 
 import ml_dtypes
@@ -233,10 +234,15 @@ def test_threads_never_share_a_block(arena):
                 errors.append((tid, "end"))
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, inside the arena too
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert not errors
     assert arena.info()["hits"] > 0
 
