@@ -32,7 +32,8 @@ try:
 except ImportError:  # pragma: no cover
     ort = None
 
-CASES = (("LN", (32, 512, 768), None), ("LN", (4, 4096, 4096), None),
+CASES = (("LN", (32, 512, 768), None), ("LN", (4, 4096, 4096), None), ("LN", (64, 196, 384), None),
+         ("LN", (8, 128, 1024), None),
          ("BN eval NCHW", (32, 64, 56, 56), 1), ("BN eval NHWC", (32, 56, 56, 64), -1),
          ("BN eval NCHW", (64, 256, 14, 14), 1), ("BN eval NHWC", (64, 14, 14, 256), -1),
          ("BN train NCHW", (32, 64, 56, 56), 1), ("BN train NHWC", (32, 56, 56, 64), -1))
@@ -101,6 +102,7 @@ def measure(fns, repeats, clock, stat):
     keep = {}
     for k, f in fns.items():  # warm up; keep one result alive, as `y = op(x)` in a loop does
         keep[k] = f()
+        keep[k] = f()  # the arena's second block (the kept output holds the first)
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = clock()
