@@ -11,6 +11,7 @@ from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine_family
+from ._arena import empty
 from ._checks import (
     HOST,
     add_layer_norm_args,
@@ -219,8 +220,8 @@ def _grouped_norm(x4, G, weight, bias, eps, target4):
 
 def _rows_target(x: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(array to return, C-contiguous array the kernel writes: ``result`` itself when it can)."""
-    result = np.empty(x.shape, x.dtype) if out is None else out
-    target = result if result.flags.c_contiguous else np.empty(x.shape, x.dtype)
+    result = empty(x.shape, x.dtype) if out is None else out
+    target = result if result.flags.c_contiguous else empty(x.shape, x.dtype)
     return result, target
 
 
