@@ -77,6 +77,34 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
     return C
 
 
+def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bias: object, eps: object) -> int:
+    """The row width D when every ``layer_norm`` argument has its common form, else -1.
+
+    Common: ``x`` (an ndarray) C-contiguous float32/float64 with a last dim D > 0,
+    ``normalized_shape`` D or (D,) as ints, ``eps`` a float in range, and weight/bias None or
+    C-contiguous ndarrays of shape (D,) and x's dtype: what ``layer_norm_args`` accepts
+    unchanged. Anything else, every error included, goes to the full check.
+    """
+    dt = x.dtype
+    if not (dt is _F32 or dt is _F64) or not x.flags.c_contiguous:
+        return -1
+    shape = x.shape
+    tn = type(normalized_shape)
+    if tn is tuple and len(normalized_shape) == 1:
+        normalized_shape = normalized_shape[0]
+        tn = type(normalized_shape)
+    if tn is not int or not shape or shape[-1] != normalized_shape or normalized_shape <= 0:
+        return -1
+    if type(eps) is not float or not 0.0 < eps < _INF:
+        return -1
+    pshape = (normalized_shape,)
+    for p in (weight, bias):
+        if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape
+                                  and p.flags.c_contiguous):
+            return -1
+    return normalized_shape
+
+
 def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
     """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
     if dtype in supported:

@@ -12,7 +12,7 @@ from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine
-from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, layer_norm_args
+from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, layer_norm_args, ln_common_width
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
@@ -28,6 +28,10 @@ _SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
 _NO_LOCK = nullcontext()  # reusable; one per call cost ~0.2 us on tiny inputs
+#: Per x dtype (float32/float64): the engine's stand-ins for an absent parameter and for
+#: statistics not wanted, looked up once here instead of per call.
+_NONE = {dt: _engine._none_of(dt) for dt in (_F32, _F64)}
+_NO_STATS = {dt: _engine.no_stats(_F64 if dt is _F64 else _F32) for dt in (_F32, _F64)}
 
 
 def stats_dtype(dtype: np.dtype) -> np.dtype:
@@ -49,7 +53,11 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with biased variance per row.
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``x.shape[:-k]``.
     """
-    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
+    if type(x) is np.ndarray:
+        D = -1 if out is not None else ln_common_width(x, normalized_shape, weight, bias, eps)
+        if 0 < D and x.size < _SERIAL_SIZE:  # tiny and common: checked, straight to the serial kernel
+            return _layer_norm_tiny(x, D, weight, bias, eps, return_stats)
+    elif is_device_array(x):
         return backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     x = as_float_array(x)
     shape, weight, bias, eps, out = layer_norm_args(HOST, x, normalized_shape, weight, bias, eps, out)
@@ -76,6 +84,41 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
 
 
+def _layer_norm_tiny(x, D, weight, bias, eps, return_stats):
+    """layer_norm of a small input whose arguments ``ln_common_width`` accepted (rows of D)."""
+    dt = x.dtype
+    R = x.size // D
+    if x.ndim == 2:
+        x2, target = x, np.empty((R, D), dt)
+        result = target
+    else:
+        x2, target = x.reshape(R, D), np.empty((R, D), dt)
+        result = target.reshape(x.shape)
+    if return_stats:
+        sdt = _F64 if dt is _F64 else _F32
+        mean, rstd = np.empty(R, sdt), np.empty(R, sdt)
+    else:
+        # Statistics nobody reads: the kernel only writes them, so one shared scratch serves as
+        # both (and serves concurrent calls too: whatever they leave in it is never read).
+        mean = rstd = _ln_scratch(dt, R)
+    _engine.layer_norm_serial(x2, weight, bias, eps, target, mean, rstd)
+    if not return_stats:
+        return result
+    batch_shape = x.shape[:-1]
+    return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
+
+
+_LN_SCRATCH: dict = {}
+
+
+def _ln_scratch(dt: np.dtype, rows: int) -> np.ndarray:
+    """A write-only stats buffer of at least ``rows`` entries for x dtype ``dt`` (grown as needed)."""
+    s = _LN_SCRATCH.get(dt)
+    if s is None or s.shape[0] < rows:
+        s = _LN_SCRATCH[dt] = np.empty(max(rows, 64), _F64 if dt is _F64 else _F32)
+    return s
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False, stats=None):
     """Batch normalization per channel, as ``F.batch_norm`` (``channel_axis=-1``: channels-last).
@@ -95,6 +138,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)
     C = -1 if out is not None or stats is not None else bn_common_channels(
         x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis)
+    if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: no view mapper, thread count or lock
+        return _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps,
+                                channel_axis, return_stats)
     if C < 0:
         x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
             x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
@@ -120,6 +166,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     rm, rv = running_mean, running_var
     if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
         x3, target, rm, rv = kernel_array(x3), kernel_array(target), kernel_array(rm), kernel_array(rv)
+    sdt = stats_dtype(x.dtype)
+    stats_out = np.empty((2, x.shape[axis]), sdt) if return_stats else _engine.no_stats(sdt)
     # One jitted dispatch per call (statistics, scale/offset, normalize and the running-stats
     # update fused); small inputs run serially without the thread count or the launch lock.
     serial = x.size < _SERIAL_SIZE
@@ -127,24 +175,56 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     lock = kernel_guard if NEEDS_CALL_LOCK and not serial else _NO_LOCK
     with lock:
         if stats is not None:  # external statistics normalize like running ones do in eval
-            mean, invstd = _engine.batch_norm_eval_forward(x3, stats.mean, stats.var(), weight, bias,
-                                                           eps, target, nthreads)
+            _engine.batch_norm_eval_forward(x3, stats.mean, stats.var(), weight, bias, eps, target, nthreads,
+                                            stats_out)
         elif not training:
-            mean, invstd = _engine.batch_norm_eval_forward(x3, rm, rv, weight, bias, eps, target, nthreads)
+            _engine.batch_norm_eval_forward(x3, rm, rv, weight, bias, eps, target, nthreads, stats_out)
         elif x.size:
-            mean, invstd = _engine.batch_norm_train_forward(x3, weight, bias, rm, rv, momentum, eps, target,
-                                                            nthreads)
-        else:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
+            _engine.batch_norm_train_forward(x3, weight, bias, rm, rv, momentum, eps, target, nthreads, stats_out)
+        elif return_stats:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
             mean = np.full(x.shape[axis], np.nan)
-            invstd = _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
+            stats_out[0], stats_out[1] = mean, _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
     if stats is not None and training and running_mean is not None:
         _update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
     if needs_copy:
         copy_back(result, target, axis, channels_moved)
     if not return_stats:
         return result
-    sdt = stats_dtype(x.dtype)
-    return result, mean.astype(sdt), invstd.astype(sdt)
+    return result, stats_out[0], stats_out[1]
+
+
+def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                     return_stats):
+    """batch_norm of a small input whose arguments ``bn_common_channels`` accepted (C channels):
+    the serial jitted entry called directly (per-call Python is most of a tiny call's time)."""
+    shape = x.shape
+    dt = x.dtype
+    if channel_axis == -1 or channel_axis == len(shape) - 1:
+        shape3 = (x.size // C, C, 1)
+    elif channel_axis == 1:
+        shape3 = (shape[0], C, x.size // (shape[0] * C))
+    else:
+        axis = channel_axis % len(shape)
+        shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+    x3 = x.reshape(shape3)
+    target = np.empty(shape3, dt)
+    if return_stats:
+        stats_out = np.empty((2, C), _F64 if dt is _F64 else _F32)
+    else:
+        stats_out = _NO_STATS[dt]
+    none = _NONE[dt]
+    if training:
+        if running_mean is None:
+            running_mean = running_var = none
+        _engine.batch_norm_train_serial(x3, none if weight is None else weight, none if bias is None else bias,
+                                        running_mean, running_var, momentum, eps, target, stats_out)
+    else:
+        _engine.batch_norm_eval_serial(x3, running_mean, running_var, none if weight is None else weight,
+                                       none if bias is None else bias, eps, target, stats_out)
+    result = target.reshape(shape)
+    if return_stats:
+        return result, stats_out[0], stats_out[1]
+    return result
 
 
 def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
