@@ -9,6 +9,7 @@ recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 from numba import get_num_threads
@@ -23,7 +24,7 @@ from ._checks import (
     group_norm_backward_args,
     rows_backward_args,
 )
-from ._config import kernel_guard
+from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import is_half
 from ._layout import canonical_view, copy_back, input_view, output_view, rows_view
@@ -31,6 +32,10 @@ from ._layout import canonical_view, copy_back, input_view, output_view, rows_vi
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
 Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+#: Below this many elements the kernels plan one task whatever the thread count (as functional).
+_SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
+_NO_LOCK = nullcontext()
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -74,8 +79,11 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
     x2, g2 = rows_view(x, k), rows_view(grad_out, k)
     result = np.empty(x.shape, x.dtype) if out is None else out
     target = result.reshape(x2.shape) if result.flags.c_contiguous else np.empty(x2.shape, x.dtype)
-    with kernel_guard:
-        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
+    if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock
+        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, 1)
+    else:
+        with kernel_guard:
+            gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
     if not result.flags.c_contiguous:
         np.copyto(result, target.reshape(x.shape))
     if weight is None:
@@ -106,19 +114,29 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     result, target, needs_copy = output_view(out, x, view, axis)
     count = float(x.size // C) if C else 0.0
-    scale = invstd if weight is None else weight.astype(np.float64) * invstd
-    zeros = np.zeros(C)
-    nthreads = get_num_threads()
-    with kernel_guard:
+    scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
+    # Tiny inputs (one task): neither the thread count (~1 us) nor the launch lock.
+    serial = x.size < _SERIAL_SIZE
+    nthreads = 1 if serial else get_num_threads()
+    with _NO_LOCK if serial and not NEEDS_CALL_LOCK else kernel_guard:
         if training:
             s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, None, nthreads)
-            with np.errstate(divide="ignore", invalid="ignore"):  # count = 0: empty batch, no elements
-                q = scale * invstd * invstd * s_dyx / count
-                r = -scale * s_dy / count
+            if count:  # in place, the order of the expression below (same bits), no temporaries
+                q = scale * invstd
+                q *= invstd
+                q *= s_dyx
+                q /= count
+                r = scale * s_dy
+                r /= -count
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):  # count = 0: empty batch, no elements
+                    q = scale * invstd * invstd * s_dyx / count
+                    r = -scale * s_dy / count
             _kernels.channel_grad_input(g3, view.x3, mean, scale, q, r, target, nthreads)
         elif weight is not None:  # statistics are constants: grad_x written during the sums' pass
             s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, target, nthreads)
         else:  # nothing to reduce: grad_x = dy * invstd, x is not even read
+            zeros = np.zeros(C)
             _kernels.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
     if needs_copy:
         copy_back(result, target, axis, view.channels_moved)

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Literal, overload
 
+import numba
 import numpy as np
-from numba import get_num_threads
+from numba import get_num_threads, types
 from numpy.typing import ArrayLike
 
 from . import _engine
@@ -28,10 +29,6 @@ _SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
 _NO_LOCK = nullcontext()  # reusable; one per call cost ~0.2 us on tiny inputs
-#: Per x dtype (float32/float64): the engine's stand-ins for an absent parameter and for
-#: statistics not wanted, looked up once here instead of per call.
-_NONE = {dt: _engine._none_of(dt) for dt in (_F32, _F64)}
-_NO_STATS = {dt: _engine.no_stats(_F64 if dt is _F64 else _F32) for dt in (_F32, _F64)}
 
 
 def stats_dtype(dtype: np.dtype) -> np.dtype:
@@ -87,36 +84,26 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 def _layer_norm_tiny(x, D, weight, bias, eps, return_stats):
     """layer_norm of a small input whose arguments ``ln_common_width`` accepted (rows of D)."""
     dt = x.dtype
+    tiny = _TINY[dt]
     R = x.size // D
+    target = np.empty((R, D), dt)
     if x.ndim == 2:
-        x2, target = x, np.empty((R, D), dt)
-        result = target
+        x2, result = x, target
     else:
-        x2, target = x.reshape(R, D), np.empty((R, D), dt)
-        result = target.reshape(x.shape)
+        x2, result = x.reshape(R, D), target.reshape(x.shape)
     if return_stats:
-        sdt = _F64 if dt is _F64 else _F32
-        mean, rstd = np.empty(R, sdt), np.empty(R, sdt)
+        mean, rstd = np.empty(R, tiny.sdt), np.empty(R, tiny.sdt)
     else:
         # Statistics nobody reads: the kernel only writes them, so one shared scratch serves as
         # both (and serves concurrent calls too: whatever they leave in it is never read).
-        mean = rstd = _ln_scratch(dt, R)
-    _engine.layer_norm_serial(x2, weight, bias, eps, target, mean, rstd)
+        mean = rstd = tiny.scratch
+    k = _LN + (weight is None) * 2 + (bias is None)
+    entry = tiny.entries[k] or tiny.entry(k)
+    entry(x2, weight, bias, eps, target, mean, rstd)
     if not return_stats:
         return result
     batch_shape = x.shape[:-1]
     return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
-
-
-_LN_SCRATCH: dict = {}
-
-
-def _ln_scratch(dt: np.dtype, rows: int) -> np.ndarray:
-    """A write-only stats buffer of at least ``rows`` entries for x dtype ``dt`` (grown as needed)."""
-    s = _LN_SCRATCH.get(dt)
-    if s is None or s.shape[0] < rows:
-        s = _LN_SCRATCH[dt] = np.empty(max(rows, 64), _F64 if dt is _F64 else _F32)
-    return s
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
@@ -199,32 +186,84 @@ def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mo
     the serial jitted entry called directly (per-call Python is most of a tiny call's time)."""
     shape = x.shape
     dt = x.dtype
-    if channel_axis == -1 or channel_axis == len(shape) - 1:
-        shape3 = (x.size // C, C, 1)
-    elif channel_axis == 1:
+    tiny = _TINY[dt]
+    if channel_axis == 1:
         shape3 = (shape[0], C, x.size // (shape[0] * C))
+    elif channel_axis == -1 or channel_axis == len(shape) - 1:
+        shape3 = (x.size // C, C, 1)
     else:
         axis = channel_axis % len(shape)
         shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
     x3 = x.reshape(shape3)
     target = np.empty(shape3, dt)
-    if return_stats:
-        stats_out = np.empty((2, C), _F64 if dt is _F64 else _F32)
-    else:
-        stats_out = _NO_STATS[dt]
-    none = _NONE[dt]
+    stats_out = np.empty((2, C), tiny.sdt) if return_stats else tiny.no_stats
+    none = tiny.none
+    w = none if weight is None else weight
+    b = none if bias is None else bias
     if training:
         if running_mean is None:
             running_mean = running_var = none
-        _engine.batch_norm_train_serial(x3, none if weight is None else weight, none if bias is None else bias,
-                                        running_mean, running_var, momentum, eps, target, stats_out)
+        entry = tiny.entries[_TRAIN] or tiny.entry(_TRAIN)
+        entry(x3, w, b, running_mean, running_var, momentum, eps, target, stats_out)
     else:
-        _engine.batch_norm_eval_serial(x3, running_mean, running_var, none if weight is None else weight,
-                                       none if bias is None else bias, eps, target, stats_out)
+        entry = tiny.entries[_EVAL] or tiny.entry(_EVAL)
+        entry(x3, running_mean, running_var, w, b, eps, target, stats_out)
     result = target.reshape(shape)
     if return_stats:
         return result, stats_out[0], stats_out[1]
     return result
+
+
+_TRAIN, _EVAL, _LN = 0, 1, 2  # indices of _TinyPath.entries (LN: + 2 * (weight is None) + (bias is None))
+
+
+class _TinyPath:
+    """What the tiny paths need per x dtype (float32/float64), found with one lookup per call.
+
+    They call the serial entries' compiled specializations directly (``compiled_entry``): their
+    fast-path checks have fixed every argument's numba type. Until a specialization exists (the
+    first call compiles it or loads it from the on-disk cache) the dispatcher is called.
+    """
+
+    __slots__ = ("dtype", "sdt", "none", "no_stats", "scratch", "entries")
+
+    def __init__(self, dt: np.dtype) -> None:
+        self.dtype = dt
+        self.sdt = stats_dtype(dt)
+        self.none = _engine._none_of(dt)
+        self.no_stats = _engine.no_stats(self.sdt)
+        # LN statistics nobody reads; a tiny input has fewer rows than this (pages untouched
+        # until written, so the unused part costs no memory).
+        self.scratch = np.empty(_SERIAL_SIZE, self.sdt)
+        self.entries: list = [None] * 6
+
+    def entry(self, k: int):
+        """Entry ``k`` (see ``_TRAIN``...): the compiled one once it exists, else the dispatcher."""
+        dispatcher = (_engine.batch_norm_train_serial, _engine.batch_norm_eval_serial)[k] if k < _LN \
+            else _engine.layer_norm_serial
+        entry = _engine.compiled_entry(dispatcher, self._argtypes(k))
+        if entry is None:  # not compiled yet (or only for other types, e.g. a read-only x)
+            return dispatcher
+        self.entries[k] = entry
+        return entry
+
+    def _argtypes(self, k: int) -> tuple:
+        """The numba types of the tiny path's arguments to entry ``k``."""
+        a = types.Array(numba.from_dtype(self.dtype), 1, "C")
+        s = numba.from_dtype(self.sdt)
+        if k < _LN:
+            x3 = types.Array(a.dtype, 3, "C")
+            stats = types.Array(s, 2, "C")
+            if k == _TRAIN:
+                return (x3, a, a, a, a, types.float64, types.float64, x3, stats)
+            return (x3, a, a, a, a, types.float64, x3, stats)
+        x2 = types.Array(a.dtype, 2, "C")
+        s1 = types.Array(s, 1, "C")
+        variant = k - _LN
+        return (x2, types.none if variant & 2 else a, types.none if variant & 1 else a, types.float64, x2, s1, s1)
+
+
+_TINY = {dt: _TinyPath(dt) for dt in (_F32, _F64)}
 
 
 def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
