@@ -112,6 +112,36 @@ def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bia
     return normalized_shape
 
 
+def bn_backward_common_channels(grad_out: object, x: object, mean: object, invstd: object, weight: object,
+                                channel_axis: object) -> int:
+    """The channel count when every ``batch_norm_backward`` argument has its common form, else -1.
+
+    Common: ``x`` a non-empty C-contiguous float32/float64 ndarray, ``channel_axis`` an in-range
+    int, ``grad_out`` an ndarray of x's shape and dtype, C-contiguous, and ``mean``/``invstd``
+    (as the forward returns them) and ``weight`` (or None) C-contiguous ndarrays of shape (C,) and
+    x's dtype: what ``batch_norm_backward_args`` accepts (with ``out=None``) without converting.
+    Anything else, every error included, goes to the full check.
+    """
+    if type(x) is not np.ndarray or type(grad_out) is not np.ndarray or type(channel_axis) is not int:
+        return -1
+    dt = x.dtype
+    if not (dt is _F32 or dt is _F64) or grad_out.dtype is not dt:
+        return -1
+    shape = x.shape
+    ndim = len(shape)
+    if ndim < 2 or not -ndim <= channel_axis < ndim or grad_out.shape != shape or x.size == 0:
+        return -1
+    if not x.flags.c_contiguous or not grad_out.flags.c_contiguous:
+        return -1
+    C = shape[channel_axis]
+    pshape = (C,)
+    for p in (mean, invstd, weight):
+        if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape
+                                  and p.flags.c_contiguous):
+            return -1
+    return C if mean is not None and invstd is not None else -1
+
+
 def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
     """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
     if dtype in supported:

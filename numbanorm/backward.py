@@ -8,6 +8,7 @@ recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -15,12 +16,14 @@ import numpy as np
 from numba import get_num_threads
 from numpy.typing import ArrayLike
 
+from . import _engine
 from . import _engine_backward as _kernels
 from . import _engine_family as _family_kernels
 from ._checks import (
     HOST,
     as_float_array,
     batch_norm_backward_args,
+    bn_backward_common_channels,
     group_norm_backward_args,
     rows_backward_args,
 )
@@ -102,7 +105,12 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``(C,)``) are None when ``weight``
     is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
     """
-    if is_device_array(x):
+    if type(x) is np.ndarray:
+        C = -1 if out is not None or not training else bn_backward_common_channels(grad_out, x, mean, invstd,
+                                                                                  weight, channel_axis)
+        if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: checked, one serial dispatch
+            return _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C)
+    elif is_device_array(x):
         return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
@@ -143,6 +151,30 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     if weight is None:
         return result, None, None
     return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
+
+
+def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C) -> Grads:
+    """Training batch_norm_backward of a small input whose arguments
+    ``bn_backward_common_channels`` accepted: one serial jitted entry does both passes."""
+    shape = x.shape
+    dt = x.dtype
+    if channel_axis == 1:
+        shape3 = (shape[0], C, x.size // (shape[0] * C))
+    elif channel_axis == -1 or channel_axis == len(shape) - 1:
+        shape3 = (x.size // C, C, 1)
+    else:
+        axis = channel_axis % len(shape)
+        shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+    target = np.empty(shape3, dt)
+    if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
+        weight, grads = _engine._none_of(dt), _engine.no_stats(dt)
+    else:
+        grads = np.empty((2, C), dt)
+    _kernels.batch_norm_backward_serial(grad_out.reshape(shape3), x.reshape(shape3), mean, invstd, weight,
+                                        target, grads)
+    if not grads.size:
+        return target.reshape(shape), None, None
+    return target.reshape(shape), grads[0], grads[1]
 
 
 def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean: ArrayLike, rstd: ArrayLike,

@@ -129,3 +129,30 @@ def test_tiny_calls_from_threads(rng):
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", [((2, 5, 3, 7), 1), ((2, 3, 7, 5), -1), ((2, 3, 7, 20), -1), ((2, 3, 5, 7), 2),
+                                    ((6, 5), 1)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_backward_tiny_matches_general_path(rng, dtype, layout, affine):
+    """The one-dispatch training backward of tiny inputs gives what the general path (taken with
+    ``out=``; checked against references in test_backward.py) gives, grads of weight included."""
+    shape, axis = layout
+    x = _data(rng, shape, dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    _, mean, invstd = nb.batch_norm(x, None, None, w, None, True, channel_axis=axis, return_stats=True)
+    gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis)
+    out = np.full(shape, np.nan, dtype)
+    ref = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=out)
+    assert gx.shape == shape and gx.dtype == np.dtype(dtype)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(gx, ref[0], rtol=rtol, atol=rtol * np.abs(ref[0]).max())
+    if affine:
+        assert gw.dtype == np.dtype(dtype) and gb.dtype == np.dtype(dtype) and gw.shape == (C,)
+        np.testing.assert_allclose(gw, ref[1], rtol=rtol, atol=rtol * np.abs(ref[1]).max())
+        np.testing.assert_allclose(gb, ref[2], rtol=rtol, atol=rtol * np.abs(ref[2]).max())
+    else:
+        assert gw is None and gb is None and ref[1] is None
