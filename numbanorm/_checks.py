@@ -142,6 +142,39 @@ def bn_backward_common_channels(grad_out: object, x: object, mean: object, invst
     return C if mean is not None and invstd is not None else -1
 
 
+def rows_backward_common_width(grad_out: object, x: object, normalized_shape: object, mean: object, rstd: object,
+                               weight: object, centered: bool) -> int:
+    """The row width D when every ``layer_norm_backward`` (``centered``) / ``rms_norm_backward``
+    argument has its common form, else -1 (then the full check, which alone raises, runs).
+
+    Common: ``x`` a C-contiguous float32/float64 ndarray with a last dim D > 0,
+    ``normalized_shape`` D or (D,) as ints, ``grad_out`` an ndarray of x's shape and dtype,
+    C-contiguous, ``mean`` (when ``centered``) and ``rstd`` float32/float64 ndarrays of shape
+    ``x.shape[:-1]``, ``weight`` None or a C-contiguous ndarray of shape (D,) and x's dtype (and
+    no ``out``: the caller asks only then).
+    """
+    if type(x) is not np.ndarray or type(grad_out) is not np.ndarray:
+        return -1
+    dt = x.dtype
+    if not (dt is _F32 or dt is _F64) or grad_out.dtype is not dt:
+        return -1
+    shape = x.shape
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1:
+        normalized_shape = normalized_shape[0]
+    if type(normalized_shape) is not int or not shape or shape[-1] != normalized_shape or normalized_shape <= 0:
+        return -1
+    if grad_out.shape != shape or not x.flags.c_contiguous or not grad_out.flags.c_contiguous:
+        return -1
+    batch = shape[:-1]
+    for s in (mean, rstd) if centered else (rstd,):
+        if type(s) is not np.ndarray or not (s.dtype is _F32 or s.dtype is _F64) or s.shape != batch:
+            return -1
+    if weight is not None and not (type(weight) is np.ndarray and weight.dtype is dt
+                                   and weight.shape == (normalized_shape,) and weight.flags.c_contiguous):
+        return -1
+    return normalized_shape
+
+
 def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
     """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
     if dtype in supported:

@@ -26,6 +26,7 @@ from ._checks import (
     bn_backward_common_channels,
     group_norm_backward_args,
     rows_backward_args,
+    rows_backward_common_width,
 )
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
@@ -39,6 +40,7 @@ Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 #: Below this many elements the kernels plan one task whatever the thread count (as functional).
 _SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
 _NO_LOCK = nullcontext()
+_F64 = np.dtype(np.float64)
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -74,12 +76,20 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
 
 def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
     """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
-    x = _float_input(x)
-    shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean, rstd,
-                                                                  weight, out, centered)
-
-    k = len(shape)
-    x2, g2 = rows_view(x, k), rows_view(grad_out, k)
+    D = -1 if out is not None else rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight,
+                                                              centered)
+    if D > 0:  # the common case, checked in a few tests: no conversions, no general view mapping
+        shape = (D,)
+        R = x.size // D
+        x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
+        mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
+        rstd = rstd.astype(_F64).reshape(R)
+    else:
+        x = _float_input(x)
+        shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean,
+                                                                      rstd, weight, out, centered)
+        k = len(shape)
+        x2, g2 = rows_view(x, k), rows_view(grad_out, k)
     result = np.empty(x.shape, x.dtype) if out is None else out
     target = result.reshape(x2.shape) if result.flags.c_contiguous else np.empty(x2.shape, x.dtype)
     if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock

@@ -156,3 +156,31 @@ def test_batch_norm_backward_tiny_matches_general_path(rng, dtype, layout, affin
         np.testing.assert_allclose(gb, ref[2], rtol=rtol, atol=rtol * np.abs(ref[2]).max())
     else:
         assert gw is None and gb is None and ref[1] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 16, 77), (5, 33)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_rows_backward_common_path_matches_general_path(rng, dtype, shape, affine, op):
+    """layer_norm_backward / rms_norm_backward with the common arguments (checked in a few tests,
+    no conversions) give what the general path (taken with ``out=``) gives, bit for bit."""
+    x = _data(rng, shape, dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    D = shape[-1]
+    w = rng.standard_normal(D).astype(dtype) if affine else None
+    out = np.full(shape, np.nan, dtype)
+    if op == "layer_norm":
+        _, mean, rstd = nb.layer_norm(x, D, w, return_stats=True)
+        fast = nb.layer_norm_backward(g, x, (D,), mean, rstd, w)
+        ref = nb.layer_norm_backward(g, x, (D,), mean, rstd, w, out=out)
+    else:
+        _, rstd = nb.rms_norm(x, D, w, return_stats=True)
+        fast = nb.rms_norm_backward(g, x, D, rstd, w)
+        ref = nb.rms_norm_backward(g, x, D, rstd, w, out=out)
+    for a, b in zip(fast, ref, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
