@@ -225,7 +225,7 @@ class _TinyPath:
     first call compiles it or loads it from the on-disk cache) the dispatcher is called.
     """
 
-    __slots__ = ("dtype", "sdt", "none", "no_stats", "scratch", "entries")
+    __slots__ = ("dtype", "sdt", "none", "no_stats", "scratch", "entries", "argtypes")
 
     def __init__(self, dt: np.dtype) -> None:
         self.dtype = dt
@@ -236,12 +236,16 @@ class _TinyPath:
         # until written, so the unused part costs no memory).
         self.scratch = np.empty(_SERIAL_SIZE, self.sdt)
         self.entries: list = [None] * 6
+        self.argtypes: list = [None] * 6
 
     def entry(self, k: int):
         """Entry ``k`` (see ``_TRAIN``...): the compiled one once it exists, else the dispatcher."""
         dispatcher = (_engine.batch_norm_train_serial, _engine.batch_norm_eval_serial)[k] if k < _LN \
             else _engine.layer_norm_serial
-        entry = _engine.compiled_entry(dispatcher, self._argtypes(k))
+        argtypes = self.argtypes[k]
+        if argtypes is None:
+            argtypes = self.argtypes[k] = self._argtypes(k)
+        entry = _engine.compiled_entry(dispatcher, argtypes)
         if entry is None:  # not compiled yet (or only for other types, e.g. a read-only x)
             return dispatcher
         self.entries[k] = entry
