@@ -267,3 +267,36 @@ def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
             r0, r1 = block_bounds(R, nblocks, t)
             layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
     return sum_partials(part_dw), sum_partials(part_db)
+
+
+@_serial
+def batch_norm_backward_serial(g3, x3, mean, invstd, weight, out3, grads):
+    """BatchNorm training backward of a small input in one dispatch, on one thread: grad_x into
+    ``out3`` and, unless ``grads`` (2, C) is empty, (grad_weight, grad_bias) into it. ``weight``
+    zero-length: none; ``mean``/``invstd`` as the forward returned them (x's dtype). The same
+    sums and coefficients as ``backward.batch_norm_backward`` computes with NumPy between
+    ``channel_grad_sums`` and ``channel_grad_input``: on a tiny input those ~10 small array
+    operations and three dispatches cost more than both passes."""
+    outer, C, inner = x3.shape
+    m = np.empty(C)
+    inv = np.empty(C)
+    scale = np.empty(C)
+    has_weight = weight.size > 0
+    for c in range(C):
+        m[c] = mean[c]
+        inv[c] = invstd[c]
+        scale[c] = np.float64(weight[c]) * inv[c] if has_weight else inv[c]
+    s_dy = np.empty(C)
+    s_dyx = np.empty(C)
+    block_grad_sums(g3, x3, 0, outer, 0, inner, m, scale, None, s_dy, s_dyx)
+    count = np.float64(outer * inner)
+    q = np.empty(C)
+    r = np.empty(C)
+    for c in range(C):
+        q[c] = scale[c] * inv[c] * inv[c] * s_dyx[c] / count
+        r[c] = -scale[c] * s_dy[c] / count
+    block_grad_input(g3, x3, 0, outer, 0, inner, m, scale, q, r, out3)
+    if grads.size:
+        for c in range(C):
+            grads[0, c] = s_dyx[c] * inv[c]
+            grads[1, c] = s_dy[c]

@@ -8,12 +8,15 @@ recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 from numba import get_num_threads
 from numpy.typing import ArrayLike
 
+from . import _engine
 from . import _engine_backward as _kernels
 from . import _engine_family as _family_kernels
 from ._arena import empty
@@ -21,10 +24,12 @@ from ._checks import (
     HOST,
     as_float_array,
     batch_norm_backward_args,
+    bn_backward_common_channels,
     group_norm_backward_args,
     rows_backward_args,
+    rows_backward_common_width,
 )
-from ._config import kernel_guard
+from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import is_half
 from ._layout import canonical_view, copy_back, input_view, output_view, rows_view
@@ -32,6 +37,11 @@ from ._layout import canonical_view, copy_back, input_view, output_view, rows_vi
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
 Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+#: Below this many elements the kernels plan one task whatever the thread count (as functional).
+_SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
+_NO_LOCK = nullcontext()
+_F64 = np.dtype(np.float64)
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -67,16 +77,27 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
 
 def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
     """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
-    x = _float_input(x)
-    shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean, rstd,
-                                                                  weight, out, centered)
-
-    k = len(shape)
-    x2, g2 = rows_view(x, k), rows_view(grad_out, k)
+    D = -1 if out is not None else rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight,
+                                                              centered)
+    if D > 0:  # the common case, checked in a few tests: no conversions, no general view mapping
+        shape = (D,)
+        R = x.size // D
+        x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
+        mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
+        rstd = rstd.astype(_F64).reshape(R)
+    else:
+        x = _float_input(x)
+        shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean,
+                                                                      rstd, weight, out, centered)
+        k = len(shape)
+        x2, g2 = rows_view(x, k), rows_view(grad_out, k)
     result = empty(x.shape, x.dtype) if out is None else out
     target = result.reshape(x2.shape) if result.flags.c_contiguous else empty(x2.shape, x.dtype)
-    with kernel_guard:
-        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
+    if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock
+        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, 1)
+    else:
+        with kernel_guard:
+            gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
     if not result.flags.c_contiguous:
         np.copyto(result, target.reshape(x.shape))
     if weight is None:
@@ -95,7 +116,12 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``(C,)``) are None when ``weight``
     is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
     """
-    if is_device_array(x):
+    if type(x) is np.ndarray:
+        C = -1 if out is not None or not training else bn_backward_common_channels(grad_out, x, mean, invstd,
+                                                                                  weight, channel_axis)
+        if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: checked, one serial dispatch
+            return _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C)
+    elif is_device_array(x):
         return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
@@ -107,25 +133,59 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     result, target, needs_copy = output_view(out, x, view, axis)
     count = float(x.size // C) if C else 0.0
-    scale = invstd if weight is None else weight.astype(np.float64) * invstd
-    zeros = np.zeros(C)
-    nthreads = get_num_threads()
-    with kernel_guard:
+    scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
+    # Tiny inputs (one task): neither the thread count (~1 us) nor the launch lock.
+    serial = x.size < _SERIAL_SIZE
+    nthreads = 1 if serial else get_num_threads()
+    with _NO_LOCK if serial and not NEEDS_CALL_LOCK else kernel_guard:
         if training:
             s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, None, nthreads)
-            with np.errstate(divide="ignore", invalid="ignore"):  # count = 0: empty batch, no elements
-                q = scale * invstd * invstd * s_dyx / count
-                r = -scale * s_dy / count
+            if count:  # in place, the order of the expression below (same bits), no temporaries
+                q = scale * invstd
+                q *= invstd
+                q *= s_dyx
+                q /= count
+                r = scale * s_dy
+                r /= -count
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):  # count = 0: empty batch, no elements
+                    q = scale * invstd * invstd * s_dyx / count
+                    r = -scale * s_dy / count
             _kernels.channel_grad_input(g3, view.x3, mean, scale, q, r, target, nthreads)
         elif weight is not None:  # statistics are constants: grad_x written during the sums' pass
             s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, target, nthreads)
         else:  # nothing to reduce: grad_x = dy * invstd, x is not even read
+            zeros = np.zeros(C)
             _kernels.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
     if needs_copy:
         copy_back(result, target, axis, view.channels_moved)
     if weight is None:
         return result, None, None
     return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
+
+
+def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C) -> Grads:
+    """Training batch_norm_backward of a small input whose arguments
+    ``bn_backward_common_channels`` accepted: one serial jitted entry does both passes."""
+    shape = x.shape
+    dt = x.dtype
+    if channel_axis == 1:
+        shape3 = (shape[0], C, x.size // (shape[0] * C))
+    elif channel_axis == -1 or channel_axis == len(shape) - 1:
+        shape3 = (x.size // C, C, 1)
+    else:
+        axis = channel_axis % len(shape)
+        shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+    target = np.empty(shape3, dt)
+    if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
+        weight, grads = _engine._none_of(dt), _engine.no_stats(dt)
+    else:
+        grads = np.empty((2, C), dt)
+    _kernels.batch_norm_backward_serial(grad_out.reshape(shape3), x.reshape(shape3), mean, invstd, weight,
+                                        target, grads)
+    if not grads.size:
+        return target.reshape(shape), None, None
+    return target.reshape(shape), grads[0], grads[1]
 
 
 def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean: ArrayLike, rstd: ArrayLike,

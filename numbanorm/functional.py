@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Literal, overload
 
+import numba
 import numpy as np
-from numba import get_num_threads
+from numba import get_num_threads, types
 from numpy.typing import ArrayLike
 
 from . import _engine
 from ._arena import empty
-from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, layer_norm_args
+from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, layer_norm_args, ln_common_width
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
@@ -50,7 +51,11 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with biased variance per row.
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``x.shape[:-k]``.
     """
-    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
+    if type(x) is np.ndarray:
+        D = -1 if out is not None else ln_common_width(x, normalized_shape, weight, bias, eps)
+        if 0 < D and x.size < _SERIAL_SIZE:  # tiny and common: checked, straight to the serial kernel
+            return _layer_norm_tiny(x, D, weight, bias, eps, return_stats)
+    elif is_device_array(x):
         return backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     x = as_float_array(x)
     shape, weight, bias, eps, out = layer_norm_args(HOST, x, normalized_shape, weight, bias, eps, out)
@@ -77,6 +82,31 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
 
 
+def _layer_norm_tiny(x, D, weight, bias, eps, return_stats):
+    """layer_norm of a small input whose arguments ``ln_common_width`` accepted (rows of D)."""
+    dt = x.dtype
+    tiny = _TINY[dt]
+    R = x.size // D
+    target = np.empty((R, D), dt)
+    if x.ndim == 2:
+        x2, result = x, target
+    else:
+        x2, result = x.reshape(R, D), target.reshape(x.shape)
+    if return_stats:
+        mean, rstd = np.empty(R, tiny.sdt), np.empty(R, tiny.sdt)
+    else:
+        # Statistics nobody reads: the kernel only writes them, so one shared scratch serves as
+        # both (and serves concurrent calls too: whatever they leave in it is never read).
+        mean = rstd = tiny.scratch
+    k = _LN + (weight is None) * 2 + (bias is None)
+    entry = tiny.entries[k] or tiny.entry(k)
+    entry(x2, weight, bias, eps, target, mean, rstd)
+    if not return_stats:
+        return result
+    batch_shape = x.shape[:-1]
+    return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False, stats=None):
     """Batch normalization per channel, as ``F.batch_norm`` (``channel_axis=-1``: channels-last).
@@ -96,6 +126,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
                                     channel_axis=channel_axis, out=out, return_stats=return_stats)
     C = -1 if out is not None or stats is not None else bn_common_channels(
         x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis)
+    if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: no view mapper, thread count or lock
+        return _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps,
+                                channel_axis, return_stats)
     if C < 0:
         x, axis, running_mean, running_var, weight, bias, momentum, eps, out = _check_batch_norm(
             x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
@@ -121,6 +154,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     rm, rv = running_mean, running_var
     if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
         x3, target, rm, rv = kernel_array(x3), kernel_array(target), kernel_array(rm), kernel_array(rv)
+    sdt = stats_dtype(x.dtype)
+    stats_out = np.empty((2, x.shape[axis]), sdt) if return_stats else _engine.no_stats(sdt)
     # One jitted dispatch per call (statistics, scale/offset, normalize and the running-stats
     # update fused); small inputs run serially without the thread count or the launch lock.
     serial = x.size < _SERIAL_SIZE
@@ -128,24 +163,112 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     lock = kernel_guard if NEEDS_CALL_LOCK and not serial else _NO_LOCK
     with lock:
         if stats is not None:  # external statistics normalize like running ones do in eval
-            mean, invstd = _engine.batch_norm_eval_forward(x3, stats.mean, stats.var(), weight, bias,
-                                                           eps, target, nthreads)
+            _engine.batch_norm_eval_forward(x3, stats.mean, stats.var(), weight, bias, eps, target, nthreads,
+                                            stats_out)
         elif not training:
-            mean, invstd = _engine.batch_norm_eval_forward(x3, rm, rv, weight, bias, eps, target, nthreads)
+            _engine.batch_norm_eval_forward(x3, rm, rv, weight, bias, eps, target, nthreads, stats_out)
         elif x.size:
-            mean, invstd = _engine.batch_norm_train_forward(x3, weight, bias, rm, rv, momentum, eps, target,
-                                                            nthreads)
-        else:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
+            _engine.batch_norm_train_forward(x3, weight, bias, rm, rv, momentum, eps, target, nthreads, stats_out)
+        elif return_stats:  # empty batch: nothing to normalize, no statistics (torch leaves running stats alone)
             mean = np.full(x.shape[axis], np.nan)
-            invstd = _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
+            stats_out[0], stats_out[1] = mean, _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
     if stats is not None and training and running_mean is not None:
         _update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
     if needs_copy:
         copy_back(result, target, axis, channels_moved)
     if not return_stats:
         return result
-    sdt = stats_dtype(x.dtype)
-    return result, mean.astype(sdt), invstd.astype(sdt)
+    return result, stats_out[0], stats_out[1]
+
+
+def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                     return_stats):
+    """batch_norm of a small input whose arguments ``bn_common_channels`` accepted (C channels):
+    the serial jitted entry called directly (per-call Python is most of a tiny call's time)."""
+    shape = x.shape
+    dt = x.dtype
+    tiny = _TINY[dt]
+    if channel_axis == 1:
+        shape3 = (shape[0], C, x.size // (shape[0] * C))
+    elif channel_axis == -1 or channel_axis == len(shape) - 1:
+        shape3 = (x.size // C, C, 1)
+    else:
+        axis = channel_axis % len(shape)
+        shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+    x3 = x.reshape(shape3)
+    target = np.empty(shape3, dt)
+    stats_out = np.empty((2, C), tiny.sdt) if return_stats else tiny.no_stats
+    none = tiny.none
+    w = none if weight is None else weight
+    b = none if bias is None else bias
+    if training:
+        if running_mean is None:
+            running_mean = running_var = none
+        entry = tiny.entries[_TRAIN] or tiny.entry(_TRAIN)
+        entry(x3, w, b, running_mean, running_var, momentum, eps, target, stats_out)
+    else:
+        entry = tiny.entries[_EVAL] or tiny.entry(_EVAL)
+        entry(x3, running_mean, running_var, w, b, eps, target, stats_out)
+    result = target.reshape(shape)
+    if return_stats:
+        return result, stats_out[0], stats_out[1]
+    return result
+
+
+_TRAIN, _EVAL, _LN = 0, 1, 2  # indices of _TinyPath.entries (LN: + 2 * (weight is None) + (bias is None))
+
+
+class _TinyPath:
+    """What the tiny paths need per x dtype (float32/float64), found with one lookup per call.
+
+    They call the serial entries' compiled specializations directly (``compiled_entry``): their
+    fast-path checks have fixed every argument's numba type. Until a specialization exists (the
+    first call compiles it or loads it from the on-disk cache) the dispatcher is called.
+    """
+
+    __slots__ = ("dtype", "sdt", "none", "no_stats", "scratch", "entries", "argtypes")
+
+    def __init__(self, dt: np.dtype) -> None:
+        self.dtype = dt
+        self.sdt = stats_dtype(dt)
+        self.none = _engine._none_of(dt)
+        self.no_stats = _engine.no_stats(self.sdt)
+        # LN statistics nobody reads; a tiny input has fewer rows than this (pages untouched
+        # until written, so the unused part costs no memory).
+        self.scratch = np.empty(_SERIAL_SIZE, self.sdt)
+        self.entries: list = [None] * 6
+        self.argtypes: list = [None] * 6
+
+    def entry(self, k: int):
+        """Entry ``k`` (see ``_TRAIN``...): the compiled one once it exists, else the dispatcher."""
+        dispatcher = (_engine.batch_norm_train_serial, _engine.batch_norm_eval_serial)[k] if k < _LN \
+            else _engine.layer_norm_serial
+        argtypes = self.argtypes[k]
+        if argtypes is None:
+            argtypes = self.argtypes[k] = self._argtypes(k)
+        entry = _engine.compiled_entry(dispatcher, argtypes)
+        if entry is None:  # not compiled yet (or only for other types, e.g. a read-only x)
+            return dispatcher
+        self.entries[k] = entry
+        return entry
+
+    def _argtypes(self, k: int) -> tuple:
+        """The numba types of the tiny path's arguments to entry ``k``."""
+        a = types.Array(numba.from_dtype(self.dtype), 1, "C")
+        s = numba.from_dtype(self.sdt)
+        if k < _LN:
+            x3 = types.Array(a.dtype, 3, "C")
+            stats = types.Array(s, 2, "C")
+            if k == _TRAIN:
+                return (x3, a, a, a, a, types.float64, types.float64, x3, stats)
+            return (x3, a, a, a, a, types.float64, x3, stats)
+        x2 = types.Array(a.dtype, 2, "C")
+        s1 = types.Array(s, 1, "C")
+        variant = k - _LN
+        return (x2, types.none if variant & 2 else a, types.none if variant & 1 else a, types.float64, x2, s1, s1)
+
+
+_TINY = {dt: _TinyPath(dt) for dt in (_F32, _F64)}
 
 
 def _check_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,

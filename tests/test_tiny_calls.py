@@ -1,0 +1,186 @@
+"""The tiny-call fast paths of layer_norm/batch_norm (functional._layer_norm_tiny and
+_batch_norm_tiny): every layout and optional-argument variant they take agrees with the float64
+reference, statistics are written only when asked, and the direct compiled entries engage."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2
+
+import numbanorm as nb
+from numbanorm import functional
+
+DTYPES = (np.float32, np.float64)
+
+
+def _data(rng, shape, dtype):
+    return (rng.standard_normal(shape) * 3 + 1e4 * rng.random()).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 16, 77), (5, 33), (2, 3, 4, 9)])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("tuple_shape", [False, True])
+def test_layer_norm_tiny_matches_reference(rng, dtype, shape, affine, tuple_shape):
+    x = _data(rng, shape, dtype)
+    D = shape[-1]
+    w = rng.standard_normal(D).astype(dtype) if affine in ("both", "weight") else None
+    b = rng.standard_normal(D).astype(dtype) if affine in ("both", "bias") else None
+    ns = (D,) if tuple_shape else D
+    y_ref, m_ref, r_ref = layer_norm_ref(x, (D,), w, b)
+    for _ in range(2):  # the first call may go through the dispatcher, the second the compiled entry
+        y = nb.layer_norm(x, ns, w, b)
+        y2, mean, rstd = nb.layer_norm(x, ns, w, b, return_stats=True)
+        assert y.shape == x.shape and y.dtype == x.dtype and y.flags.c_contiguous
+        assert rel_l2(y, y_ref) < 10 * TOL[np.dtype(dtype)]
+        np.testing.assert_array_equal(y2, y)
+        assert mean.shape == shape[:-1] and rstd.shape == shape[:-1]
+        assert mean.dtype == np.dtype(dtype) and rstd.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(mean, m_ref, rtol=1e-6 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(rstd, r_ref, rtol=1e-4 if dtype == np.float32 else 1e-9)
+    # a later call without stats must not touch the statistics returned earlier
+    saved = mean.copy(), rstd.copy()
+    nb.layer_norm(_data(rng, shape, dtype), ns, w, b)
+    np.testing.assert_array_equal(mean, saved[0])
+    np.testing.assert_array_equal(rstd, saved[1])
+    k = functional._LN + (w is None) * 2 + (b is None)
+    assert functional._TINY[np.dtype(dtype)].entries[k] is not None  # the direct entry is in use
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("layout", [((2, 5, 3, 7), 1), ((2, 3, 7, 5), -1), ((2, 3, 5, 7), 2), ((2, 5, 3, 7), -3),
+                                    ((6, 5), 1), ((4, 5, 9), 1)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_tiny_matches_reference(rng, dtype, training, layout, affine):
+    shape, axis = layout
+    x = _data(rng, shape, dtype)
+    C = shape[axis]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    b = rng.standard_normal(C).astype(dtype) if affine else None
+    rm0 = rng.standard_normal(C).astype(dtype)
+    rv0 = (rng.random(C) + 0.5).astype(dtype)
+    y_ref, m_ref, i_ref, rm_ref, rv_ref = batch_norm_ref(x, rm0, rv0, w, b, training, 0.1, 1e-5, axis)
+    tol = 10 * TOL[np.dtype(dtype)]
+    for return_stats in (False, True, True):
+        rm, rv = rm0.copy(), rv0.copy()
+        res = nb.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, channel_axis=axis, return_stats=return_stats)
+        y = res[0] if return_stats else res
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert rel_l2(y, y_ref) < tol
+        if training:
+            np.testing.assert_allclose(rm, rm_ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
+            np.testing.assert_allclose(rv, rv_ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        else:
+            np.testing.assert_array_equal(rm, rm0)
+            np.testing.assert_array_equal(rv, rv0)
+        if return_stats:
+            mean, invstd = res[1], res[2]
+            assert mean.shape == (C,) and invstd.shape == (C,) and mean.dtype == np.dtype(dtype)
+            np.testing.assert_allclose(mean, m_ref, rtol=1e-6 if dtype == np.float32 else 1e-12)
+            np.testing.assert_allclose(invstd, i_ref, rtol=1e-4 if dtype == np.float32 else 1e-9)
+    if training:  # no running stats at all
+        y = nb.batch_norm(x, None, None, w, b, True, channel_axis=axis)
+        y_ref = batch_norm_ref(x, None, None, w, b, True, 0.1, 1e-5, axis)[0]
+        assert rel_l2(y, y_ref) < tol
+    entry = functional._TRAIN if training else functional._EVAL
+    assert functional._TINY[np.dtype(dtype)].entries[entry] is not None  # the direct entry is in use
+
+
+@pytest.mark.parametrize("op", ["ln", "bn"])
+def test_tiny_read_only_input(rng, op):
+    """A read-only x (typed differently by numba) takes the tiny path too, with the same result."""
+    x = _data(rng, (2, 8, 12), np.float32)
+    x_ro = x.copy()
+    x_ro.flags.writeable = False
+    if op == "ln":
+        w = rng.standard_normal(12).astype(np.float32)
+        np.testing.assert_array_equal(nb.layer_norm(x_ro, 12, w), nb.layer_norm(x, 12, w))
+    else:
+        rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
+        np.testing.assert_array_equal(nb.batch_norm(x_ro, rm, rv), nb.batch_norm(x, rm, rv))
+
+
+def test_tiny_calls_from_threads(rng):
+    """Concurrent tiny calls (nogil kernels; LN shares its write-only stats scratch) stay exact."""
+    xs = [_data(rng, (3, 16, 64), np.float32) for _ in range(4)]
+    w = rng.standard_normal(64).astype(np.float32)
+    expected = [nb.layer_norm(x, 64, w) for x in xs]
+    stats = [nb.layer_norm(x, 64, w, return_stats=True)[1:] for x in xs]
+    errors = []
+
+    def work(i):
+        for _ in range(200):
+            if i % 2:  # statistics not wanted: written to the shared scratch
+                ok = np.array_equal(nb.layer_norm(xs[i], 64, w), expected[i])
+            else:
+                y, mean, rstd = nb.layer_norm(xs[i], 64, w, return_stats=True)
+                ok = (np.array_equal(y, expected[i]) and np.array_equal(mean, stats[i][0])
+                      and np.array_equal(rstd, stats[i][1]))
+            if not ok:
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", [((2, 5, 3, 7), 1), ((2, 3, 7, 5), -1), ((2, 3, 7, 20), -1), ((2, 3, 5, 7), 2),
+                                    ((6, 5), 1)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_backward_tiny_matches_general_path(rng, dtype, layout, affine):
+    """The one-dispatch training backward of tiny inputs gives what the general path (taken with
+    ``out=``; checked against references in test_backward.py) gives, grads of weight included."""
+    shape, axis = layout
+    x = _data(rng, shape, dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    w = rng.standard_normal(C).astype(dtype) if affine else None
+    _, mean, invstd = nb.batch_norm(x, None, None, w, None, True, channel_axis=axis, return_stats=True)
+    gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis)
+    out = np.full(shape, np.nan, dtype)
+    ref = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=out)
+    assert gx.shape == shape and gx.dtype == np.dtype(dtype)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(gx, ref[0], rtol=rtol, atol=rtol * np.abs(ref[0]).max())
+    if affine:
+        assert gw.dtype == np.dtype(dtype) and gb.dtype == np.dtype(dtype) and gw.shape == (C,)
+        np.testing.assert_allclose(gw, ref[1], rtol=rtol, atol=rtol * np.abs(ref[1]).max())
+        np.testing.assert_allclose(gb, ref[2], rtol=rtol, atol=rtol * np.abs(ref[2]).max())
+    else:
+        assert gw is None and gb is None and ref[1] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 16, 77), (5, 33)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_rows_backward_common_path_matches_general_path(rng, dtype, shape, affine, op):
+    """layer_norm_backward / rms_norm_backward with the common arguments (checked in a few tests,
+    no conversions) give what the general path (taken with ``out=``) gives, bit for bit."""
+    x = _data(rng, shape, dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    D = shape[-1]
+    w = rng.standard_normal(D).astype(dtype) if affine else None
+    out = np.full(shape, np.nan, dtype)
+    if op == "layer_norm":
+        _, mean, rstd = nb.layer_norm(x, D, w, return_stats=True)
+        fast = nb.layer_norm_backward(g, x, (D,), mean, rstd, w)
+        ref = nb.layer_norm_backward(g, x, (D,), mean, rstd, w, out=out)
+    else:
+        _, rstd = nb.rms_norm(x, D, w, return_stats=True)
+        fast = nb.rms_norm_backward(g, x, D, rstd, w)
+        ref = nb.rms_norm_backward(g, x, D, rstd, w, out=out)
+    for a, b in zip(fast, ref, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
