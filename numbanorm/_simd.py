@@ -201,7 +201,7 @@ def _affine8(src, dst, i, head, scale, offset):
 
 
 @intrinsic
-def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offset):
+def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offset, stream):
     """SIMD body of ``affine_rows`` for float32/float64 arrays whose compute type is their own."""
     elt_t = src.dtype if isinstance(src, types.Array) else None
     lanes = isinstance(head, types.Array)
@@ -210,14 +210,19 @@ def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offs
             or any((p.dtype if lanes else p) != elt_t for p in (scale, offset))
             or any(isinstance(p, types.Array) != lanes for p in (scale, offset))):
         return None
-    sig = types.none(src, dst, base, nrows, width, head, scale, offset)
+    sig = types.none(src, dst, base, nrows, width, head, scale, offset, stream)
+    can_stream = dst.aligned  # aligned stores need an element-aligned array
 
     def codegen(context, builder, sig, args):
         elt = context.get_value_type(elt_t)
         vty = ir.VectorType(elt, 8)
-        align = context.get_abi_sizeof(elt)
+        esize = context.get_abi_sizeof(elt)
         i64 = ir.IntType(64)
         flags = ("reassoc", "contract", "nsz")
+        nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+
+        def c64(v):
+            return ir.Constant(i64, v)
 
         def data(k):
             return context.make_array(sig.args[k])(context, builder, args[k]).data
@@ -227,6 +232,9 @@ def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offs
 
         ps, pd = data(0), data(1)
         base_v, nrows_v, width_v = as_i64(2), as_i64(3), as_i64(4)
+        stream_v = context.cast(builder, args[8], sig.args[8], types.boolean)
+        if not can_stream:
+            stream_v = ir.Constant(ir.IntType(1), 0)
         if lanes:
             pp = [data(k) for k in (5, 6, 7)]
         else:
@@ -240,48 +248,72 @@ def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offs
         def vec_at(ptr, idx):
             return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
 
-        def one_vec(off, j):
+        def one_vec(off, j, nt):
             """dst[off + j: +8] from src and the parameters of lanes j:j+8."""
             k = builder.add(off, j)
-            v = builder.load(vec_at(ps, k), align=align)
+            v = builder.load(vec_at(ps, k), align=esize)
             if lanes:
-                h, s, o = (builder.load(vec_at(p, j), align=align) for p in pp)
+                h, s, o = (builder.load(vec_at(p, j), align=esize) for p in pp)
             else:
                 h, s, o = splat
             y = builder.fadd(builder.fmul(builder.fsub(v, h, flags=flags), s, flags=flags), o, flags=flags)
-            builder.store(y, vec_at(pd, k), align=align)
+            st = builder.store(y, vec_at(pd, k), align=32 if nt else esize)
+            if nt:
+                st.set_metadata("nontemporal", nt_md)
 
         def one_scalar(off, j):
             k = builder.add(off, j)
-            v = builder.load(builder.gep(ps, [k]), align=align)
+            v = builder.load(builder.gep(ps, [k]), align=esize)
             if lanes:
-                h, s, o = (builder.load(builder.gep(p, [j]), align=align) for p in pp)
+                h, s, o = (builder.load(builder.gep(p, [j]), align=esize) for p in pp)
             else:
                 h, s, o = args[5], args[6], args[7]
             y = builder.fadd(builder.fmul(builder.fsub(v, h, flags=flags), s, flags=flags), o, flags=flags)
-            builder.store(y, builder.gep(pd, [k]), align=align)
+            builder.store(y, builder.gep(pd, [k]), align=esize)
 
-        n32 = builder.udiv(width_v, ir.Constant(i64, 32))
-        n8 = builder.udiv(builder.urem(width_v, ir.Constant(i64, 32)), ir.Constant(i64, 8))
-        tail0 = builder.mul(builder.udiv(width_v, ir.Constant(i64, 8)), ir.Constant(i64, 8))
-        ntail = builder.sub(width_v, tail0)
-        at32 = builder.mul(n32, ir.Constant(i64, 32))
-        with cgutils.for_range(builder, nrows_v) as row:
-            off = builder.add(base_v, builder.mul(row.index, width_v))
+        def row(off, j0, n, nt):
+            """Elements j0:j0 + n of the row at ``off``: vectors of 8 (four per iteration), then
+            scalars."""
+            n32 = builder.udiv(n, c64(32))
+            n8 = builder.udiv(builder.urem(n, c64(32)), c64(8))
+            at32 = builder.add(j0, builder.mul(n32, c64(32)))
+            tail0 = builder.add(j0, builder.mul(builder.udiv(n, c64(8)), c64(8)))
             with cgutils.for_range(builder, n32) as q:  # four independent vectors per iteration
-                j0 = builder.mul(q.index, ir.Constant(i64, 32))
+                j = builder.add(j0, builder.mul(q.index, c64(32)))
                 for u in range(4):
-                    one_vec(off, builder.add(j0, ir.Constant(i64, 8 * u)))
-            with cgutils.for_range(builder, n8) as q:
-                one_vec(off, builder.add(at32, builder.mul(q.index, ir.Constant(i64, 8))))
-            with cgutils.for_range(builder, ntail) as q:
+                    one_vec(off, builder.add(j, c64(8 * u)), nt)
+            with cgutils.for_range(builder, n8) as q:  # normal stores: may end inside a line
+                one_vec(off, builder.add(at32, builder.mul(q.index, c64(8))), False)
+            with cgutils.for_range(builder, builder.sub(builder.add(j0, n), tail0)) as q:
                 one_scalar(off, builder.add(tail0, q.index))
+
+        with builder.if_else(stream_v) as (then, otherwise):
+            with then:
+                # Streaming stores: scalars up to a cache-line boundary of dst, then aligned
+                # non-temporal stores of whole lines only (32 elements at a time), the rest
+                # normal stores: a line written partly non-temporally is flushed partly, which
+                # made short runs (8x8 planes) 4x slower.
+                dst_addr = builder.ptrtoint(pd, i64)
+                with cgutils.for_range(builder, nrows_v) as r:
+                    off = builder.add(base_v, builder.mul(r.index, width_v))
+                    addr = builder.add(dst_addr, builder.mul(off, c64(esize)))
+                    peel = builder.udiv(builder.and_(builder.sub(c64(0), addr), c64(63)), c64(esize))
+                    peel = builder.select(builder.icmp_unsigned("<", peel, width_v), peel, width_v)
+                    with cgutils.for_range(builder, peel) as q:
+                        one_scalar(off, q.index)
+                    row(off, peel, builder.sub(width_v, peel), True)
+                sfence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                        "llvm.x86.sse.sfence")
+                builder.call(sfence, [])
+            with otherwise:
+                with cgutils.for_range(builder, nrows_v) as r:
+                    row(builder.add(base_v, builder.mul(r.index, width_v)), c64(0), width_v, False)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def affine_rows(src, dst, base, nrows, width, head, scale, offset):
+def affine_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
     """For ``nrows`` consecutive rows of ``width`` elements from flat index ``base`` (jit-only)::
 
         dst[k] = (src[k] - head[j]) * scale[j] + offset[j],   k = base + r * width + j
@@ -291,26 +323,28 @@ def affine_rows(src, dst, base, nrows, width, head, scale, offset):
     loop of 8-lane vectors with no alias test and no call per run: numba's loop paid a runtime
     alias check and a scalar epilogue per run, the main cost on short runs (8x8 planes) and
     256-lane channels-last rows. Safe in place (each element is read before it is written).
+    ``stream``: write with non-temporal stores (float32/float64 only), for outputs far larger than
+    the cache: no read-for-ownership of the output lines, as ``np.copyto`` does for large copies.
     """
 
 
 @overload(affine_rows)
-def _affine_rows(src, dst, base, nrows, width, head, scale, offset):
+def _affine_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
     lanes = isinstance(head, types.Array)
     pt = head.dtype if lanes else head
     if src.dtype in _NATIVE and dst.dtype == src.dtype and pt == src.dtype:
-        def simd(src, dst, base, nrows, width, head, scale, offset):
-            _simd_affine_rows(src, dst, base, nrows, width, head, scale, offset)
+        def simd(src, dst, base, nrows, width, head, scale, offset, stream=False):
+            _simd_affine_rows(src, dst, base, nrows, width, head, scale, offset, stream)
         return simd
     if lanes:
-        def lane_rows(src, dst, base, nrows, width, head, scale, offset):  # float16/bfloat16 views
+        def lane_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):  # float16/bfloat16
             for r in range(nrows):
                 b = np.uint64(base + r * width)
                 for j in range(np.uint64(width)):
                     dst[b + j] = store((load(src[b + j]) - head[j]) * scale[j] + offset[j], dst)
         return lane_rows
 
-    def run_rows(src, dst, base, nrows, width, head, scale, offset):
+    def run_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
         b = np.uint64(base)
         for j in range(np.uint64(nrows * width)):
             dst[b + j] = store((load(src[b + j]) - head) * scale + offset, dst)
