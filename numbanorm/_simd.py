@@ -8,8 +8,10 @@ input, so it will not keep them in registers), which held the NHWC moments at ~5
 with the accumulators as vector values: for ``width`` 16 that is 4 + 4 ymm registers of float64
 and no memory access but the input loads. See ``_engine.cl_dot_sums`` for the tiling around it.
 
-``affine8`` is the eight-element normalize statement that ends short NCHW runs (numba runs LLVM
-without its SLP vectorizer, so eight scalar statements would stay scalar).
+``affine_rows`` is the normalize pass ``(x - head) * scale + offset`` over contiguous runs or
+channels-last rows of lanes, as one LLVM loop of 8-lane vectors (numba's loop paid an alias test
+and a scalar epilogue per run; numba runs LLVM without its SLP vectorizer), optionally with
+non-temporal stores for large outputs.
 """
 
 from __future__ import annotations
@@ -142,62 +144,6 @@ def simd_ok(a):
 def _simd_ok(a):
     ok = isinstance(a, types.Array) and a.dtype in _NATIVE
     return lambda a: ok
-
-
-@intrinsic
-def _simd_affine8(typingctx, src, dst, i, head, scale, offset):
-    """SIMD body of ``affine8`` for float32/float64 arrays whose compute type is ``head``'s."""
-    if src.dtype not in _NATIVE or dst.dtype != src.dtype or head not in _NATIVE:
-        return None
-    sig = types.none(src, dst, i, head, scale, offset)
-
-    def codegen(context, builder, sig, args):
-        elt = context.get_value_type(sig.args[0].dtype)
-        cty = context.get_value_type(sig.args[3])
-        align = context.get_abi_sizeof(elt)
-        idx = context.cast(builder, args[2], sig.args[2], types.int64)
-
-        def ptr(k):
-            data = context.make_array(sig.args[k])(context, builder, args[k]).data
-            return builder.bitcast(builder.gep(data, [idx]), ir.VectorType(elt, 8).as_pointer())
-
-        def splat(k):
-            v = context.cast(builder, args[k], sig.args[k], sig.args[3])
-            vec = ir.Constant(ir.VectorType(cty, 8), None)
-            for j in range(8):
-                vec = builder.insert_element(vec, v, ir.Constant(ir.IntType(32), j))
-            return vec
-
-        flags = ("reassoc", "contract", "nsz")
-        v = builder.load(ptr(0), align=align)
-        if elt != cty:
-            v = builder.fpext(v, ir.VectorType(cty, 8)) if cty == ir.DoubleType() else builder.fptrunc(
-                v, ir.VectorType(cty, 8))
-        y = builder.fadd(builder.fmul(builder.fsub(v, splat(3), flags=flags), splat(4), flags=flags), splat(5),
-                         flags=flags)
-        if elt != cty:
-            y = builder.fptrunc(y, ir.VectorType(elt, 8)) if elt == ir.FloatType() else builder.fpext(
-                y, ir.VectorType(elt, 8))
-        builder.store(y, ptr(1), align=align)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def affine8(src, dst, i, head, scale, offset):
-    """``dst[i:i+8] = (src[i:i+8] - head) * scale + offset`` as one SIMD statement (jit-only).
-    Numba leaves LLVM's SLP vectorizer off, so eight scalar statements would stay scalar."""
-
-
-@overload(affine8)
-def _affine8(src, dst, i, head, scale, offset):
-    if src.dtype in _NATIVE and dst.dtype == src.dtype and head in _NATIVE:
-        return lambda src, dst, i, head, scale, offset: _simd_affine8(src, dst, i, head, scale, offset)
-
-    def scalar(src, dst, i, head, scale, offset):  # float16/bfloat16 views
-        for j in range(i, i + 8):
-            dst[j] = store((load(src[j]) - head) * scale + offset, dst)
-    return scalar
 
 
 @intrinsic
