@@ -68,7 +68,8 @@ _CL_PREFETCH_ROWS = 16
 _F64 = np.dtype(np.float64)
 
 #: Outputs of at least this many bytes are written with non-temporal stores by the normalize
-#: pass (``affine_rows``), NCHW runs only when at least ``_STREAM_RUN_BYTES`` long. Measured
+#: pass (``affine_rows``), NCHW runs only when at least ``_STREAM_RUN_BYTES`` long (channels-last:
+#: never, see ``block_affine``). Measured
 #: (BN eval, one core, ms, normal -> streaming stores): (32,64,56,56) 3.1 -> 2.2-2.5, NHWC
 #: 3.4 -> 2.3-2.8 (np.copyto 2.8-3.1, torch 2.9-3.5); but 4-13 MB outputs that a reused ``out=``
 #: keeps in cache got up to 1.7x slower, and 8x8 or 14x14 planes 3-4x slower.
@@ -312,7 +313,7 @@ def plan_tasks(outer, C, inner, nthreads):
     """Split (outer, inner) into n_outer x n_inner blocks; 1 x 1 means run serially."""
     total = outer * C * inner
     tasks = min(nthreads * TASKS_PER_THREAD, total // MIN_TASK_ELEMENTS)
-    if tasks <= 1 or nthreads <= 1:  # one thread: its tasks would only add a parallel launch
+    if tasks <= 1:
         return 1, 1
     if inner == 1 or outer >= tasks:
         return min(tasks, outer), 1
@@ -433,10 +434,9 @@ def block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
     inner = x3.shape[2]
     src = x3.reshape(x3.size)
     dst = out3.reshape(out3.size)
-    stream = dst.size * dst.itemsize >= _STREAM_BYTES
     if inner != 1:
         # Short runs stream badly: a line shared by two runs is written partly non-temporally.
-        stream = stream and (i1 - i0) * dst.itemsize >= _STREAM_RUN_BYTES
+        stream = dst.size * dst.itemsize >= _STREAM_BYTES and (i1 - i0) * dst.itemsize >= _STREAM_RUN_BYTES
         # Contiguous runs x3[o, c, i0:i1]: each channel folded once per block, not once per run
         # (8x8 planes spent about as long folding and setting up a loop as normalizing).
         head, sc, of = tile_lanes(shift, scale, offset, C, src)
@@ -447,6 +447,9 @@ def block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
         return
     # Channels-last: rows of W lanes (k rows of C each), parameters tiled to the lanes (see
     # block_moments), all full rows in one loop, then the rest of the block as one short row.
+    # Normal stores: streaming made BN eval (32,56,56,64) 1.3-1.5x faster but BN training,
+    # whose normalize follows the moments pass, 1.2-1.3x slower (one core, not understood yet).
+    stream = False
     W = cl_lanes(C)
     k = W // C
     head, sc, of = tile_lanes(shift, scale, offset, W, src)

@@ -60,8 +60,9 @@ def _affine_rows_jit(src, dst, base, nrows, width, h, s, o, stream):
 @pytest.mark.parametrize("shape,axis,threads", [((3, 5, 600, 500), 1, 2), ((2, 700, 900, 4), -1, 1),
                                                 ((2, 165, 48, 300), -1, 2), ((2, 230, 270, 37), -1, 1)])
 def test_batch_norm_eval_streaming_outputs(rng, shape, axis, threads):
-    """Outputs >= ``_STREAM_BYTES`` are written with non-temporal stores: a misaligned poisoned
-    out=, a fresh output and in place all match the reference (large-offset data)."""
+    """Outputs >= ``_STREAM_BYTES`` (NCHW: written with non-temporal stores; channels-last: the
+    lane rows with a row tail): a misaligned poisoned out=, a fresh output and in place all
+    match the reference (large-offset data)."""
     x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
     assert x.nbytes >= _engine._STREAM_BYTES
     C = shape[axis]
