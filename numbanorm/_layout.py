@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._arena import empty
+
 
 class CanonicalView(NamedTuple):
     """A C-contiguous 3-D view of an array, plus how it was obtained.
@@ -54,11 +56,11 @@ def output_view(
         view = canonical_view(out, axis)
         if view is not None and view.channels_moved == x_view.channels_moved:
             return out, view.x3, False
-        return out, np.empty(x_view.x3.shape, x.dtype), True
+        return out, empty(x_view.x3.shape, x.dtype), True
     if x_view.channels_moved:
-        result = np.moveaxis(np.empty(np.moveaxis(x, axis, -1).shape, x.dtype), -1, axis)
+        result = np.moveaxis(empty(np.moveaxis(x, axis, -1).shape, x.dtype), -1, axis)
         return result, canonical_view(result, axis).x3, False
-    result = np.empty(x.shape, x.dtype)
+    result = empty(x.shape, x.dtype)
     return result, result.reshape(x_view.x3.shape), False
 
 
@@ -102,10 +104,10 @@ def reduction_output(a: np.ndarray, keep: tuple[int, ...], moved: bool) -> tuple
     ndim, k = a.ndim, len(keep)
     last = tuple(range(ndim - k, ndim))
     if not moved:
-        result = np.empty(a.shape, a.dtype)
+        result = empty(a.shape, a.dtype)
         lo, hi = (keep[0], keep[-1] + 1) if keep else (0, 0)
         shape3 = (math.prod(a.shape[:lo]), math.prod(a.shape[lo:hi]), math.prod(a.shape[hi:]))
         return result, result.reshape(shape3)
-    scratch = np.empty(np.moveaxis(a, keep, last).shape, a.dtype)
+    scratch = empty(np.moveaxis(a, keep, last).shape, a.dtype)
     C = math.prod(scratch.shape[ndim - k :])
     return np.moveaxis(scratch, last, keep), scratch.reshape(math.prod(scratch.shape[: ndim - k]), C, 1)

@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike
 
 from . import _engine_backward as _kernels
 from . import _engine_family as _family_kernels
+from ._arena import empty
 from ._checks import (
     HOST,
     as_float_array,
@@ -72,8 +73,8 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
 
     k = len(shape)
     x2, g2 = rows_view(x, k), rows_view(grad_out, k)
-    result = np.empty(x.shape, x.dtype) if out is None else out
-    target = result.reshape(x2.shape) if result.flags.c_contiguous else np.empty(x2.shape, x.dtype)
+    result = empty(x.shape, x.dtype) if out is None else out
+    target = result.reshape(x2.shape) if result.flags.c_contiguous else empty(x2.shape, x.dtype)
     with kernel_guard:
         gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
     if not result.flags.c_contiguous:

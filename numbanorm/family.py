@@ -11,6 +11,7 @@ from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine_family
+from ._arena import empty
 from ._checks import (
     HOST,
     add_layer_norm_args,
@@ -125,12 +126,26 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
         return _device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
                                        eps, channel_axis=channel_axis, out=out)
     x = as_float_array(x)
-    checked = instance_norm_args(HOST, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                                 channel_axis, out)
-    if checked is None:  # normalize with the running stats: that is BatchNorm in eval mode
+    return instance_norm_checked(HOST, x, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                                 channel_axis, out, batch_norm, lambda *checked: _instance_norm(x, *checked))
+
+
+def instance_norm_checked(side, x, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                          eps, channel_axis, out, batch_norm, run):
+    """What the host and CUDA ``instance_norm`` share: check the arguments (on ``checked_x``, x
+    itself or its device metadata) and return ``run(*checked)``; without input statistics, hand
+    ``x`` to ``batch_norm`` (the same side's), since normalizing with the running stats is
+    BatchNorm in eval mode."""
+    checked = instance_norm_args(side, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                 eps, channel_axis, out)
+    if checked is None:
         return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
                           channel_axis=channel_axis, out=out)
-    axis, update, running_mean, running_var, weight, bias, momentum, eps, out = checked
+    return run(*checked)
+
+
+def _instance_norm(x, axis, update, running_mean, running_var, weight, bias, momentum, eps, out):
+    """Host instance_norm after the checks (``instance_norm_args``' values)."""
     C = x.shape[axis]
 
     result, x4, target4, finish = _sample_io(x, axis, out)
@@ -208,8 +223,8 @@ def _grouped_norm(x4, G, weight, bias, eps, target4):
 
 def _rows_target(x: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(array to return, C-contiguous array the kernel writes: ``result`` itself when it can)."""
-    result = np.empty(x.shape, x.dtype) if out is None else out
-    target = result if result.flags.c_contiguous else np.empty(x.shape, x.dtype)
+    result = empty(x.shape, x.dtype) if out is None else out
+    target = result if result.flags.c_contiguous else empty(x.shape, x.dtype)
     return result, target
 
 

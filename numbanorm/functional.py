@@ -12,6 +12,7 @@ from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine
+from ._arena import empty
 from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, layer_norm_args
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
@@ -56,9 +57,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
     D = shape[0] if len(shape) == 1 else math.prod(shape)
     x2 = x.reshape(x.size // D, D) if D and x.flags.c_contiguous else rows_view(x, len(shape))
-    result = np.empty(x.shape, x.dtype) if out is None else out
+    result = empty(x.shape, x.dtype) if out is None else out
     contiguous = out is None or result.flags.c_contiguous
-    target = result.reshape(x2.shape) if contiguous else np.empty(x2.shape, x.dtype)
+    target = result.reshape(x2.shape) if contiguous else empty(x2.shape, x.dtype)
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
     if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
@@ -110,7 +111,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             x3 = x.reshape(shape[0], C, x.size // (shape[0] * C))
         else:
             x3 = x.reshape(math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
-        result = np.empty(shape, x.dtype)
+        result = empty(shape, x.dtype)
         target = result.reshape(x3.shape)
         needs_copy = channels_moved = False
     else:

@@ -4,39 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_layers import LR, _assert_unchanged, _check, _snapshot
+from layer_helpers import _assert_unchanged, _check, _snapshot, _train_side_by_side
 
 import numbanorm as nb
 
 torch = pytest.importorskip("torch")
-
-
-def _train_side_by_side(rng, layer, tm, shape, to_t, from_t, steps=4):
-    """A few steps of forward, backward and plain SGD on both; every output and grad compared."""
-    params = [n for n in ("weight", "bias") if getattr(tm, n, None) is not None]
-    assert list(layer.state_dict()) == params == list(tm.state_dict())
-    for step in range(steps):
-        if step == steps // 2:
-            layer.eval()
-            tm.eval()  # no effect on either module, on either side
-        x = (rng.standard_normal(shape) * (1 + step) + step).astype(np.float32)
-        g = rng.standard_normal(shape).astype(np.float32)
-        tx = to_t(x).requires_grad_(True)
-        ty = tm(tx)
-        _check(layer(x), from_t(ty))
-        ty.backward(to_t(g))
-        _check(layer.backward(g), from_t(tx.grad))
-        for name in ("weight", "bias"):
-            if name not in params:
-                assert getattr(layer, "grad_" + name) is None
-                continue
-            _check(getattr(layer, "grad_" + name), getattr(tm, name).grad)
-            getattr(layer, name)[...] -= LR * getattr(layer, "grad_" + name)
-            with torch.no_grad():
-                getattr(tm, name).sub_(LR * getattr(tm, name).grad)
-                getattr(tm, name).grad = None
-    for name in params:
-        _check(getattr(layer, name), getattr(tm, name))
 
 
 @pytest.mark.parametrize("norm_shape,shape,eps,affine", [((16,), (5, 7, 16), None, True),

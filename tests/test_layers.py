@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import rel_l2
+from layer_helpers import _assert_unchanged, _check, _snapshot, _step_side_by_side, _train_side_by_side
 
 import numbanorm as nb
 
 torch = pytest.importorskip("torch")
-
-TOL = 1e-5  # float32, after up to 10 SGD steps
-LR = 0.1
-
-
-def _check(a, ref, tol=TOL):
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else ref
-    assert a.shape == ref.shape
-    assert rel_l2(a, ref) <= tol
 
 
 def _bn_state(layer):
@@ -41,21 +32,7 @@ def test_batch_norm_layer_trains_like_torch(rng, momentum, shape, axis, torch_cl
     for step in range(10):
         x = (rng.standard_normal(shape) * (1 + step) + step).astype(np.float32)
         g = rng.standard_normal(shape).astype(np.float32)
-        tx = to_t(x).requires_grad_(True)
-        y = layer(x)
-        ty = tm(tx)
-        _check(y, from_t(ty))
-        gx = layer.backward(g)
-        ty.backward(to_t(g))
-        _check(gx, from_t(tx.grad))
-        _check(layer.grad_weight, tm.weight.grad)
-        _check(layer.grad_bias, tm.bias.grad)
-        layer.weight -= LR * layer.grad_weight  # plain SGD on both sides
-        layer.bias -= LR * layer.grad_bias
-        with torch.no_grad():
-            tm.weight -= LR * tm.weight.grad
-            tm.bias -= LR * tm.bias.grad
-            tm.weight.grad = tm.bias.grad = None
+        _step_side_by_side(layer, tm, x, g, to_t, from_t)  # with plain SGD on both sides
         _check(layer.running_mean, tm.running_mean, 1e-6)
         _check(layer.running_var, tm.running_var, 1e-6)
         assert int(layer.num_batches_tracked) == int(tm.num_batches_tracked) == step + 1
@@ -64,13 +41,7 @@ def test_batch_norm_layer_trains_like_torch(rng, momentum, shape, axis, torch_cl
     assert not layer.training
     x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
     g = rng.standard_normal(shape).astype(np.float32)
-    tx = to_t(x).requires_grad_(True)
-    ty = tm(tx)
-    _check(layer(x), from_t(ty))
-    ty.backward(to_t(g))
-    _check(layer.backward(g), from_t(tx.grad))
-    _check(layer.grad_weight, tm.weight.grad)
-    _check(layer.grad_bias, tm.bias.grad)
+    _step_side_by_side(layer, tm, x, g, to_t, from_t, sgd=False)
     assert int(layer.num_batches_tracked) == int(tm.num_batches_tracked) == 10  # eval does not count
     _check(layer.running_mean, tm.running_mean, 1e-6)
 
@@ -109,28 +80,7 @@ def test_layer_norm_layer_trains_like_torch(rng, norm_shape, shape, affine, bias
     layer = nb.LayerNorm(norm_shape, elementwise_affine=affine, bias=bias)
     tm = torch.nn.LayerNorm(norm_shape, elementwise_affine=affine, bias=bias)
     assert repr(layer) == repr(tm)
-    assert list(layer.state_dict()) == list(tm.state_dict())
-    params = [n for n in ("weight", "bias") if getattr(tm, n) is not None]
-    for step in range(10):
-        if step == 5:
-            layer.eval()
-            tm.eval()  # no effect on LayerNorm, on either side
-        x = (rng.standard_normal(shape) * (1 + step) + step).astype(np.float32)
-        g = rng.standard_normal(shape).astype(np.float32)
-        tx = torch.from_numpy(x).requires_grad_(True)
-        ty = tm(tx)
-        _check(layer(x), ty)
-        ty.backward(torch.from_numpy(g))
-        _check(layer.backward(g), tx.grad)
-        for name in ("weight", "bias"):
-            if name not in params:
-                assert getattr(layer, "grad_" + name) is None
-                continue
-            _check(getattr(layer, "grad_" + name), getattr(tm, name).grad)
-            getattr(layer, name)[...] -= LR * getattr(layer, "grad_" + name)
-            with torch.no_grad():
-                getattr(tm, name).sub_(LR * getattr(tm, name).grad)
-                getattr(tm, name).grad = None
+    _train_side_by_side(rng, layer, tm, shape, torch.from_numpy, lambda t: t, steps=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,18 +167,6 @@ def test_old_checkpoint_without_num_batches_tracked_and_non_strict(rng):
 # --------------------------------------------------------------------------------------------
 # Errors leave the state alone
 # --------------------------------------------------------------------------------------------
-def _snapshot(layer):
-    return {k: v.copy() for k, v in layer.state_dict().items()}
-
-
-def _assert_unchanged(layer, before):
-    after = layer.state_dict()
-    assert list(after) == list(before)
-    for k, v in before.items():
-        np.testing.assert_array_equal(after[k], v)
-        assert after[k].dtype == v.dtype
-
-
 def test_backward_without_forward_is_a_clear_error():
     with pytest.raises(RuntimeError, match="forward call first"):
         nb.BatchNorm(3).backward(np.ones((2, 3), np.float32))

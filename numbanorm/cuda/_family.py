@@ -12,18 +12,19 @@ from .._checks import (
     add_layer_norm_args,
     check_float_dtype,
     group_norm_args,
-    instance_norm_args,
     rms_norm_args,
 )
+from ..family import instance_norm_checked
 from . import _arrays, _kernels
 from . import _kernels_family as _kf
 from ._arrays import DEVICE_DTYPES, DevArray
 from ._functional import (
     DEVICE,
     _acc,
-    _blocks_per_channel,
     _flat,
     _io,
+    _normalize,
+    _partial_moments,
     _pdtype,
     _threads,
     _wrap_x,
@@ -107,12 +108,12 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
                   momentum=0.1, eps=1e-5, *, channel_axis=1, out=None):
     """``numbanorm.instance_norm`` on a CUDA array; running stats (CUDA arrays) update in place."""
     dx = _wrap_x(x)
-    checked = instance_norm_args(DEVICE, dx, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                                 channel_axis, out)
-    if checked is None:  # normalize with the running stats: that is BatchNorm in eval mode
-        return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
-                          channel_axis=channel_axis, out=out)
-    axis, update, rm, rv, w, b, momentum, eps, dout = checked
+    return instance_norm_checked(DEVICE, x, dx, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                 eps, channel_axis, out, batch_norm, lambda *checked: _instance_norm(dx, *checked))
+
+
+def _instance_norm(dx: DevArray, axis, update, rm, rv, w, b, momentum, eps, dout):
+    """CUDA instance_norm after the checks (``instance_norm_args``' values)."""
     C = dx.shape[axis]
     if rm is not None and rm.dtype != rv.dtype:
         raise TypeError(f"running_mean and running_var must have one dtype, got {rm.dtype} and {rv.dtype}")
@@ -143,25 +144,10 @@ def _grouped(dx: DevArray, axis: int, G: int, w, b, eps: float, dout):
     if N > MAX_SAMPLES:
         raise ValueError(f"the CUDA group_norm/instance_norm handle at most {MAX_SAMPLES} samples, got {N}")
     outer, _, inner = _arrays.canonical_dims(src, axis, order)
-    outer_s = outer // N  # rows (or runs) per sample
     acc, xio = _acc(dx.dtype), _io(dx.dtype)
     stream = stream_for(dx)
     fx = _arrays.flat(src)
-    M = outer_s * inner
-    if inner == 1:
-        TX, TY = _kernels.BN_TX, _kernels.BN_TY
-        col_blocks = -(-C // TX)
-        P = _blocks_per_channel(M, col_blocks * N)
-        kernel, grid, block = _kernels.bn_partials_cl_kernel(acc, xio, TX, TY), (col_blocks, P, N), (TX, TY)
-    else:
-        P = _blocks_per_channel(M, C * N)
-        kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P, N)
-        block = (_threads(-(-M // P), _kernels.BN_THREADS),)
-    parts = [_arrays.flat(_arrays.scratch(dx, N * C * P, "float64", 3 + k)) for k in range(3)]
-    if inner == 1:
-        launch(kernel, grid, block, stream, fx, C, P, *parts)
-    else:
-        launch(kernel, grid, block, stream, fx, C, inner, P, *parts)
+    *parts, P = _partial_moments(fx, outer, C, inner, acc, xio, stream, dx, N)
     gmean, grstd = _arrays.empty(dx, (N * G,), sdt), _arrays.empty(dx, (N * G,), sdt)
     cmean, cm2 = _arrays.scratch(dx, N * C, "float64", 12), _arrays.scratch(dx, N * C, "float64", 13)
     cdt = "float64" if acc == 64 else "float32"
@@ -170,15 +156,7 @@ def _grouped(dx: DevArray, axis: int, G: int, w, b, eps: float, dout):
     fin = _kf.group_finalize_kernel(acc, _io(_pdtype(w, b, dx)), w is not None, b is not None)
     launch(fin, (-(-(N * G) // T),), (T,), stream, *parts, P, C, G, _flat(w, fx), _flat(b, fx), eps,
            _arrays.flat(gmean), _arrays.flat(grstd), _arrays.flat(cmean), _arrays.flat(cm2), *coeffs)
-    fy = _arrays.flat(target)
-    if inner == 1:
-        TX, TY = _kernels.BN_TX, _kernels.BN_TY
-        grid = (-(-C // TX), max(1, min(65535, -(-outer // (TY * 4)))))
-        launch(_kernels.bn_normalize_cl_kernel(acc, xio, TX, TY), grid, (TX, TY), stream, fx, C, outer_s, *coeffs, fy)
-    else:
-        Tn = _threads(inner, _kernels.BN_THREADS)
-        grid = (outer * C, max(1, min(65535, -(-inner // (Tn * 4)))))
-        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (Tn,), stream, fx, C, inner, outer_s * C, *coeffs, fy)
+    _normalize(fx, outer, C, inner, *coeffs, _arrays.flat(target), acc, xio, stream, N)
     if result is not target:
         _arrays.copy_into(result, target)
     return result.obj, gmean, grstd, cmean, cm2

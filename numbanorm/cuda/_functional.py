@@ -265,19 +265,20 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     return result.obj, mean.obj, invstd.obj
 
 
-def _partial_moments(fx, outer, C, inner, acc, xio, stream, like):
-    """Launch the per-block moments; returns flat (n, mean, M2) partials (C x P) and P."""
-    M = outer * inner
+def _partial_moments(fx, outer, C, inner, acc, xio, stream, like, N=1):
+    """Launch the per-block moments of each (sample, channel) of ``N`` equal samples (BatchNorm:
+    1); returns flat (n, mean, M2) partials (N*C x P) and P."""
+    M = outer // N * inner  # values per (sample, channel)
     if inner == 1:
         TX, TY = _kernels.BN_TX, _kernels.BN_TY
         col_blocks = -(-C // TX)
-        P = _blocks_per_channel(M, col_blocks)
-        kernel, grid, block = _kernels.bn_partials_cl_kernel(acc, xio, TX, TY), (col_blocks, P, 1), (TX, TY)
+        P = _blocks_per_channel(M, col_blocks * N)
+        kernel, grid, block = _kernels.bn_partials_cl_kernel(acc, xio, TX, TY), (col_blocks, P, N), (TX, TY)
     else:
-        P = _blocks_per_channel(M, C)
+        P = _blocks_per_channel(M, C * N)
         block = (_threads(-(-M // P), _kernels.BN_THREADS),)
-        kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P, 1)
-    parts = [_arrays.flat(_arrays.scratch(like, C * P, "float64", 3 + k)) for k in range(3)]
+        kernel, grid = _kernels.bn_partials_kernel(acc, xio), (C, P, N)
+    parts = [_arrays.flat(_arrays.scratch(like, N * C * P, "float64", 3 + k)) for k in range(3)]
     if inner == 1:
         launch(kernel, grid, block, stream, fx, C, P, *parts)
     else:
@@ -292,17 +293,18 @@ def _blocks_per_channel(M: int, column_blocks: int) -> int:
     return max(1, min(want, -(-M // _kernels.BN_MIN_PER_BLOCK), 65535))
 
 
-def _normalize(fx, outer, C, inner, shift, scale, offset, fy, acc, xio, stream):
+def _normalize(fx, outer, C, inner, shift, scale, offset, fy, acc, xio, stream, N=1):
+    """Launch ``y = (x - shift)·scale + offset`` with the coefficients of each (sample, channel)
+    of ``N`` equal samples (BatchNorm: 1, per channel)."""
     if inner == 1:
         TX, TY = _kernels.BN_TX, _kernels.BN_TY
-        rows = outer
-        grid = (-(-C // TX), max(1, min(65535, -(-rows // (TY * 4)))))
+        grid = (-(-C // TX), max(1, min(65535, -(-outer // (TY * 4)))))
         launch(_kernels.bn_normalize_cl_kernel(acc, xio, TX, TY), grid, (TX, TY), stream,
-               fx, C, rows, shift, scale, offset, fy)
+               fx, C, outer // N, shift, scale, offset, fy)
     else:
         T = _threads(inner, _kernels.BN_THREADS)
         grid = (outer * C, max(1, min(65535, -(-inner // (T * 4)))))
-        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream, fx, C, inner, outer * C, shift, scale,
+        launch(_kernels.bn_normalize_kernel(acc, xio), grid, (T,), stream, fx, C, inner, outer // N * C, shift, scale,
                offset, fy)
 
 

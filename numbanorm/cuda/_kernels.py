@@ -190,19 +190,26 @@ def _storer(io):
 # Block reductions of a pair (s1, s2); the result reaches every thread
 # --------------------------------------------------------------------------------------------
 @_jit_device
-def _reduce2_shared(a, b, sh_a, sh_b, tid, nthreads):
-    """Tree reduction through shared memory; ``nthreads`` is a power of two."""
-    sh_a[tid] = a
-    sh_b[tid] = b
+def _reduce2_columns(a, b, sh_a, sh_b, tx, ty, TX, TY):
+    """Sum over ``ty`` for each column ``tx`` of a (TX, TY) block; ``TY`` a power of two."""
+    k = ty * TX + tx
+    sh_a[k] = a
+    sh_b[k] = b
     cuda.syncthreads()
-    step = nthreads // 2
+    step = TY // 2
     while step > 0:
-        if tid < step:
-            sh_a[tid] += sh_a[tid + step]
-            sh_b[tid] += sh_b[tid + step]
+        if ty < step:
+            sh_a[k] += sh_a[k + step * TX]
+            sh_b[k] += sh_b[k + step * TX]
         cuda.syncthreads()
         step //= 2
-    return sh_a[0], sh_b[0]
+    return sh_a[tx], sh_b[tx]
+
+
+@_jit_device
+def _reduce2_shared(a, b, sh_a, sh_b, tid, nthreads):
+    """Tree reduction through shared memory (a single column); ``nthreads`` is a power of two."""
+    return _reduce2_columns(a, b, sh_a, sh_b, 0, tid, 1, nthreads)
 
 
 if SIM:
@@ -240,21 +247,76 @@ else:  # pragma: no cover - hardware only
         return sh_a[32], sh_b[32]
 
 
+# --------------------------------------------------------------------------------------------
+# Per-channel work split (BatchNorm / GroupNorm partial kernels, forward and backward) and the
+# float64 merges of one thread per channel
+# --------------------------------------------------------------------------------------------
 @_jit_device
-def _reduce2_columns(a, b, sh_a, sh_b, tx, ty, TX, TY):
-    """Sum over ``ty`` for each column ``tx`` of a (TX, TY) block; ``TY`` a power of two."""
-    k = ty * TX + tx
-    sh_a[k] = a
-    sh_b[k] = b
-    cuda.syncthreads()
-    step = TY // 2
-    while step > 0:
-        if ty < step:
-            sh_a[k] += sh_a[k + step * TX]
-            sh_b[k] += sh_b[k + step * TX]
-        cuda.syncthreads()
-        step //= 2
-    return sh_a[tx], sh_b[tx]
+def _channel_span(n, C, P):
+    """This block's share of its channel, grid (channels, P, N): x (``n`` elements) holds
+    ``N = gridDim.z`` samples of ``M`` values per channel. Returns the sample's first element
+    and the values ``[M*p//P, M*(p+1)//P)`` of block ``p = blockIdx.y``."""
+    M = n // (C * cuda.gridDim.z)
+    p = cuda.blockIdx.y
+    return cuda.blockIdx.z * M * C, (M * p) // P, (M * (p + 1)) // P
+
+
+@_jit_device
+def _partial_slot(c, C, P):
+    """Where this block's partial for channel ``c`` goes: ``(n*C + c)*P + p``."""
+    return (cuda.blockIdx.z * C + c) * P + cuda.blockIdx.y
+
+
+@_jit_device
+def _run_start(j, inner):
+    """Value ``j`` of a channel of (outer, C, inner) as (run o, offset i): one division per thread."""
+    o = j // inner
+    return o, j - o * inner
+
+
+@_jit_device
+def _run_step(o, i, T, inner):
+    """(o, i) advanced by ``T`` values with additions only (``T`` may exceed ``inner``)."""
+    i += T
+    while i >= inner:
+        i -= inner
+        o += 1
+    return o, i
+
+
+@_jit_device
+def _chan_add(n, m, m2, nb, mb, m2b):
+    """Chan's merge of the moments (nb, mb, m2b) into (n, m, m2), in float64; empty parts skipped."""
+    if nb > 0.0:
+        nn = n + nb
+        delta = mb - m
+        fb = nb / nn
+        m2 = m2 + m2b + delta * delta * n * fb
+        m = m + delta * fb
+        n = nn
+    return n, m, m2
+
+
+@_jit_device
+def _merge_partials(part_n, part_mean, part_m2, k, P):
+    """(count, mean, M2) of the partials ``[k*P, (k+1)*P)``, merged in order."""
+    n = 0.0
+    m = 0.0
+    m2 = 0.0
+    for p in range(P):
+        n, m, m2 = _chan_add(n, m, m2, part_n[k * P + p], part_mean[k * P + p], part_m2[k * P + p])
+    return n, m, m2
+
+
+@_jit_device
+def _sum2(a, b, start, step, count):
+    """``(Σ a[start + q*step], Σ b[start + q*step])`` over ``q < count``, in float64, in order."""
+    sa = 0.0
+    sb = 0.0
+    for q in range(count):
+        sa += a[start + q * step]
+        sb += b[start + q * step]
+    return sa, sb
 
 
 def _numba_float(acc):
@@ -424,29 +486,21 @@ def bn_partials_kernel(acc: int, xio: str):
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
-        p = cuda.blockIdx.y
-        M = x.shape[0] // (C * cuda.gridDim.z)
-        xb = cuda.blockIdx.z * M * C  # the sample's first element
-        j0 = (M * p) // P
-        j1 = (M * (p + 1)) // P
+        xb, j0, j1 = _channel_span(x.shape[0], C, P)
         shift = ld_x(x, xb + c * inner)  # x[0, c, 0], shared by all blocks of the channel
         s1 = A(0.0)
         s2 = A(0.0)
         j = j0 + tid
-        o = j // inner  # one division per thread; the walk below only adds
-        i = j - o * inner
+        o, i = _run_start(j, inner)
         while j < j1:
             d = ld_x(x, xb + (o * C + c) * inner + i) - shift
             s1 += d
             s2 += d * d
             j += T
-            i += T
-            while i >= inner:
-                i -= inner
-                o += 1
+            o, i = _run_step(o, i, T, inner)
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         if tid == 0:
-            _write_partial(part_n, part_mean, part_m2, (cuda.blockIdx.z * C + c) * P + p, j1 - j0, shift, s1, s2)
+            _write_partial(part_n, part_mean, part_m2, _partial_slot(c, C, P), j1 - j0, shift, s1, s2)
 
     return kernel
 
@@ -480,12 +534,8 @@ def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
         sh_b = cuda.shared.array(slots, nbt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        p = cuda.blockIdx.y
         c = cuda.blockIdx.x * TX + tx
-        R = x.shape[0] // (C * cuda.gridDim.z)
-        xb = cuda.blockIdx.z * R * C
-        r0 = (R * p) // P
-        r1 = (R * (p + 1)) // P
+        xb, r0, r1 = _channel_span(x.shape[0], C, P)  # rows of the sample
         s1 = A(0.0)
         s2 = A(0.0)
         shift = A(0.0)
@@ -499,14 +549,15 @@ def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
                 r += TY
         s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
         if ty == 0 and c < C:
-            _write_partial(part_n, part_mean, part_m2, (cuda.blockIdx.z * C + c) * P + p, r1 - r0, shift, s1, s2)
+            _write_partial(part_n, part_mean, part_m2, _partial_slot(c, C, P), r1 - r0, shift, s1, s2)
 
     return kernel
 
 
 @_jit_device
-def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset, has_w, has_b):
-    """Normalize coefficients ``y = (x - shift) * scale + offset`` from float64 stats.
+def _coefficients(m, invstd, w, b, c, k, ld_p, hi, shift, scale, offset, has_w, has_b):
+    """Normalize coefficients ``y = (x - shift) * scale + offset`` of channel ``c`` (its weight and
+    bias), written at ``k`` (BatchNorm: c; GroupNorm: n*C + c), from float64 stats.
 
     The mean is split into ``hi`` (its value in the accumulation type) and ``lo = m - hi``;
     ``x - hi`` is exact near the mean (Sterbenz), and ``-lo * scale`` folds into the offset, so
@@ -519,9 +570,9 @@ def _coefficients(m, invstd, w, b, c, ld_p, hi, shift, scale, offset, has_w, has
     if has_b:
         of = ld_p(b, c)
     lo = m - np.float64(hi)
-    shift[c] = hi
-    scale[c] = sc
-    offset[c] = of - lo * sc
+    shift[k] = hi
+    scale[k] = sc
+    offset[k] = of - lo * sc
 
 
 @functools.cache
@@ -538,22 +589,11 @@ def bn_finalize_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool, h
         c = cuda.grid(1)
         if c >= mean_out.shape[0]:
             return
-        n = 0.0
-        m = 0.0
-        m2 = 0.0
-        for p in range(P):
-            nb = part_n[c * P + p]
-            if nb > 0.0:
-                nn = n + nb
-                delta = part_mean[c * P + p] - m
-                fb = nb / nn
-                m2 = m2 + part_m2[c * P + p] + delta * delta * n * fb
-                m = m + delta * fb
-                n = nn
+        n, m, m2 = _merge_partials(part_n, part_mean, part_m2, c, P)
         invstd = 1.0 / math.sqrt(m2 / n + eps)
         mean_out[c] = m
         invstd_out[c] = invstd
-        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
+        _coefficients(m, invstd, w, b, c, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
         if has_running:
             st_r(rmean, c, (1.0 - momentum) * ld_r(rmean, c) + momentum * m)
             st_r(rvar, c, (1.0 - momentum) * ld_r(rvar, c) + momentum * (m2 / (n - 1.0)))
@@ -576,7 +616,7 @@ def bn_eval_coeffs_kernel(acc: int, pio: str, rio: str, has_w: bool, has_b: bool
         invstd = 1.0 / math.sqrt(np.float64(ld_r(rvar, c)) + eps)
         mean_out[c] = m
         invstd_out[c] = invstd
-        _coefficients(m, invstd, w, b, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
+        _coefficients(m, invstd, w, b, c, c, ld_p, A(m), shift, scale, offset, has_w, has_b)
 
     return kernel
 

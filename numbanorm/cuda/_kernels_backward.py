@@ -26,7 +26,21 @@ import functools
 import numpy as np
 from numba import cuda
 
-from ._kernels import SHARED_SLOTS, _loader, _np_float, _numba_float, _reduce2_columns, _storer, reduce2
+from ._kernels import (
+    SHARED_SLOTS,
+    _channel_span,
+    _jit_device,
+    _loader,
+    _np_float,
+    _numba_float,
+    _partial_slot,
+    _reduce2_columns,
+    _run_start,
+    _run_step,
+    _storer,
+    _sum2,
+    reduce2,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,11 +156,7 @@ def ln_param_reduce_kernel(pio: str):
         j = cuda.grid(1)
         if j >= D:
             return
-        sw = 0.0
-        sb = 0.0
-        for p in range(P):
-            sw += part_w[p * D + j]
-            sb += part_b[p * D + j]
+        sw, sb = _sum2(part_w, part_b, j, D, P)
         st_p(gw, j, sw)
         st_p(gb, j, sb)
 
@@ -156,6 +166,31 @@ def ln_param_reduce_kernel(pio: str):
 # --------------------------------------------------------------------------------------------
 # BatchNorm
 # --------------------------------------------------------------------------------------------
+@_jit_device
+def _dy_sums(g, x, gx, k, hi, sc, s1, s2, ld_x, st_x, write_gx):
+    """(s1, s2) plus dy and dy·(x - hi) of element ``k``; with ``write_gx`` also ``gx = dy·sc``."""
+    d = ld_x(g, k)
+    s1 += d
+    s2 += d * (ld_x(x, k) - hi)
+    if write_gx:
+        st_x(gx, k, d * sc)
+    return s1, s2
+
+
+@_jit_device
+def _write_sums(part_dy, part_dyx, k, s1, s2):
+    part_dy[k] = np.float64(s1)
+    part_dyx[k] = np.float64(s2)
+
+
+@_jit_device
+def _grad_sums(part_dy, part_dyx, k, P, lo):
+    """Σdy and Σdy·(x - mean) of channel slot ``k`` from its P partials, in float64. The partials
+    are centred on ``hi = mean - lo``: Σdy·(x - mean) = Σdy·(x - hi) - lo·Σdy."""
+    s_dy, s2 = _sum2(part_dy, part_dyx, k * P, 1, P)
+    return s_dy, s2 - lo * s_dy
+
+
 @functools.cache
 def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bool):
     """(outer, C, inner > 1): grid (C, P, N), 1-D blocks, the split of ``bn_partials_kernel``.
@@ -174,12 +209,8 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
-        p = cuda.blockIdx.y
         nc = cuda.blockIdx.z * C + c
-        M = x.shape[0] // (C * cuda.gridDim.z)
-        xb = cuda.blockIdx.z * M * C  # the sample's first element
-        j0 = (M * p) // P
-        j1 = (M * (p + 1)) // P
+        xb, j0, j1 = _channel_span(x.shape[0], C, P)
         hi = A(ld_s(mean, nc // cpg))
         sc = A(0.0)
         if write_gx:
@@ -187,24 +218,14 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
         s1 = A(0.0)
         s2 = A(0.0)
         j = j0 + tid
-        o = j // inner
-        i = j - o * inner
+        o, i = _run_start(j, inner)
         while j < j1:
-            k = xb + (o * C + c) * inner + i
-            d = ld_x(g, k)
-            s1 += d
-            s2 += d * (ld_x(x, k) - hi)
-            if write_gx:
-                st_x(gx, k, d * sc)
+            s1, s2 = _dy_sums(g, x, gx, xb + (o * C + c) * inner + i, hi, sc, s1, s2, ld_x, st_x, write_gx)
             j += T
-            i += T
-            while i >= inner:
-                i -= inner
-                o += 1
+            o, i = _run_step(o, i, T, inner)
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         if tid == 0:
-            part_dy[nc * P + p] = np.float64(s1)
-            part_dyx[nc * P + p] = np.float64(s2)
+            _write_sums(part_dy, part_dyx, _partial_slot(c, C, P), s1, s2)
 
     return kernel
 
@@ -223,13 +244,9 @@ def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx:
         sh_b = cuda.shared.array(slots, nbt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        p = cuda.blockIdx.y
         c = cuda.blockIdx.x * TX + tx
         nc = cuda.blockIdx.z * C + c
-        R = x.shape[0] // (C * cuda.gridDim.z)
-        xb = cuda.blockIdx.z * R * C
-        r0 = (R * p) // P
-        r1 = (R * (p + 1)) // P
+        xb, r0, r1 = _channel_span(x.shape[0], C, P)  # rows of the sample
         s1 = A(0.0)
         s2 = A(0.0)
         if c < C:
@@ -239,17 +256,11 @@ def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx:
                 sc = A(ld_s(invstd, c) * ld_p(w, c))
             r = r0 + ty
             while r < r1:
-                k = xb + r * C + c
-                d = ld_x(g, k)
-                s1 += d
-                s2 += d * (ld_x(x, k) - hi)
-                if write_gx:
-                    st_x(gx, k, d * sc)
+                s1, s2 = _dy_sums(g, x, gx, xb + r * C + c, hi, sc, s1, s2, ld_x, st_x, write_gx)
                 r += TY
         s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
         if ty == 0 and c < C:
-            part_dy[nc * P + p] = np.float64(s1)
-            part_dyx[nc * P + p] = np.float64(s2)
+            _write_sums(part_dy, part_dyx, _partial_slot(c, C, P), s1, s2)
 
     return kernel
 
@@ -266,15 +277,10 @@ def bn_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool, training:
         c = cuda.grid(1)
         if c >= cp.shape[0]:
             return
-        s_dy = 0.0
-        s2 = 0.0
-        for k in range(P):
-            s_dy += part_dy[c * P + k]
-            s2 += part_dyx[c * P + k]
         m = ld_s(mean, c)
         hi = np.float64(A(m))
         lo = m - hi
-        s_dyx = s2 - lo * s_dy  # Σdy·(x - mean) = Σdy·(x - hi) - lo·Σdy
+        s_dy, s_dyx = _grad_sums(part_dy, part_dyx, c, P, lo)
         istd = ld_s(invstd, c)
         scale = istd
         if has_w:

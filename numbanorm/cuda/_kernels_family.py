@@ -15,7 +15,17 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._kernels import _loader, _np_float, _storer
+from ._kernels import _chan_add, _coefficients, _jit_device, _loader, _merge_partials, _np_float, _storer
+from ._kernels_backward import _grad_sums
+
+
+@_jit_device
+def _group_channels(t, C, G):
+    """Sample ``n`` and channels ``[c0, c1)`` of the (n, g) slot ``t = n*G + g``."""
+    n = t // G
+    cpg = C // G
+    c0 = (t - n * G) * cpg
+    return n, c0, c0 + cpg
 
 
 @functools.cache
@@ -32,50 +42,22 @@ def group_finalize_kernel(acc: int, pio: str, has_w: bool, has_b: bool):
         t = cuda.grid(1)
         if t >= gmean_out.shape[0]:
             return
-        n = t // G
-        g = t - n * G
-        cpg = C // G
+        n, c0, c1 = _group_channels(t, C, G)
         cnt = 0.0
         m = 0.0
         m2 = 0.0
-        for c in range(g * cpg, (g + 1) * cpg):
+        for c in range(c0, c1):  # each channel's partials, then the channel into the group (Chan)
             k = n * C + c
-            cn = 0.0
-            cmu = 0.0
-            cv = 0.0
-            for p in range(P):  # this channel's partials, then the channel into the group (Chan)
-                nb = part_n[k * P + p]
-                if nb > 0.0:
-                    nn = cn + nb
-                    delta = part_mean[k * P + p] - cmu
-                    fb = nb / nn
-                    cv = cv + part_m2[k * P + p] + delta * delta * cn * fb
-                    cmu = cmu + delta * fb
-                    cn = nn
+            cn, cmu, cv = _merge_partials(part_n, part_mean, part_m2, k, P)
             cmean[k] = cmu
             cm2[k] = cv
-            if cn > 0.0:
-                nn = cnt + cn
-                delta = cmu - m
-                fb = cn / nn
-                m2 = m2 + cv + delta * delta * cnt * fb
-                m = m + delta * fb
-                cnt = nn
+            cnt, m, m2 = _chan_add(cnt, m, m2, cn, cmu, cv)
         rstd = 1.0 / math.sqrt(m2 / cnt + eps)
         gmean_out[t] = m
         grstd_out[t] = rstd
         hi = A(m)
-        lo = m - np.float64(hi)  # as in _kernels._coefficients: x - hi is exact near the mean
-        for c in range(g * cpg, (g + 1) * cpg):
-            sc = rstd
-            if has_w:
-                sc *= ld_p(w, c)
-            of = 0.0
-            if has_b:
-                of = ld_p(b, c)
-            shift[n * C + c] = hi
-            scale[n * C + c] = sc
-            offset[n * C + c] = of - lo * sc
+        for c in range(c0, c1):
+            _coefficients(m, rstd, w, b, c, n * C + c, ld_p, hi, shift, scale, offset, has_w, has_b)
 
     return kernel
 
@@ -117,23 +99,16 @@ def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
         t = cuda.grid(1)
         if t >= mean.shape[0]:
             return
-        n = t // G
-        g = t - n * G
-        cpg = C // G
+        n, c0, c1 = _group_channels(t, C, G)
         m = ld_s(mean, t)
         hi = np.float64(A(m))
         lo = m - hi  # the partials are centred on hi: Σdy·(x - m) = Σdy·(x - hi) - lo·Σdy
         s = ld_s(rstd, t)
         a = 0.0  # Σ γ·dy over the group
         b = 0.0  # Σ γ·dy·(x - mean) over the group
-        for c in range(g * cpg, (g + 1) * cpg):
+        for c in range(c0, c1):
             k = n * C + c
-            s_dy = 0.0
-            s2 = 0.0
-            for p in range(P):
-                s_dy += part_dy[k * P + p]
-                s2 += part_dyx[k * P + p]
-            s_dyx = s2 - lo * s_dy
+            s_dy, s_dyx = _grad_sums(part_dy, part_dyx, k, P, lo)
             pw[k] = s_dyx * s
             pb[k] = s_dy
             wc = 1.0
@@ -141,10 +116,10 @@ def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
                 wc = ld_p(w, c)
             a += wc * s_dy
             b += wc * s_dyx
-        M = count * cpg
+        M = count * (c1 - c0)
         q = s * s * s * b / M
         r = -s * a / M + q * lo  # -q·(x - mean) = -q·(x - hi) + q·lo
-        for c in range(g * cpg, (g + 1) * cpg):
+        for c in range(c0, c1):
             k = n * C + c
             wc = 1.0
             if has_w:

@@ -15,18 +15,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 import numpy as np  # noqa: E402
 from conftest import poisoned_like  # noqa: E402
 from reference import TOL, rel_l2, two_pass  # noqa: E402
-from sim_kernels import bf16_dev, dev, from_bf16, host, round_bf16, small_blocks  # noqa: E402, F401
+from simtools import assert_same_error_as_cpu, bf16_dev, dev, few_ln_blocks, from_bf16, host, round_bf16, small_blocks  # noqa: E402, F401
 
 import numbanorm as nb  # noqa: E402
-from numbanorm.cuda import _backward  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def few_ln_blocks(monkeypatch):
-    """Fewer LN backward blocks than rows: each block walks several rows and its partials add up;
-    tiny register budgets, so rows use the cached, the register-accumulated and the global paths."""
-    for name, value in dict(LN_BWD_BLOCKS=2, LN_BWD_REGS=1, LN_BWD_WREGS=2, LN_BWD_MAX_THREADS=8).items():
-        monkeypatch.setattr(_backward, name, value)
 
 
 def ln_grads_ref(g, x, k, w):
@@ -262,16 +253,7 @@ def test_same_errors_as_cpu_and_nothing_mutated(op, kwargs):
     else:
         base.update(mean=np.zeros(4, np.float32), invstd=np.ones(4, np.float32))
         fn = nb.batch_norm_backward
-    kw = {**base, **kwargs}
-    with pytest.raises((TypeError, ValueError)) as cpu:
-        fn(x=x, **kw)
-    dkw = {k: (dev(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
-    with pytest.raises(cpu.type) as gpu:
-        fn(x=dev(x), **dkw)
-    assert str(gpu.value) == str(cpu.value)
-    for k, v in dkw.items():
-        if hasattr(v, "copy_to_host"):
-            assert np.array_equal(host(v), kw[k])
+    assert_same_error_as_cpu(fn, dict(x=x, **{**base, **kwargs}))
 
 
 def test_device_specific_backward_errors():

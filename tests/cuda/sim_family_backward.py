@@ -17,9 +17,7 @@ import numpy as np  # noqa: E402
 from conftest import poisoned_like  # noqa: E402
 from family_reference import group_norm_ref  # noqa: E402
 from reference import TOL, rel_l2  # noqa: E402
-from sim_backward import few_ln_blocks  # noqa: E402, F401
-from sim_kernels import dev, host, small_blocks  # noqa: E402, F401
-from sim_layers import _side_by_side  # noqa: E402
+from simtools import dev, few_ln_blocks, host, side_by_side, small_blocks  # noqa: E402, F401
 
 import numbanorm as nb  # noqa: E402
 
@@ -147,13 +145,13 @@ def test_family_backward_errors_on_device(rng):
 # ---------------------------------------------------------------------------------- layers
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rms_norm_layer_on_gpu(rng, dtype):
-    _side_by_side(rng, nb.RMSNorm(7, dtype=dtype), nb.RMSNorm(7, dtype=dtype).to("cuda"), (3, 2, 7), dtype)
-    _side_by_side(rng, nb.RMSNorm((2, 5), elementwise_affine=False, eps=1e-3, dtype=dtype),
+    side_by_side(rng, nb.RMSNorm(7, dtype=dtype), nb.RMSNorm(7, dtype=dtype).to("cuda"), (3, 2, 7), dtype)
+    side_by_side(rng, nb.RMSNorm((2, 5), elementwise_affine=False, eps=1e-3, dtype=dtype),
                   nb.RMSNorm((2, 5), elementwise_affine=False, eps=1e-3, dtype=dtype).cuda(), (3, 2, 5), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("axis", [1, -1])
 def test_group_norm_layer_on_gpu(rng, dtype, axis):
-    _side_by_side(rng, nb.GroupNorm(2, 4, channel_axis=axis, dtype=dtype),
+    side_by_side(rng, nb.GroupNorm(2, 4, channel_axis=axis, dtype=dtype),
                   nb.GroupNorm(2, 4, channel_axis=axis, dtype=dtype).to("cuda"), (3, 4, 5, 4), dtype, offset=50.0)

@@ -18,54 +18,22 @@ import numpy as np  # noqa: E402
 from conftest import poisoned_like  # noqa: E402
 from numba import cuda  # noqa: E402
 from reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2  # noqa: E402
+from simtools import (  # noqa: E402, F401
+    assert_same_error_as_cpu,
+    bf16_dev,
+    bits_to_f64,
+    dev,
+    from_bf16,
+    host,
+    round_bf16,
+    small_blocks,
+    to_bf16_bits,
+)
 
 import numbanorm as nb  # noqa: E402
-from numbanorm.cuda import _arrays, _kernels  # noqa: E402
+from numbanorm.cuda import _kernels  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def small_blocks(monkeypatch):
-    """Tiny blocks so that tiny inputs span several blocks and every code path runs (register
-    slots and the re-read tail in LN, several partials per BN channel, partial column tiles)."""
-    for name, value in dict(MIN_THREADS=2, MAX_THREADS=8, LN_REGS=2, BN_THREADS=4, BN_TX=2, BN_TY=2,
-                            BN_TARGET_BLOCKS=6, BN_MIN_PER_BLOCK=8).items():
-        monkeypatch.setattr(_kernels, name, value)
-
-
-torch = pytest.importorskip("torch")  # bfloat16 rounding reference (CPU torch)
 DT = [np.float32, np.float64]
-
-
-def to_bf16_bits(a) -> np.ndarray:
-    """float32 -> bfloat16 (round to nearest even) as int16 bits, by torch on the CPU."""
-    return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().copy()
-
-
-def bits_to_f64(bits: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(np.ascontiguousarray(bits, np.int16)).view(torch.bfloat16).double().numpy()
-
-
-def round_bf16(a) -> np.ndarray:
-    return bits_to_f64(to_bf16_bits(a))
-
-
-def host(a) -> np.ndarray:
-    return a.copy_to_host()
-
-
-def dev(a: np.ndarray):
-    return cuda.to_device(np.ascontiguousarray(a))
-
-
-def bf16_dev(a: np.ndarray) -> _arrays.DevArray:
-    """A bfloat16 GPU array as a torch bf16 tensor reaches the kernels: int16 bits."""
-    d = _arrays.wrap(dev(to_bf16_bits(a)), "x")
-    d.dtype = "bfloat16"
-    return d
-
-
-def from_bf16(a) -> np.ndarray:
-    return bits_to_f64(host(a))
 
 
 # ---------------------------------------------------------------------------------- LayerNorm
@@ -299,16 +267,7 @@ BAD_CALLS = [
 @pytest.mark.parametrize("op,kwargs", BAD_CALLS)
 def test_same_errors_as_cpu_and_nothing_mutated(op, kwargs):
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    fn = nb.layer_norm if op == "ln" else nb.batch_norm
-    with pytest.raises((TypeError, ValueError)) as cpu:
-        fn(x, **kwargs)
-    dkw = {k: (dev(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    with pytest.raises(cpu.type) as gpu:
-        fn(dev(x), **dkw)
-    assert str(gpu.value) == str(cpu.value)
-    for k, v in dkw.items():
-        if hasattr(v, "copy_to_host"):
-            assert np.array_equal(host(v), kwargs[k])
+    assert_same_error_as_cpu(nb.layer_norm if op == "ln" else nb.batch_norm, dict(x=x, **kwargs))
 
 
 def test_device_specific_errors():

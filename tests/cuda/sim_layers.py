@@ -15,52 +15,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported", allow_module_level=True)
 
 import numpy as np  # noqa: E402
-from reference import rel_l2  # noqa: E402
-from sim_kernels import dev, host, small_blocks  # noqa: E402, F401
+from simtools import close, dev, host, side_by_side, small_blocks  # noqa: E402, F401
 
 import numbanorm as nb  # noqa: E402
-
-LR = 0.1
-
-
-def _close(d, ref, tol):
-    got = host(d)
-    assert got.shape == ref.shape and got.dtype == ref.dtype
-    assert rel_l2(got, ref) <= tol, rel_l2(got, ref)
-
-
-def _sgd(cpu_layer, gpu_layer):
-    """One plain SGD step on the CPU layer, copied into the GPU layer through load_state_dict."""
-    for name in ("weight", "bias"):
-        p = getattr(cpu_layer, name)
-        if p is not None:
-            p -= LR * getattr(cpu_layer, f"grad_{name}")
-    gpu_layer.load_state_dict(cpu_layer.state_dict())
-
-
-def _side_by_side(rng, cpu_layer, gpu_layer, shape, dtype, steps=3, offset=0.0):
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    for step in range(steps):
-        if step == steps - 1:  # the last step in eval: running statistics (BatchNorm) normalize
-            cpu_layer.eval()
-            assert gpu_layer.eval() is gpu_layer and not gpu_layer.training
-        x = (rng.standard_normal(shape) * (1 + step) + step + offset).astype(dtype)
-        g = rng.standard_normal(shape).astype(dtype)
-        y, dy = cpu_layer(x), gpu_layer(dev(x))
-        _close(dy, y, tol)
-        gx, dgx = cpu_layer.backward(g), gpu_layer.backward(dev(g))
-        _close(dgx, gx, tol * 10)
-        for name in ("grad_weight", "grad_bias"):
-            ref = getattr(cpu_layer, name)
-            assert (getattr(gpu_layer, name) is None) == (ref is None)
-            if ref is not None:
-                _close(getattr(gpu_layer, name), ref, tol * 10)
-        state, dstate = cpu_layer.state_dict(), gpu_layer.state_dict()
-        assert state.keys() == dstate.keys()
-        for k, v in state.items():
-            assert type(dstate[k]) is np.ndarray and dstate[k].dtype == v.dtype
-            assert rel_l2(dstate[k], v) <= tol, k
-        _sgd(cpu_layer, gpu_layer)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -70,20 +27,20 @@ def test_batch_norm_layer_on_gpu(rng, dtype, shape, axis, momentum):
     cpu_layer = nb.BatchNorm(C, momentum=momentum, channel_axis=axis, dtype=dtype)
     gpu_layer = nb.BatchNorm(C, momentum=momentum, channel_axis=axis, dtype=dtype).to("cuda")
     assert gpu_layer.device == "cuda" and not isinstance(gpu_layer.running_mean, np.ndarray)
-    _side_by_side(rng, cpu_layer, gpu_layer, shape, dtype, offset=100.0)
+    side_by_side(rng, cpu_layer, gpu_layer, shape, dtype, offset=100.0)
     assert int(gpu_layer.num_batches_tracked) == int(cpu_layer.num_batches_tracked) == 2
 
 
 def test_batch_norm_layer_without_affine_or_running_stats(rng):
     for kwargs in (dict(affine=False), dict(track_running_stats=False), dict(bias=False)):
-        _side_by_side(rng, nb.BatchNorm(3, **kwargs), nb.BatchNorm(3, **kwargs).cuda(), (6, 3, 5), np.float32)
+        side_by_side(rng, nb.BatchNorm(3, **kwargs), nb.BatchNorm(3, **kwargs).cuda(), (6, 3, 5), np.float32)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,ns", [((3, 2, 9), (9,)), ((2, 3, 5), (3, 5))])
 @pytest.mark.parametrize("affine", [True, False])
 def test_layer_norm_layer_on_gpu(rng, dtype, shape, ns, affine):
-    _side_by_side(rng, nb.LayerNorm(ns, elementwise_affine=affine, dtype=dtype),
+    side_by_side(rng, nb.LayerNorm(ns, elementwise_affine=affine, dtype=dtype),
                   nb.LayerNorm(ns, elementwise_affine=affine, dtype=dtype).to("cuda"), shape, dtype, offset=1e3)
 
 
@@ -95,7 +52,7 @@ def test_moving_back_and_forth_keeps_values(rng):
     before = layer.state_dict()
     grad_w = layer.grad_weight.copy()
     assert layer.to("cuda:0") is layer and layer.device == "cuda"
-    _close(layer.grad_weight, grad_w, 0)  # grads move with their parameters
+    close(layer.grad_weight, grad_w, 0)  # grads move with their parameters
     with pytest.raises(RuntimeError, match="needs a forward call first"):  # the saved forward is dropped
         layer.backward(dev(np.ones_like(x)))
     assert layer.cpu() is layer and layer.device == "cpu" and type(layer.running_var) is np.ndarray
@@ -114,7 +71,7 @@ def test_reset_and_load_state_dict_on_gpu(rng):
     state["num_batches_tracked"] = np.array(7)
     layer.load_state_dict(state)  # float64 values cast to the layer's float32
     for k in ("weight", "bias", "running_mean", "running_var"):
-        _close(getattr(layer, k), state[k].astype(np.float32), 0)
+        close(getattr(layer, k), state[k].astype(np.float32), 0)
     assert int(layer.num_batches_tracked) == 7
     layer.reset_parameters()
     assert np.all(host(layer.weight) == 1) and np.all(host(layer.bias) == 0)
