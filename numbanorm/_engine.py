@@ -30,7 +30,7 @@ from numba.extending import overload
 
 from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD, jit
 from ._halfio import flush_row, load, row_scratch, row_target, store
-from ._simd import affine8, group_dot_sums, simd_ok
+from ._simd import affine_rows, group_dot_sums, simd_ok
 
 # error_model="numpy": x/0 gives inf/nan as in torch (and as NumPy does) instead of raising,
 # and spares a zero test per division.
@@ -66,6 +66,15 @@ _CL_MIN_TILE_ROWS = 16
 _CL_PREFETCH_ROW_BYTES = 1024
 _CL_PREFETCH_ROWS = 16
 _F64 = np.dtype(np.float64)
+
+#: Outputs of at least this many bytes are written with non-temporal stores by the normalize
+#: pass (``affine_rows``), NCHW runs only when at least ``_STREAM_RUN_BYTES`` long (channels-last:
+#: never, see ``block_affine``). Measured
+#: (BN eval, one core, ms, normal -> streaming stores): (32,64,56,56) 3.1 -> 2.2-2.5, NHWC
+#: 3.4 -> 2.3-2.8 (np.copyto 2.8-3.1, torch 2.9-3.5); but 4-13 MB outputs that a reused ``out=``
+#: keeps in cache got up to 1.7x slower, and 8x8 or 14x14 planes 3-4x slower.
+_STREAM_BYTES = 16 << 20
+_STREAM_RUN_BYTES = 4096
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,28 +400,16 @@ def channel_moments(x3, nthreads):
 # --------------------------------------------------------------------------------------------
 @_serial
 def run_affine(src, dst, i0, i1, m, s, b):
+    """``dst[i0:i1] = (src[i0:i1] - m) * s + b`` over a contiguous run (parameters in float64)."""
     mh, sc, of = fold_affine(m, s, b, src)
-    # LLVM's vector loop takes 32 float32 per iteration and leaves the rest to a scalar loop:
-    # for short runs (7x7 = 49) that was a third of the elements. So the loop gets a multiple of
-    # 32, then 8 at a time as one SIMD statement (``affine8``), then the last < 8.
-    a = np.uint64(i0)
-    e = np.uint64(i1)
-    m32 = a + (e - a) // np.uint64(32) * np.uint64(32)
-    for i in range(a, m32):
-        dst[i] = store((load(src[i]) - mh) * sc + of, dst)
-    i = m32
-    while i + np.uint64(8) <= e:
-        affine8(src, dst, i, mh, sc, of)
-        i += np.uint64(8)
-    for j in range(i, e):
-        dst[j] = store((load(src[j]) - mh) * sc + of, dst)
+    affine_rows(src, dst, i0, 1, i1 - i0, mh, sc, of)
 
 
 @_serial
 def lane_affine(src, dst, base, width, shift, scale, offset):
-    b = np.uint64(base)
-    for j in range(np.uint64(width)):
-        dst[b + j] = store((load(src[b + j]) - shift[j]) * scale[j] + offset[j], dst)
+    """``dst[base + j] = (src[base + j] - shift[j]) * scale[j] + offset[j]`` for j < width
+    (parameters already folded, in the compute type)."""
+    affine_rows(src, dst, base, 1, width, shift, scale, offset)
 
 
 @_serial
@@ -434,21 +431,32 @@ def tile_lanes(shift, scale, offset, W, like):
 @_serial
 def block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
     C = x3.shape[1]
-    if x3.shape[2] != 1:
-        for o in range(o0, o1):
-            for c in range(C):
-                run_affine(x3[o, c], out3[o, c], i0, i1, shift[c], scale[c], offset[c])
-        return
-    # Channels-last: flat runs of W lanes, parameters tiled to the lanes (see block_moments).
-    W = cl_lanes(C)
-    k = W // C
+    inner = x3.shape[2]
     src = x3.reshape(x3.size)
     dst = out3.reshape(out3.size)
+    if inner != 1:
+        # Short runs stream badly: a line shared by two runs is written partly non-temporally.
+        stream = dst.size * dst.itemsize >= _STREAM_BYTES and (i1 - i0) * dst.itemsize >= _STREAM_RUN_BYTES
+        # Contiguous runs x3[o, c, i0:i1]: each channel folded once per block, not once per run
+        # (8x8 planes spent about as long folding and setting up a loop as normalizing).
+        head, sc, of = tile_lanes(shift, scale, offset, C, src)
+        n = i1 - i0
+        for o in range(o0, o1):
+            for c in range(C):
+                affine_rows(src, dst, (o * C + c) * inner + i0, 1, n, head[c], sc[c], of[c], stream)
+        return
+    # Channels-last: rows of W lanes (k rows of C each), parameters tiled to the lanes (see
+    # block_moments), all full rows in one loop, then the rest of the block as one short row.
+    # Normal stores: streaming made BN eval (32,56,56,64) 1.3-1.5x faster but BN training,
+    # whose normalize follows the moments pass, 1.2-1.3x slower (one core, not understood yet).
+    stream = False
+    W = cl_lanes(C)
+    k = W // C
     head, sc, of = tile_lanes(shift, scale, offset, W, src)
-    full = o0 + (o1 - o0) // k * k
-    for r in range(o0, full, k):
-        lane_affine(src, dst, r * C, W, head, sc, of)
-    lane_affine(src, dst, full * C, (o1 - full) * C, head, sc, of)
+    nfull = (o1 - o0) // k
+    affine_rows(src, dst, o0 * C, nfull, W, head, sc, of, stream)
+    full = o0 + nfull * k
+    affine_rows(src, dst, full * C, 1, (o1 - full) * C, head, sc, of, stream)
 
 
 @_parallel
@@ -736,9 +744,11 @@ def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_o
         rstd_out[r] = rstd
 
 
-#: Above this many elements LayerNorm is bound by DRAM bandwidth and uses the pipelined loop;
-#: below, the data is in cache, the two simpler loops per row are faster (measured 1.5-2.5x).
-_LN_PIPELINE_ELEMENTS = 1 << 22
+#: Above this many elements LayerNorm uses the pipelined loop; below, the data is in cache and
+#: the two simpler loops per row are faster. Measured (one core, ms, two loops -> pipelined):
+#: (1024, 1024) 0.50 -> 0.42, (2048, 768) 0.91 -> 0.72, (4096, 256) 0.58 -> 0.53, but
+#: (256, 768) 0.074 -> 0.079: above ~2 MB the rows come from DRAM (or a shared L3) here.
+_LN_PIPELINE_ELEMENTS = 1 << 19
 
 
 @_serial

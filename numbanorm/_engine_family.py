@@ -17,18 +17,25 @@ import math
 import numpy as np
 from numba import prange
 
+from ._config import MIN_TASK_ELEMENTS
 from ._engine import (
     _parallel,
+    _plan_tasks_py,
     _serial,
     block_affine,
     block_bounds,
     block_moments,
     chan_merge,
+    fold_affine,
     layer_norm_rows_into,
+    normalize_row_and_sum_next,
     plan_tasks,
+    run_sums,
+    sums_to_moments,
 )
 from ._engine_backward import block_grad_input, block_grad_sums
 from ._halfio import compute, load, row_scratch, store
+from ._simd import affine_rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,6 +133,123 @@ def sample_channel_affine(x4, shift, scale, offset, out4, nthreads):
         return
     for t in prange(tasks.shape[0]):
         _affine_task(x4, tasks[t], shift, scale, offset, out4)
+
+
+# --------------------------------------------------------------------------------------------
+# GroupNorm / InstanceNorm forward fused per group: statistics, then the normalize while the group
+# is still in cache (the separate moments and affine passes read x from DRAM twice)
+# --------------------------------------------------------------------------------------------
+@_serial
+def _group_runs(x4, u0, u1, G, weight, bias, eps, out4, mean, m2, gmean, grstd):
+    """Groups ``u0:u1`` (group (n, g) = divmod(u, G)) of a (N, 1, C, inner) view: a group's
+    channels are one contiguous block, and so are consecutive groups. Software-pipelined like
+    large LayerNorm rows: group u is normalized in the same loop that sums group u + 1, so a DRAM
+    read stream and a write stream stay busy together."""
+    C = x4.shape[2]
+    inner = x4.shape[3]
+    cpg = C // G
+    src = x4.reshape(x4.size)
+    dst = out4.reshape(out4.size)
+    shift = np.empty(cpg)
+    s1 = np.empty(cpg)
+    s2 = np.empty(cpg)
+    for k in range(cpg):
+        start = (u0 * cpg + k) * inner
+        shift[k] = np.float64(load(src[start]))
+        s1[k], s2[k] = run_sums(src, start, start + inner, shift[k])
+    for u in range(u0, u1):
+        n, g = u // G, u % G
+        cnt, gm, gm2 = 0.0, 0.0, 0.0
+        for k in range(cpg):
+            c = g * cpg + k
+            mean[n, c], m2[n, c] = sums_to_moments(inner, shift[k], s1[k], s2[k])
+            cnt, gm, gm2 = chan_merge(cnt, gm, gm2, float(inner), mean[n, c], m2[n, c])
+        rstd = 1.0 / math.sqrt(gm2 / cnt + eps)
+        gmean[n, g] = gm
+        grstd[n, g] = rstd
+        for k in range(cpg):
+            c = g * cpg + k
+            start = (u * cpg + k) * inner
+            sc = rstd if weight is None else rstd * weight[c]
+            of = 0.0 if bias is None else np.float64(bias[c])
+            head, scale, offset = fold_affine(gm, sc, of, src)
+            if u + 1 < u1:
+                nxt = start + cpg * inner
+                shift[k] = np.float64(load(src[nxt]))
+                s1[k], s2[k] = normalize_row_and_sum_next(src[start:start + inner], dst[start:start + inner],
+                                                          src[nxt:nxt + inner], shift[k], head, scale, offset,
+                                                          None, None)
+            else:
+                affine_rows(src, dst, start, 1, inner, head, scale, offset)
+
+
+@_serial
+def _group_sample(x4, n, G, weight, bias, eps, out4, mean, m2, gmean, grstd, sh, sc, of):
+    """Sample ``n`` of ``group_norm_fused`` (channels-last): its per-channel moments, merged into
+    groups, then the normalize while the sample is still in cache."""
+    outer, C, inner = x4.shape[1], x4.shape[2], x4.shape[3]
+    cpg = C // G
+    cnt = block_moments(x4[n], 0, outer, 0, inner, mean[n], m2[n])
+    for g in range(G):
+        gc, gm, gm2 = 0.0, 0.0, 0.0
+        for c in range(g * cpg, (g + 1) * cpg):
+            gc, gm, gm2 = chan_merge(gc, gm, gm2, cnt, mean[n, c], m2[n, c])
+        rstd = 1.0 / math.sqrt(gm2 / gc + eps)
+        gmean[n, g] = gm
+        grstd[n, g] = rstd
+        for c in range(g * cpg, (g + 1) * cpg):
+            sh[c] = gm
+            sc[c] = rstd if weight is None else rstd * weight[c]
+            of[c] = 0.0 if bias is None else np.float64(bias[c])
+    block_affine(x4[n], 0, outer, 0, inner, sh, sc, of, out4[n])
+
+
+@_serial
+def group_norm_units(x4, u0, u1, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd):
+    """Units ``u0:u1`` of ``group_norm_fused`` (one task): groups, or whole samples."""
+    if fused_groups:
+        _group_runs(x4, u0, u1, G, weight, bias, eps, out4, mean, m2, gmean, grstd)
+        return
+    C = x4.shape[2]
+    sh = np.empty(C)
+    sc = np.empty(C)
+    of = np.empty(C)
+    for n in range(u0, u1):
+        _group_sample(x4, n, G, weight, bias, eps, out4, mean, m2, gmean, grstd, sh, sc, of)
+
+
+@_parallel
+def group_norm_units_parallel(x4, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd, ntask):
+    nunits = x4.shape[0] * G if fused_groups else x4.shape[0]
+    for t in prange(ntask):
+        u0, u1 = block_bounds(nunits, ntask, t)
+        group_norm_units(x4, u0, u1, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd)
+
+
+def group_norm_fused(x4, G, weight, bias, eps, out4, nthreads):
+    """GroupNorm forward (InstanceNorm: G = C) of ``x4`` (N, outer, C, inner) into ``out4``, one
+    group (NCHW: its channels are one contiguous block) or one sample (channels-last) at a time:
+    statistics, then the normalize while the block is still in cache. Returns (count per
+    channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G)), or None when the
+    samples are too few to share among the threads (the caller then runs the two passes)."""
+    N, outer, C, inner = x4.shape
+    fused_groups = outer == 1 and inner > 1
+    nunits = N * G if fused_groups else N
+    ntask, split = 1, 1
+    if x4.size >= 2 * MIN_TASK_ELEMENTS:  # below, one task for any thread count (see _engine._plan)
+        ntask, split = _plan_tasks_py(nunits, 1, x4.size // nunits, nthreads)
+    # Whole samples per task must still keep every core busy, else the two passes split better.
+    if not fused_groups and (split > 1 or (ntask > 1 and N % nthreads != 0 and N < 4 * nthreads)):
+        return None
+    mean = np.empty((N, C))
+    m2 = np.empty((N, C))
+    gmean = np.empty((N, G))
+    grstd = np.empty((N, G))
+    if ntask == 1:
+        group_norm_units(x4, 0, nunits, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd)
+    else:
+        group_norm_units_parallel(x4, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd, ntask)
+    return float(outer * inner), mean, m2, gmean, grstd
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ input, so it will not keep them in registers), which held the NHWC moments at ~5
 with the accumulators as vector values: for ``width`` 16 that is 4 + 4 ymm registers of float64
 and no memory access but the input loads. See ``_engine.cl_dot_sums`` for the tiling around it.
 
-``affine8`` is the eight-element normalize statement that ends short NCHW runs (numba runs LLVM
-without its SLP vectorizer, so eight scalar statements would stay scalar).
+``affine_rows`` is the normalize pass ``(x - head) * scale + offset`` over contiguous runs or
+channels-last rows of lanes, as one LLVM loop of 8-lane vectors (numba's loop paid an alias test
+and a scalar epilogue per run; numba runs LLVM without its SLP vectorizer), optionally with
+non-temporal stores for large outputs.
 """
 
 from __future__ import annotations
@@ -145,56 +147,151 @@ def _simd_ok(a):
 
 
 @intrinsic
-def _simd_affine8(typingctx, src, dst, i, head, scale, offset):
-    """SIMD body of ``affine8`` for float32/float64 arrays whose compute type is ``head``'s."""
-    if src.dtype not in _NATIVE or dst.dtype != src.dtype or head not in _NATIVE:
+def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offset, stream):
+    """SIMD body of ``affine_rows`` for float32/float64 arrays whose compute type is their own."""
+    elt_t = src.dtype if isinstance(src, types.Array) else None
+    lanes = isinstance(head, types.Array)
+    pt = head.dtype if lanes else head
+    if (elt_t not in _NATIVE or dst.dtype != elt_t or pt != elt_t
+            or any((p.dtype if lanes else p) != elt_t for p in (scale, offset))
+            or any(isinstance(p, types.Array) != lanes for p in (scale, offset))):
         return None
-    sig = types.none(src, dst, i, head, scale, offset)
+    sig = types.none(src, dst, base, nrows, width, head, scale, offset, stream)
+    can_stream = dst.aligned  # aligned stores need an element-aligned array
 
     def codegen(context, builder, sig, args):
-        elt = context.get_value_type(sig.args[0].dtype)
-        cty = context.get_value_type(sig.args[3])
-        align = context.get_abi_sizeof(elt)
-        idx = context.cast(builder, args[2], sig.args[2], types.int64)
-
-        def ptr(k):
-            data = context.make_array(sig.args[k])(context, builder, args[k]).data
-            return builder.bitcast(builder.gep(data, [idx]), ir.VectorType(elt, 8).as_pointer())
-
-        def splat(k):
-            v = context.cast(builder, args[k], sig.args[k], sig.args[3])
-            vec = ir.Constant(ir.VectorType(cty, 8), None)
-            for j in range(8):
-                vec = builder.insert_element(vec, v, ir.Constant(ir.IntType(32), j))
-            return vec
-
+        elt = context.get_value_type(elt_t)
+        vty = ir.VectorType(elt, 8)
+        esize = context.get_abi_sizeof(elt)
+        i64 = ir.IntType(64)
         flags = ("reassoc", "contract", "nsz")
-        v = builder.load(ptr(0), align=align)
-        if elt != cty:
-            v = builder.fpext(v, ir.VectorType(cty, 8)) if cty == ir.DoubleType() else builder.fptrunc(
-                v, ir.VectorType(cty, 8))
-        y = builder.fadd(builder.fmul(builder.fsub(v, splat(3), flags=flags), splat(4), flags=flags), splat(5),
-                         flags=flags)
-        if elt != cty:
-            y = builder.fptrunc(y, ir.VectorType(elt, 8)) if elt == ir.FloatType() else builder.fpext(
-                y, ir.VectorType(elt, 8))
-        builder.store(y, ptr(1), align=align)
+        nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+
+        def c64(v):
+            return ir.Constant(i64, v)
+
+        def data(k):
+            return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+        def as_i64(k):
+            return context.cast(builder, args[k], sig.args[k], types.int64)
+
+        ps, pd = data(0), data(1)
+        base_v, nrows_v, width_v = as_i64(2), as_i64(3), as_i64(4)
+        stream_v = context.cast(builder, args[8], sig.args[8], types.boolean)
+        if not can_stream:
+            stream_v = ir.Constant(ir.IntType(1), 0)
+        if lanes:
+            pp = [data(k) for k in (5, 6, 7)]
+        else:
+            splat = []
+            for k in (5, 6, 7):
+                vec = ir.Constant(vty, None)
+                for j in range(8):
+                    vec = builder.insert_element(vec, args[k], ir.Constant(ir.IntType(32), j))
+                splat.append(vec)
+
+        def vec_at(ptr, idx):
+            return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
+
+        def one_vec(off, j, nt):
+            """dst[off + j: +8] from src and the parameters of lanes j:j+8."""
+            k = builder.add(off, j)
+            v = builder.load(vec_at(ps, k), align=esize)
+            if lanes:
+                h, s, o = (builder.load(vec_at(p, j), align=esize) for p in pp)
+            else:
+                h, s, o = splat
+            y = builder.fadd(builder.fmul(builder.fsub(v, h, flags=flags), s, flags=flags), o, flags=flags)
+            st = builder.store(y, vec_at(pd, k), align=32 if nt else esize)
+            if nt:
+                st.set_metadata("nontemporal", nt_md)
+
+        def one_scalar(off, j):
+            k = builder.add(off, j)
+            v = builder.load(builder.gep(ps, [k]), align=esize)
+            if lanes:
+                h, s, o = (builder.load(builder.gep(p, [j]), align=esize) for p in pp)
+            else:
+                h, s, o = args[5], args[6], args[7]
+            y = builder.fadd(builder.fmul(builder.fsub(v, h, flags=flags), s, flags=flags), o, flags=flags)
+            builder.store(y, builder.gep(pd, [k]), align=esize)
+
+        def row(off, j0, n, nt):
+            """Elements j0:j0 + n of the row at ``off``: vectors of 8 (four per iteration), then
+            scalars."""
+            n32 = builder.udiv(n, c64(32))
+            n8 = builder.udiv(builder.urem(n, c64(32)), c64(8))
+            at32 = builder.add(j0, builder.mul(n32, c64(32)))
+            tail0 = builder.add(j0, builder.mul(builder.udiv(n, c64(8)), c64(8)))
+            with cgutils.for_range(builder, n32) as q:  # four independent vectors per iteration
+                j = builder.add(j0, builder.mul(q.index, c64(32)))
+                for u in range(4):
+                    one_vec(off, builder.add(j, c64(8 * u)), nt)
+            with cgutils.for_range(builder, n8) as q:  # normal stores: may end inside a line
+                one_vec(off, builder.add(at32, builder.mul(q.index, c64(8))), False)
+            with cgutils.for_range(builder, builder.sub(builder.add(j0, n), tail0)) as q:
+                one_scalar(off, builder.add(tail0, q.index))
+
+        with builder.if_else(stream_v) as (then, otherwise):
+            with then:
+                # Streaming stores: scalars up to a cache-line boundary of dst, then aligned
+                # non-temporal stores of whole lines only (32 elements at a time), the rest
+                # normal stores: a line written partly non-temporally is flushed partly, which
+                # made short runs (8x8 planes) 4x slower.
+                dst_addr = builder.ptrtoint(pd, i64)
+                with cgutils.for_range(builder, nrows_v) as r:
+                    off = builder.add(base_v, builder.mul(r.index, width_v))
+                    addr = builder.add(dst_addr, builder.mul(off, c64(esize)))
+                    peel = builder.udiv(builder.and_(builder.sub(c64(0), addr), c64(63)), c64(esize))
+                    peel = builder.select(builder.icmp_unsigned("<", peel, width_v), peel, width_v)
+                    with cgutils.for_range(builder, peel) as q:
+                        one_scalar(off, q.index)
+                    row(off, peel, builder.sub(width_v, peel), True)
+                sfence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                        "llvm.x86.sse.sfence")
+                builder.call(sfence, [])
+            with otherwise:
+                with cgutils.for_range(builder, nrows_v) as r:
+                    row(builder.add(base_v, builder.mul(r.index, width_v)), c64(0), width_v, False)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def affine8(src, dst, i, head, scale, offset):
-    """``dst[i:i+8] = (src[i:i+8] - head) * scale + offset`` as one SIMD statement (jit-only).
-    Numba leaves LLVM's SLP vectorizer off, so eight scalar statements would stay scalar."""
+def affine_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
+    """For ``nrows`` consecutive rows of ``width`` elements from flat index ``base`` (jit-only)::
+
+        dst[k] = (src[k] - head[j]) * scale[j] + offset[j],   k = base + r * width + j
+
+    The parameters are arrays of ``width`` lanes (channels-last) or scalars for all of them (a
+    contiguous run), in the compute type (``_engine.to_compute``). float32/float64 run one LLVM
+    loop of 8-lane vectors with no alias test and no call per run: numba's loop paid a runtime
+    alias check and a scalar epilogue per run, the main cost on short runs (8x8 planes) and
+    256-lane channels-last rows. Safe in place (each element is read before it is written).
+    ``stream``: write with non-temporal stores (float32/float64 only), for outputs far larger than
+    the cache: no read-for-ownership of the output lines, as ``np.copyto`` does for large copies.
+    """
 
 
-@overload(affine8)
-def _affine8(src, dst, i, head, scale, offset):
-    if src.dtype in _NATIVE and dst.dtype == src.dtype and head in _NATIVE:
-        return lambda src, dst, i, head, scale, offset: _simd_affine8(src, dst, i, head, scale, offset)
+@overload(affine_rows)
+def _affine_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
+    lanes = isinstance(head, types.Array)
+    pt = head.dtype if lanes else head
+    if src.dtype in _NATIVE and dst.dtype == src.dtype and pt == src.dtype:
+        def simd(src, dst, base, nrows, width, head, scale, offset, stream=False):
+            _simd_affine_rows(src, dst, base, nrows, width, head, scale, offset, stream)
+        return simd
+    if lanes:
+        def lane_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):  # float16/bfloat16
+            for r in range(nrows):
+                b = np.uint64(base + r * width)
+                for j in range(np.uint64(width)):
+                    dst[b + j] = store((load(src[b + j]) - head[j]) * scale[j] + offset[j], dst)
+        return lane_rows
 
-    def scalar(src, dst, i, head, scale, offset):  # float16/bfloat16 views
-        for j in range(i, i + 8):
-            dst[j] = store((load(src[j]) - head) * scale + offset, dst)
-    return scalar
+    def run_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
+        b = np.uint64(base)
+        for j in range(np.uint64(nrows * width)):
+            dst[b + j] = store((load(src[b + j]) - head) * scale + offset, dst)
+    return run_rows

@@ -210,6 +210,9 @@ def _grouped_norm(x4, G, weight, bias, eps, target4):
     Returns (count per channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G))."""
     C = x4.shape[2]
     with kernel_guard:
+        fused = _engine_family.group_norm_fused(x4, G, weight, bias, eps, target4, get_num_threads())
+        if fused is not None:
+            return fused
         count, mean, m2 = _engine_family.sample_channel_moments(x4, get_num_threads())
         gmean, gm2 = (mean, m2) if G == C else _engine_family.merge_groups(mean, m2, count, G)
         grstd = 1.0 / np.sqrt(gm2 / (count * (C // G)) + eps)

@@ -88,8 +88,8 @@ def test_channel_group_sums_all_input_types(rng, view):
 @pytest.mark.parametrize("inner", [8, 15, 17, 41, 49, 72])
 @pytest.mark.parametrize("dtype,bound", [(np.float32, 1e-6), (np.float64, 1e-12), (np.float16, 2e-3)])
 def test_nchw_run_tails(rng, inner, dtype, bound):
-    """NCHW runs are normalized 32 at a time by LLVM's loop, then 8 at a time (``affine8``),
-    then one at a time: every split of a run, out of place and in place."""
+    """NCHW runs are normalized 32 at a time, then 8 at a time, then one at a time
+    (``affine_rows``): every split of a run, out of place and in place."""
     x = (1e2 + rng.standard_normal((3, 5, inner))).astype(dtype)
     ref = batch_norm_ref(x, training=True)[0]
     y = nb.batch_norm(x, training=True, out=poisoned_like(x))
