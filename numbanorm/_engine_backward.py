@@ -20,12 +20,13 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._engine import _CL_GROUP_MIN_C, _parallel, _serial, block_bounds, cl_dot_sums, cl_lanes, plan_tasks
+from ._engine import _CL_GROUP_MIN_C, _parallel, _plan_tasks_py, _serial, block_bounds, cl_dot_sums, cl_lanes
 
-# Note for the ``_parallel`` entry points below: they allocate with ``np.empty`` only and leave
-# zeroing and merging to ``_serial`` helpers. Under ``parallel=True`` numba turns ``np.zeros`` and
-# array expressions into parallel loops, which wake the thread pool on every call, even on the
-# serial fast path (measured: ~16 ms per tiny call on a busy 2-core machine instead of ~50 µs).
+# The entry points (``channel_grad_sums``, ``channel_grad_input``, ``layer_norm_backward``) are
+# plain Python: one task calls the block kernel, more call a ``parallel_*`` parfor, so the serial
+# path never compiles a parfor (each costs 1.5-3 s cold). The parfors allocate with ``np.empty``
+# only and leave zeroing and merging to ``_serial`` helpers: under ``parallel=True`` numba turns
+# ``np.zeros`` and array expressions into parallel loops of their own.
 
 
 @_serial
@@ -119,21 +120,28 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
                     out3[o, c, 0] = d * scale[c]
 
 
-@_parallel
 def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
     """Per-channel (Σdy, Σdy·(x - mean)) over axes 0 and 2; one pass over (g3, x3), parallel."""
     outer, C, inner = x3.shape
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
+    if n_o * n_i == 1:  # the serial fast path: the block kernel, no parfor compiled
+        s_dy = np.empty(C)
+        s_dyx = np.empty(C)
+        block_grad_sums(g3, x3, 0, outer, 0, inner, mean, scale, out3, s_dy, s_dyx)
+        return s_dy, s_dyx
+    return parallel_grad_sums(g3, x3, mean, scale, out3, n_o, n_i)
+
+
+@_parallel
+def parallel_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
+    outer, C, inner = x3.shape
     ntask = n_o * n_i
     part_dy = np.empty((ntask, C))
     part_dyx = np.empty((ntask, C))
-    if ntask == 1:
-        block_grad_sums(g3, x3, 0, outer, 0, inner, mean, scale, out3, part_dy[0], part_dyx[0])
-    else:
-        for t in prange(ntask):
-            o0, o1 = block_bounds(outer, n_o, t // n_i)
-            i0, i1 = block_bounds(inner, n_i, t % n_i)
-            block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, n_o, t // n_i)
+        i0, i1 = block_bounds(inner, n_i, t % n_i)
+        block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
     return sum_partials(part_dy), sum_partials(part_dyx)
 
 
@@ -185,14 +193,19 @@ def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
                     of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
 
 
-@_parallel
 def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
     """Elementwise grad_x pass; safe when ``out3`` is ``g3`` or ``x3`` (same element read first)."""
     outer, C, inner = g3.shape
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
-    if n_o * n_i == 1:
+    n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
+    if n_o * n_i == 1:  # the serial fast path: the block kernel, no parfor compiled
         block_grad_input(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
-        return
+    else:
+        parallel_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i)
+
+
+@_parallel
+def parallel_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i):
+    outer, C, inner = g3.shape
     for t in prange(n_o * n_i):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
@@ -250,20 +263,27 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
             dst[j] = (d - a - xh * b) * s
 
 
-@_parallel
 def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
     """LayerNorm backward over rows of ``x2`` (R, D); returns float64 (Σ dy·x̂, Σ dy) per column
     (empty when ``weight`` is None), reduced from one partial buffer per task. ``mean`` None:
     RMSNorm backward (see ``layer_norm_grad_rows``)."""
     R, D = x2.shape
-    nblocks, _ = plan_tasks(R, 1, D, nthreads)
+    nblocks, _ = _plan_tasks_py(R, 1, D, nthreads)
     width = D if weight is not None else 0
+    if nblocks == 1:  # the serial fast path: the row kernel, no parfor compiled
+        dw = np.empty(width)
+        db = np.empty(width)
+        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, dw, db)
+        return dw, db
+    return parallel_layer_norm_grad(g2, x2, mean, rstd, weight, out2, nblocks, width)
+
+
+@_parallel
+def parallel_layer_norm_grad(g2, x2, mean, rstd, weight, out2, nblocks, width):
+    R = x2.shape[0]
     part_dw = np.empty((nblocks, width))
     part_db = np.empty((nblocks, width))
-    if nblocks == 1:
-        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, part_dw[0], part_db[0])
-    else:
-        for t in prange(nblocks):
-            r0, r1 = block_bounds(R, nblocks, t)
-            layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
+    for t in prange(nblocks):
+        r0, r1 = block_bounds(R, nblocks, t)
+        layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
     return sum_partials(part_dw), sum_partials(part_db)
