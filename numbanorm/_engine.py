@@ -177,35 +177,51 @@ def cl_lanes(C):
 @_serial
 def block_moments(x3, o0, o1, i0, i1, mean, m2):
     """Per-channel moments of ``x3[o0:o1, :, i0:i1]`` into ``mean``/``m2``; returns the count."""
+    if x3.shape[2] != 1:
+        return rows_moments(x3, o0, o1, i0, i1, mean, m2)
+    return cl_moments(x3, o0, o1, i0, i1, mean, m2)
+
+
+# The two layouts' bodies of ``block_moments``, inlined at numba-IR level: the parallel entries
+# choose one in Python, so a cold NCHW call does not compile the channels-last register kernels
+# (``cl_dot_sums``) and a channels-last call not the row loops.
+@_glue
+def rows_moments(x3, o0, o1, i0, i1, mean, m2):
+    """``block_moments`` of a layout with contiguous runs (``inner > 1``)."""
     C = x3.shape[1]
     width = i1 - i0
-    if x3.shape[2] != 1:
-        # The runs x3[o, c, i0:i1] are contiguous; walk them in memory order (o outer) with
-        # per-channel sums, one shift per channel for a chunk of rows, chunks merged by Chan.
-        rows = max(1, _SHIFT_CHUNK // max(width, 1))
-        shift = np.empty(C)
-        s1 = np.empty(C)
-        s2 = np.empty(C)
-        mean[:] = 0.0
-        m2[:] = 0.0
-        n = 0.0
-        for r0 in range(o0, o1, rows):
-            r1 = min(r0 + rows, o1)
+    # The runs x3[o, c, i0:i1] are contiguous; walk them in memory order (o outer) with
+    # per-channel sums, one shift per channel for a chunk of rows, chunks merged by Chan.
+    rows = max(1, _SHIFT_CHUNK // max(width, 1))
+    shift = np.empty(C)
+    s1 = np.empty(C)
+    s2 = np.empty(C)
+    mean[:] = 0.0
+    m2[:] = 0.0
+    n = 0.0
+    for r0 in range(o0, o1, rows):
+        r1 = min(r0 + rows, o1)
+        for c in range(C):
+            shift[c] = load(x3[r0, c, i0])
+            s1[c] = 0.0
+            s2[c] = 0.0
+        for o in range(r0, r1):
             for c in range(C):
-                shift[c] = load(x3[r0, c, i0])
-                s1[c] = 0.0
-                s2[c] = 0.0
-            for o in range(r0, r1):
-                for c in range(C):
-                    a, b = run_sums(x3[o, c], i0, i1, shift[c])
-                    s1[c] += a
-                    s2[c] += b
-            nb = float((r1 - r0) * width)
-            for c in range(C):
-                mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
-                _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
-            n += nb
-        return n
+                a, b = run_sums(x3[o, c], i0, i1, shift[c])
+                s1[c] += a
+                s2[c] += b
+        nb = float((r1 - r0) * width)
+        for c in range(C):
+            mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
+            _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
+        n += nb
+    return n
+
+
+@_glue
+def cl_moments(x3, o0, o1, i0, i1, mean, m2):
+    """``block_moments`` of the channels-last layout (``inner == 1``)."""
+    C = x3.shape[1]
     flat = x3.reshape(x3.size)
     if C >= _CL_GROUP_MIN_C and simd_ok(flat):
         # Channels-last, many channels: per-channel shifted sums in register-resident groups,
@@ -348,8 +364,15 @@ def serial_moments(x3):
     return count, mean, m2
 
 
-@_parallel
 def parallel_moments(x3, n_o, n_i):
+    """channel_moments over the (n_o, n_i) split: the parfor of x3's layout (see rows_moments)."""
+    if x3.shape[2] != 1:
+        return parallel_rows_moments(x3, n_o, n_i)
+    return parallel_cl_moments(x3, n_o, n_i)
+
+
+@_parallel
+def parallel_rows_moments(x3, n_o, n_i):
     outer, C, inner = x3.shape
     ntask = n_o * n_i
     part_n = np.empty(ntask)
@@ -358,7 +381,20 @@ def parallel_moments(x3, n_o, n_i):
     for t in prange(ntask):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
-        part_n[t] = block_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
+        part_n[t] = rows_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
+    return merge_partials(part_n, part_mean, part_m2)
+
+
+@_parallel
+def parallel_cl_moments(x3, n_o, n_i):
+    outer, C, inner = x3.shape
+    ntask = n_o * n_i
+    part_n = np.empty(ntask)
+    part_mean = np.empty((ntask, C))
+    part_m2 = np.empty((ntask, C))
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, n_o, t // n_i)
+        part_n[t] = cl_moments(x3, o0, o1, 0, 1, part_mean[t], part_m2[t])
     return merge_partials(part_n, part_mean, part_m2)
 
 

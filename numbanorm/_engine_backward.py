@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._engine import _CL_GROUP_MIN_C, _parallel, _plan_tasks_py, _serial, block_bounds, cl_dot_sums, cl_lanes
+from ._engine import _CL_GROUP_MIN_C, _glue, _parallel, _plan_tasks_py, _serial, block_bounds, cl_dot_sums, cl_lanes
 
 # The entry points (``channel_grad_sums``, ``channel_grad_input``, ``layer_norm_backward``) are
 # plain Python: one task calls the block kernel, more call a ``parallel_*`` parfor, so the serial
@@ -67,26 +67,34 @@ def run_grad_sums_scaled(grun, xrun, m, scale, orun):
     return a, b
 
 
-@_serial
-def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
-    """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``.
-
-    When ``out3`` is not None (eval backward) also writes ``out3 = dy·scale[c]`` on the way.
-    """
+# Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``; when
+# ``out3`` is not None (eval backward) also ``out3 = dy·scale[c]`` on the way. One kernel per
+# layout family, chosen in Python (``channel_grad_sums``) and inlined at numba-IR level into the
+# parfors: a cold NCHW call does not compile the channels-last register kernels and vice versa.
+@_glue
+def rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """The per-channel sums of a layout with contiguous runs (``inner > 1``)."""
     C = x3.shape[1]
     s_dy[:] = 0.0
     s_dyx[:] = 0.0
-    if x3.shape[2] != 1:
-        for o in range(o0, o1):
-            for c in range(C):
-                if out3 is None:
-                    a, b = run_grad_sums(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c])
-                else:
-                    a, b = run_grad_sums_scaled(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c], scale[c],
-                                                out3[o, c, i0:i1])
-                s_dy[c] += a
-                s_dyx[c] += b
-    elif out3 is None and C >= _CL_GROUP_MIN_C:
+    for o in range(o0, o1):
+        for c in range(C):
+            if out3 is None:
+                a, b = run_grad_sums(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c])
+            else:
+                a, b = run_grad_sums_scaled(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c], scale[c],
+                                            out3[o, c, i0:i1])
+            s_dy[c] += a
+            s_dyx[c] += b
+
+
+@_glue
+def cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """The per-channel sums of the channels-last layout (``inner == 1``)."""
+    C = x3.shape[1]
+    s_dy[:] = 0.0
+    s_dyx[:] = 0.0
+    if out3 is None and C >= _CL_GROUP_MIN_C:
         # Channels-last, many channels: register-resident channel groups (the engine's helper
         # for the moments too), so the per-channel sums do not round-trip through memory.
         cl_dot_sums(g3.reshape(g3.size), None, x3.reshape(x3.size), mean, o0, o1, C, s_dy, s_dyx)
@@ -120,6 +128,16 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
                     out3[o, c, 0] = d * scale[c]
 
 
+@_serial
+def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``
+    (and ``out3 = dy·scale[c]`` when given), either layout (the group-norm backward's kernel)."""
+    if x3.shape[2] != 1:
+        rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx)
+    else:
+        cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx)
+
+
 def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
     """Per-channel (Σdy, Σdy·(x - mean)) over axes 0 and 2; one pass over (g3, x3), parallel."""
     outer, C, inner = x3.shape
@@ -127,13 +145,16 @@ def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
     if n_o * n_i == 1:  # the serial fast path: the block kernel, no parfor compiled
         s_dy = np.empty(C)
         s_dyx = np.empty(C)
-        block_grad_sums(g3, x3, 0, outer, 0, inner, mean, scale, out3, s_dy, s_dyx)
+        kernel = rows_grad_sums if inner != 1 else cl_grad_sums
+        kernel(g3, x3, 0, outer, 0, inner, mean, scale, out3, s_dy, s_dyx)
         return s_dy, s_dyx
-    return parallel_grad_sums(g3, x3, mean, scale, out3, n_o, n_i)
+    if inner != 1:
+        return parallel_rows_grad_sums(g3, x3, mean, scale, out3, n_o, n_i)
+    return parallel_cl_grad_sums(g3, x3, mean, scale, out3, n_o)
 
 
 @_parallel
-def parallel_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
+def parallel_rows_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
     outer, C, inner = x3.shape
     ntask = n_o * n_i
     part_dy = np.empty((ntask, C))
@@ -141,7 +162,18 @@ def parallel_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
     for t in prange(ntask):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
-        block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
+        rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
+    return sum_partials(part_dy), sum_partials(part_dyx)
+
+
+@_parallel
+def parallel_cl_grad_sums(g3, x3, mean, scale, out3, ntask):
+    outer, C, _ = x3.shape
+    part_dy = np.empty((ntask, C))
+    part_dyx = np.empty((ntask, C))
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, ntask, t)
+        cl_grad_sums(g3, x3, o0, o1, 0, 1, mean, scale, out3, part_dy[t], part_dyx[t])
     return sum_partials(part_dy), sum_partials(part_dyx)
 
 
