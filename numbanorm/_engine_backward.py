@@ -179,69 +179,94 @@ def parallel_cl_grad_sums(g3, x3, mean, scale, out3, ntask):
 
 @_serial
 def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
-    """``out3 = p[c]·dy - q[c]·(x - mean[c]) + r[c]``; with ``x3`` None just ``p[c]·dy``."""
-    C = g3.shape[1]
+    """``out3 = p[c]·dy - q[c]·(x - mean[c]) + r[c]``; with ``x3`` None just ``p[c]·dy``; either
+    layout (the group-norm backward's kernel; the BN entries pick the layout's kernel)."""
     if g3.shape[2] != 1:
-        for o in range(o0, o1):
-            for c in range(C):
-                pc, qc, rc, m = p[c], q[c], r[c], mean[c]
-                grun = g3[o, c, i0:i1]
-                orun = out3[o, c, i0:i1]
-                if x3 is None:
-                    for i in range(grun.shape[0]):
-                        orun[i] = grun[i] * pc
-                else:
-                    xrun = x3[o, c, i0:i1]
-                    for i in range(grun.shape[0]):
-                        orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
+        rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
     else:
-        # Channels-last: flat rows of C, unsigned indices (no wraparound test per element).
-        gf = g3.reshape(g3.size)
-        of = out3.reshape(out3.size)
-        w = np.uint64(C)
-        if x3 is None:
-            for o in range(o0, o1):
-                b = np.uint64(o) * w
-                for c in range(w):
-                    of[b + c] = gf[b + c] * p[c]
-        elif C >= _CL_GROUP_MIN_C:
-            xf = x3.reshape(x3.size)
-            for o in range(o0, o1):
-                b = np.uint64(o) * w
-                for c in range(w):
-                    of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
-        else:
-            # Few channels: runs of W lanes with the parameters tiled to the lanes (see above).
-            xf = x3.reshape(x3.size)
-            W = cl_lanes(C)
-            pw, mw, qw, rw = np.empty(W), np.empty(W), np.empty(W), np.empty(W)
-            for j in range(W):
-                pw[j], mw[j], qw[j], rw[j] = p[j % C], mean[j % C], q[j % C], r[j % C]
-            n = (o1 - o0) * C
-            start = o0 * C
-            for b0 in range(start, start + n, W):
-                b = np.uint64(b0)
-                for j in range(np.uint64(min(W, start + n - b0))):
-                    of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
+        cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
+
+
+@_glue
+def rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
+    """``block_grad_input`` of a layout with contiguous runs (``inner > 1``)."""
+    C = g3.shape[1]
+    for o in range(o0, o1):
+        for c in range(C):
+            pc, qc, rc, m = p[c], q[c], r[c], mean[c]
+            grun = g3[o, c, i0:i1]
+            orun = out3[o, c, i0:i1]
+            if x3 is None:
+                for i in range(grun.shape[0]):
+                    orun[i] = grun[i] * pc
+            else:
+                xrun = x3[o, c, i0:i1]
+                for i in range(grun.shape[0]):
+                    orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
+
+
+@_glue
+def cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
+    """``block_grad_input`` of the channels-last layout (``inner == 1``)."""
+    C = g3.shape[1]
+    # Flat rows of C, unsigned indices (no wraparound test per element).
+    gf = g3.reshape(g3.size)
+    of = out3.reshape(out3.size)
+    w = np.uint64(C)
+    if x3 is None:
+        for o in range(o0, o1):
+            b = np.uint64(o) * w
+            for c in range(w):
+                of[b + c] = gf[b + c] * p[c]
+    elif C >= _CL_GROUP_MIN_C:
+        xf = x3.reshape(x3.size)
+        for o in range(o0, o1):
+            b = np.uint64(o) * w
+            for c in range(w):
+                of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
+    else:
+        # Few channels: runs of W lanes with the parameters tiled to the lanes (see above).
+        xf = x3.reshape(x3.size)
+        W = cl_lanes(C)
+        pw, mw, qw, rw = np.empty(W), np.empty(W), np.empty(W), np.empty(W)
+        for j in range(W):
+            pw[j], mw[j], qw[j], rw[j] = p[j % C], mean[j % C], q[j % C], r[j % C]
+        n = (o1 - o0) * C
+        start = o0 * C
+        for b0 in range(start, start + n, W):
+            b = np.uint64(b0)
+            for j in range(np.uint64(min(W, start + n - b0))):
+                of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
 
 
 def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
     """Elementwise grad_x pass; safe when ``out3`` is ``g3`` or ``x3`` (same element read first)."""
     outer, C, inner = g3.shape
     n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
-    if n_o * n_i == 1:  # the serial fast path: the block kernel, no parfor compiled
-        block_grad_input(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
+    if n_o * n_i == 1:  # the serial fast path: the layout's kernel, no parfor compiled
+        kernel = rows_grad_input if inner != 1 else cl_grad_input
+        kernel(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
+    elif inner != 1:
+        parallel_rows_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i)
     else:
-        parallel_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i)
+        parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, n_o)
 
 
 @_parallel
-def parallel_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i):
+def parallel_rows_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i):
     outer, C, inner = g3.shape
     for t in prange(n_o * n_i):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
-        block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
+        rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
+
+
+@_parallel
+def parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, ntask):
+    outer = g3.shape[0]
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, ntask, t)
+        cl_grad_input(g3, x3, o0, o1, 0, 1, mean, p, q, r, out3)
 
 
 # --------------------------------------------------------------------------------------------
