@@ -603,11 +603,19 @@ def batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momen
     parfors compiled, optimized and emitted all of their code once more (5 s of a 16-19 s cold
     first call)."""
     count, mean, m2 = parallel_moments(x3, n_o, n_i)
-    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    invstd, scale, offset = train_scale_offset(count, mean, m2, weight, bias, running_mean, running_var, momentum,
+                                               eps)
     parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
-    if running_mean.size:
-        update_running_stats(running_mean, running_var, count, mean, m2, momentum)
     return mean, invstd
+
+
+@_serial
+def train_scale_offset(count, mean, m2, weight, bias, running_mean, running_var, momentum, eps):
+    """BN training's steps between the two parfors in one dispatch (each call from Python costs
+    1-2 us): (invstd, scale, offset), and the running stats updated."""
+    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    update_running_stats(running_mean, running_var, count, mean, m2, momentum)
+    return invstd, scale, offset
 
 
 def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, out3, nthreads):
