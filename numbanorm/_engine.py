@@ -186,35 +186,51 @@ def cl_lanes(C):
 @_serial
 def block_moments(x3, o0, o1, i0, i1, mean, m2):
     """Per-channel moments of ``x3[o0:o1, :, i0:i1]`` into ``mean``/``m2``; returns the count."""
+    if x3.shape[2] != 1:
+        return rows_moments(x3, o0, o1, i0, i1, mean, m2)
+    return cl_moments(x3, o0, o1, i0, i1, mean, m2)
+
+
+# The two layouts' bodies of ``block_moments``, inlined at numba-IR level: the parallel entries
+# choose one in Python, so a cold NCHW call does not compile the channels-last register kernels
+# (``cl_dot_sums``) and a channels-last call not the row loops.
+@_glue
+def rows_moments(x3, o0, o1, i0, i1, mean, m2):
+    """``block_moments`` of a layout with contiguous runs (``inner > 1``)."""
     C = x3.shape[1]
     width = i1 - i0
-    if x3.shape[2] != 1:
-        # The runs x3[o, c, i0:i1] are contiguous; walk them in memory order (o outer) with
-        # per-channel sums, one shift per channel for a chunk of rows, chunks merged by Chan.
-        rows = max(1, _SHIFT_CHUNK // max(width, 1))
-        shift = np.empty(C)
-        s1 = np.empty(C)
-        s2 = np.empty(C)
-        mean[:] = 0.0
-        m2[:] = 0.0
-        n = 0.0
-        for r0 in range(o0, o1, rows):
-            r1 = min(r0 + rows, o1)
+    # The runs x3[o, c, i0:i1] are contiguous; walk them in memory order (o outer) with
+    # per-channel sums, one shift per channel for a chunk of rows, chunks merged by Chan.
+    rows = max(1, _SHIFT_CHUNK // max(width, 1))
+    shift = np.empty(C)
+    s1 = np.empty(C)
+    s2 = np.empty(C)
+    mean[:] = 0.0
+    m2[:] = 0.0
+    n = 0.0
+    for r0 in range(o0, o1, rows):
+        r1 = min(r0 + rows, o1)
+        for c in range(C):
+            shift[c] = load(x3[r0, c, i0])
+            s1[c] = 0.0
+            s2[c] = 0.0
+        for o in range(r0, r1):
             for c in range(C):
-                shift[c] = load(x3[r0, c, i0])
-                s1[c] = 0.0
-                s2[c] = 0.0
-            for o in range(r0, r1):
-                for c in range(C):
-                    a, b = run_sums(x3[o, c], i0, i1, shift[c])
-                    s1[c] += a
-                    s2[c] += b
-            nb = float((r1 - r0) * width)
-            for c in range(C):
-                mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
-                _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
-            n += nb
-        return n
+                a, b = run_sums(x3[o, c], i0, i1, shift[c])
+                s1[c] += a
+                s2[c] += b
+        nb = float((r1 - r0) * width)
+        for c in range(C):
+            mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
+            _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
+        n += nb
+    return n
+
+
+@_glue
+def cl_moments(x3, o0, o1, i0, i1, mean, m2):
+    """``block_moments`` of the channels-last layout (``inner == 1``)."""
+    C = x3.shape[1]
     flat = x3.reshape(x3.size)
     if C >= _CL_GROUP_MIN_C and simd_ok(flat):
         # Channels-last, many channels: per-channel shifted sums in register-resident groups,
@@ -357,8 +373,15 @@ def serial_moments(x3):
     return count, mean, m2
 
 
-@_parallel
 def parallel_moments(x3, n_o, n_i):
+    """channel_moments over the (n_o, n_i) split: the parfor of x3's layout (see rows_moments)."""
+    if x3.shape[2] != 1:
+        return parallel_rows_moments(x3, n_o, n_i)
+    return parallel_cl_moments(x3, n_o, n_i)
+
+
+@_parallel
+def parallel_rows_moments(x3, n_o, n_i):
     outer, C, inner = x3.shape
     ntask = n_o * n_i
     part_n = np.empty(ntask)
@@ -367,7 +390,20 @@ def parallel_moments(x3, n_o, n_i):
     for t in prange(ntask):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
-        part_n[t] = block_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
+        part_n[t] = rows_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
+    return merge_partials(part_n, part_mean, part_m2)
+
+
+@_parallel
+def parallel_cl_moments(x3, n_o, n_i):
+    outer, C, inner = x3.shape
+    ntask = n_o * n_i
+    part_n = np.empty(ntask)
+    part_mean = np.empty((ntask, C))
+    part_m2 = np.empty((ntask, C))
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, n_o, t // n_i)
+        part_n[t] = cl_moments(x3, o0, o1, 0, 1, part_mean[t], part_m2[t])
     return merge_partials(part_n, part_mean, part_m2)
 
 
@@ -608,13 +644,24 @@ def batch_norm_train_serial(x3, weight, bias, running_mean, running_var, momentu
     write_stats(stats_out, mean, invstd)
 
 
-@_serial
 def batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momentum, eps, out3, n_o, n_i):
+    """The serial entry's steps with the two parfors, driven from Python: a jitted entry over the
+    parfors compiled, optimized and emitted all of their code once more (5 s of a 16-19 s cold
+    first call)."""
     count, mean, m2 = parallel_moments(x3, n_o, n_i)
-    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    invstd, scale, offset = train_scale_offset(count, mean, m2, weight, bias, running_mean, running_var, momentum,
+                                               eps)
     parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
-    update_running_stats(running_mean, running_var, count, mean, m2, momentum)
     return mean, invstd
+
+
+@_serial
+def train_scale_offset(count, mean, m2, weight, bias, running_mean, running_var, momentum, eps):
+    """BN training's steps between the two parfors in one dispatch (each call from Python costs
+    1-2 us): (invstd, scale, offset), and the running stats updated."""
+    invstd, scale, offset = channel_scale_offset(mean, m2 / count, weight, bias, eps)
+    update_running_stats(running_mean, running_var, count, mean, m2, momentum)
+    return invstd, scale, offset
 
 
 def batch_norm_eval_forward(x3, running_mean, running_var, weight, bias, eps, out3, nthreads, stats_out):
@@ -651,8 +698,8 @@ def batch_norm_eval_serial(x3, running_mean, running_var, weight, bias, eps, out
     write_stats(stats_out, mean, invstd)
 
 
-@_serial
 def batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, out3, n_o, n_i):
+    """BN inference with the normalize parfor, driven from Python (see the training entry)."""
     mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
     parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
     return mean, invstd

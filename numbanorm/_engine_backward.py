@@ -20,12 +20,13 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._engine import _CL_GROUP_MIN_C, _parallel, _serial, block_bounds, cl_dot_sums, cl_lanes, plan_tasks
+from ._engine import _CL_GROUP_MIN_C, _glue, _parallel, _plan_tasks_py, _serial, block_bounds, cl_dot_sums, cl_lanes
 
-# Note for the ``_parallel`` entry points below: they allocate with ``np.empty`` only and leave
-# zeroing and merging to ``_serial`` helpers. Under ``parallel=True`` numba turns ``np.zeros`` and
-# array expressions into parallel loops, which wake the thread pool on every call, even on the
-# serial fast path (measured: ~16 ms per tiny call on a busy 2-core machine instead of ~50 µs).
+# The entry points (``channel_grad_sums``, ``channel_grad_input``, ``layer_norm_backward``) are
+# plain Python: one task calls the block kernel, more call a ``parallel_*`` parfor, so the serial
+# path never compiles a parfor (each costs 1.5-3 s cold). The parfors allocate with ``np.empty``
+# only and leave zeroing and merging to ``_serial`` helpers: under ``parallel=True`` numba turns
+# ``np.zeros`` and array expressions into parallel loops of their own.
 
 
 @_serial
@@ -66,26 +67,34 @@ def run_grad_sums_scaled(grun, xrun, m, scale, orun):
     return a, b
 
 
-@_serial
-def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
-    """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``.
-
-    When ``out3`` is not None (eval backward) also writes ``out3 = dy·scale[c]`` on the way.
-    """
+# Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``; when
+# ``out3`` is not None (eval backward) also ``out3 = dy·scale[c]`` on the way. One kernel per
+# layout family, chosen in Python (``channel_grad_sums``) and inlined at numba-IR level into the
+# parfors: a cold NCHW call does not compile the channels-last register kernels and vice versa.
+@_glue
+def rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """The per-channel sums of a layout with contiguous runs (``inner > 1``)."""
     C = x3.shape[1]
     s_dy[:] = 0.0
     s_dyx[:] = 0.0
-    if x3.shape[2] != 1:
-        for o in range(o0, o1):
-            for c in range(C):
-                if out3 is None:
-                    a, b = run_grad_sums(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c])
-                else:
-                    a, b = run_grad_sums_scaled(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c], scale[c],
-                                                out3[o, c, i0:i1])
-                s_dy[c] += a
-                s_dyx[c] += b
-    elif out3 is None and C >= _CL_GROUP_MIN_C:
+    for o in range(o0, o1):
+        for c in range(C):
+            if out3 is None:
+                a, b = run_grad_sums(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c])
+            else:
+                a, b = run_grad_sums_scaled(g3[o, c, i0:i1], x3[o, c, i0:i1], mean[c], scale[c],
+                                            out3[o, c, i0:i1])
+            s_dy[c] += a
+            s_dyx[c] += b
+
+
+@_glue
+def cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """The per-channel sums of the channels-last layout (``inner == 1``)."""
+    C = x3.shape[1]
+    s_dy[:] = 0.0
+    s_dyx[:] = 0.0
+    if out3 is None and C >= _CL_GROUP_MIN_C:
         # Channels-last, many channels: register-resident channel groups (the engine's helper
         # for the moments too), so the per-channel sums do not round-trip through memory.
         cl_dot_sums(g3.reshape(g3.size), None, x3.reshape(x3.size), mean, o0, o1, C, s_dy, s_dyx)
@@ -119,84 +128,145 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
                     out3[o, c, 0] = d * scale[c]
 
 
-@_parallel
+@_serial
+def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
+    """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``
+    (and ``out3 = dy·scale[c]`` when given), either layout (the group-norm backward's kernel)."""
+    if x3.shape[2] != 1:
+        rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx)
+    else:
+        cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx)
+
+
 def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
     """Per-channel (Σdy, Σdy·(x - mean)) over axes 0 and 2; one pass over (g3, x3), parallel."""
     outer, C, inner = x3.shape
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
+    n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
+    if n_o * n_i == 1:  # the serial fast path: the block kernel, no parfor compiled
+        s_dy = np.empty(C)
+        s_dyx = np.empty(C)
+        kernel = rows_grad_sums if inner != 1 else cl_grad_sums
+        kernel(g3, x3, 0, outer, 0, inner, mean, scale, out3, s_dy, s_dyx)
+        return s_dy, s_dyx
+    if inner != 1:
+        return parallel_rows_grad_sums(g3, x3, mean, scale, out3, n_o, n_i)
+    return parallel_cl_grad_sums(g3, x3, mean, scale, out3, n_o)
+
+
+@_parallel
+def parallel_rows_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
+    outer, C, inner = x3.shape
     ntask = n_o * n_i
     part_dy = np.empty((ntask, C))
     part_dyx = np.empty((ntask, C))
-    if ntask == 1:
-        block_grad_sums(g3, x3, 0, outer, 0, inner, mean, scale, out3, part_dy[0], part_dyx[0])
-    else:
-        for t in prange(ntask):
-            o0, o1 = block_bounds(outer, n_o, t // n_i)
-            i0, i1 = block_bounds(inner, n_i, t % n_i)
-            block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, n_o, t // n_i)
+        i0, i1 = block_bounds(inner, n_i, t % n_i)
+        rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
+    return sum_partials(part_dy), sum_partials(part_dyx)
+
+
+@_parallel
+def parallel_cl_grad_sums(g3, x3, mean, scale, out3, ntask):
+    outer, C, _ = x3.shape
+    part_dy = np.empty((ntask, C))
+    part_dyx = np.empty((ntask, C))
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, ntask, t)
+        cl_grad_sums(g3, x3, o0, o1, 0, 1, mean, scale, out3, part_dy[t], part_dyx[t])
     return sum_partials(part_dy), sum_partials(part_dyx)
 
 
 @_serial
 def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
-    """``out3 = p[c]·dy - q[c]·(x - mean[c]) + r[c]``; with ``x3`` None just ``p[c]·dy``."""
-    C = g3.shape[1]
+    """``out3 = p[c]·dy - q[c]·(x - mean[c]) + r[c]``; with ``x3`` None just ``p[c]·dy``; either
+    layout (the group-norm backward's kernel; the BN entries pick the layout's kernel)."""
     if g3.shape[2] != 1:
-        for o in range(o0, o1):
-            for c in range(C):
-                pc, qc, rc, m = p[c], q[c], r[c], mean[c]
-                grun = g3[o, c, i0:i1]
-                orun = out3[o, c, i0:i1]
-                if x3 is None:
-                    for i in range(grun.shape[0]):
-                        orun[i] = grun[i] * pc
-                else:
-                    xrun = x3[o, c, i0:i1]
-                    for i in range(grun.shape[0]):
-                        orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
+        rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
     else:
-        # Channels-last: flat rows of C, unsigned indices (no wraparound test per element).
-        gf = g3.reshape(g3.size)
-        of = out3.reshape(out3.size)
-        w = np.uint64(C)
-        if x3 is None:
-            for o in range(o0, o1):
-                b = np.uint64(o) * w
-                for c in range(w):
-                    of[b + c] = gf[b + c] * p[c]
-        elif C >= _CL_GROUP_MIN_C:
-            xf = x3.reshape(x3.size)
-            for o in range(o0, o1):
-                b = np.uint64(o) * w
-                for c in range(w):
-                    of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
-        else:
-            # Few channels: runs of W lanes with the parameters tiled to the lanes (see above).
-            xf = x3.reshape(x3.size)
-            W = cl_lanes(C)
-            pw, mw, qw, rw = np.empty(W), np.empty(W), np.empty(W), np.empty(W)
-            for j in range(W):
-                pw[j], mw[j], qw[j], rw[j] = p[j % C], mean[j % C], q[j % C], r[j % C]
-            n = (o1 - o0) * C
-            start = o0 * C
-            for b0 in range(start, start + n, W):
-                b = np.uint64(b0)
-                for j in range(np.uint64(min(W, start + n - b0))):
-                    of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
+        cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
 
 
-@_parallel
+@_glue
+def rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
+    """``block_grad_input`` of a layout with contiguous runs (``inner > 1``)."""
+    C = g3.shape[1]
+    for o in range(o0, o1):
+        for c in range(C):
+            pc, qc, rc, m = p[c], q[c], r[c], mean[c]
+            grun = g3[o, c, i0:i1]
+            orun = out3[o, c, i0:i1]
+            if x3 is None:
+                for i in range(grun.shape[0]):
+                    orun[i] = grun[i] * pc
+            else:
+                xrun = x3[o, c, i0:i1]
+                for i in range(grun.shape[0]):
+                    orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
+
+
+@_glue
+def cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
+    """``block_grad_input`` of the channels-last layout (``inner == 1``)."""
+    C = g3.shape[1]
+    # Flat rows of C, unsigned indices (no wraparound test per element).
+    gf = g3.reshape(g3.size)
+    of = out3.reshape(out3.size)
+    w = np.uint64(C)
+    if x3 is None:
+        for o in range(o0, o1):
+            b = np.uint64(o) * w
+            for c in range(w):
+                of[b + c] = gf[b + c] * p[c]
+    elif C >= _CL_GROUP_MIN_C:
+        xf = x3.reshape(x3.size)
+        for o in range(o0, o1):
+            b = np.uint64(o) * w
+            for c in range(w):
+                of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
+    else:
+        # Few channels: runs of W lanes with the parameters tiled to the lanes (see above).
+        xf = x3.reshape(x3.size)
+        W = cl_lanes(C)
+        pw, mw, qw, rw = np.empty(W), np.empty(W), np.empty(W), np.empty(W)
+        for j in range(W):
+            pw[j], mw[j], qw[j], rw[j] = p[j % C], mean[j % C], q[j % C], r[j % C]
+        n = (o1 - o0) * C
+        start = o0 * C
+        for b0 in range(start, start + n, W):
+            b = np.uint64(b0)
+            for j in range(np.uint64(min(W, start + n - b0))):
+                of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
+
+
 def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
     """Elementwise grad_x pass; safe when ``out3`` is ``g3`` or ``x3`` (same element read first)."""
     outer, C, inner = g3.shape
-    n_o, n_i = plan_tasks(outer, C, inner, nthreads)
-    if n_o * n_i == 1:
-        block_grad_input(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
-        return
+    n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
+    if n_o * n_i == 1:  # the serial fast path: the layout's kernel, no parfor compiled
+        kernel = rows_grad_input if inner != 1 else cl_grad_input
+        kernel(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
+    elif inner != 1:
+        parallel_rows_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i)
+    else:
+        parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, n_o)
+
+
+@_parallel
+def parallel_rows_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i):
+    outer, C, inner = g3.shape
     for t in prange(n_o * n_i):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
-        block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
+        rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
+
+
+@_parallel
+def parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, ntask):
+    outer = g3.shape[0]
+    for t in prange(ntask):
+        o0, o1 = block_bounds(outer, ntask, t)
+        cl_grad_input(g3, x3, o0, o1, 0, 1, mean, p, q, r, out3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,22 +320,29 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
             dst[j] = (d - a - xh * b) * s
 
 
-@_parallel
 def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
     """LayerNorm backward over rows of ``x2`` (R, D); returns float64 (Σ dy·x̂, Σ dy) per column
     (empty when ``weight`` is None), reduced from one partial buffer per task. ``mean`` None:
     RMSNorm backward (see ``layer_norm_grad_rows``)."""
     R, D = x2.shape
-    nblocks, _ = plan_tasks(R, 1, D, nthreads)
+    nblocks, _ = _plan_tasks_py(R, 1, D, nthreads)
     width = D if weight is not None else 0
+    if nblocks == 1:  # the serial fast path: the row kernel, no parfor compiled
+        dw = np.empty(width)
+        db = np.empty(width)
+        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, dw, db)
+        return dw, db
+    return parallel_layer_norm_grad(g2, x2, mean, rstd, weight, out2, nblocks, width)
+
+
+@_parallel
+def parallel_layer_norm_grad(g2, x2, mean, rstd, weight, out2, nblocks, width):
+    R = x2.shape[0]
     part_dw = np.empty((nblocks, width))
     part_db = np.empty((nblocks, width))
-    if nblocks == 1:
-        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, part_dw[0], part_db[0])
-    else:
-        for t in prange(nblocks):
-            r0, r1 = block_bounds(R, nblocks, t)
-            layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
+    for t in prange(nblocks):
+        r0, r1 = block_bounds(R, nblocks, t)
+        layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
     return sum_partials(part_dw), sum_partials(part_db)
 
 

@@ -404,14 +404,20 @@ def rms_norm_rows(x2, r0, r1, weight, eps, out2, rstd_out):
         rstd_out[r] = rstd
 
 
-@_parallel
 def rms_norm_forward(x2, weight, eps, out2, rstd_out, nthreads):
-    """RMSNorm over the rows of ``x2`` (R, D); ``rstd_out`` (R,) gets 1/sqrt(mean(x^2) + eps)."""
+    """RMSNorm over the rows of ``x2`` (R, D); ``rstd_out`` (R,) gets 1/sqrt(mean(x^2) + eps).
+    Serial or parallel chosen in Python, so a small input never compiles the parfor."""
     R, D = x2.shape
-    nblocks, _ = plan_tasks(R, 1, D, nthreads)
+    nblocks, _ = _plan_tasks_py(R, 1, D, nthreads)
     if nblocks == 1:
         rms_norm_rows(x2, 0, R, weight, eps, out2, rstd_out)
-        return
+    else:
+        parallel_rms_norm(x2, weight, eps, out2, rstd_out, nblocks)
+
+
+@_parallel
+def parallel_rms_norm(x2, weight, eps, out2, rstd_out, nblocks):
+    R = x2.shape[0]
     for b in prange(nblocks):
         r0, r1 = block_bounds(R, nblocks, b)
         rms_norm_rows(x2, r0, r1, weight, eps, out2, rstd_out)
@@ -433,14 +439,20 @@ def add_layer_norm_rows(x2, res2, r0, r1, weight, bias, eps, out2, sum2, mean_ou
         layer_norm_rows_into(sum2, r, r + 1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
 
 
-@_parallel
 def add_layer_norm_forward(x2, res2, weight, bias, eps, out2, sum2, mean_out, rstd_out, nthreads):
-    """``sum2 = x2 + res2`` and LayerNorm of ``sum2`` into ``out2``, one read of each input row."""
+    """``sum2 = x2 + res2`` and LayerNorm of ``sum2`` into ``out2``, one read of each input row.
+    Serial or parallel chosen in Python, so a small input never compiles the parfor."""
     R, D = x2.shape
-    nblocks, _ = plan_tasks(R, 1, 2 * D, nthreads)
+    nblocks, _ = _plan_tasks_py(R, 1, 2 * D, nthreads)
     if nblocks == 1:
         add_layer_norm_rows(x2, res2, 0, R, weight, bias, eps, out2, sum2, mean_out, rstd_out)
-        return
+    else:
+        parallel_add_layer_norm(x2, res2, weight, bias, eps, out2, sum2, mean_out, rstd_out, nblocks)
+
+
+@_parallel
+def parallel_add_layer_norm(x2, res2, weight, bias, eps, out2, sum2, mean_out, rstd_out, nblocks):
+    R = x2.shape[0]
     for b in prange(nblocks):
         r0, r1 = block_bounds(R, nblocks, b)
         add_layer_norm_rows(x2, res2, r0, r1, weight, bias, eps, out2, sum2, mean_out, rstd_out)
