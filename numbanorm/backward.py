@@ -8,7 +8,6 @@ recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / `
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -32,7 +31,7 @@ from ._checks import (
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import is_half
-from ._layout import canonical_view, copy_back, input_view, output_view, rows_view
+from ._layout import canonical_view, contiguous_shape3, copy_back, input_view, output_view, rows_view
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
@@ -169,13 +168,7 @@ def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C
     ``bn_backward_common_channels`` accepted: one serial jitted entry does both passes."""
     shape = x.shape
     dt = x.dtype
-    if channel_axis == 1:
-        shape3 = (shape[0], C, x.size // (shape[0] * C))
-    elif channel_axis == -1 or channel_axis == len(shape) - 1:
-        shape3 = (x.size // C, C, 1)
-    else:
-        axis = channel_axis % len(shape)
-        shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+    shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
     target = np.empty(shape3, dt)
     if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
         weight, grads = _engine._none_of(dt), _engine.no_stats(dt)

@@ -18,7 +18,7 @@ from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, 
 from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
-from ._layout import copy_back, input_view, output_view, rows_view
+from ._layout import contiguous_shape3, copy_back, input_view, output_view, rows_view
 
 __all__ = ["layer_norm", "batch_norm"]
 
@@ -138,12 +138,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if out is None and x.flags.c_contiguous:  # the common case, without the general view mapping
         if C < 0:
             C = shape[axis]
-        if axis == len(shape) - 1:
-            x3 = x.reshape(x.size // C if C else math.prod(shape[:axis]), C, 1)
-        elif axis == 1 and C and shape[0]:
-            x3 = x.reshape(shape[0], C, x.size // (shape[0] * C))
-        else:
-            x3 = x.reshape(math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+        x3 = x.reshape(contiguous_shape3(shape, x.size, axis, C))
         result = empty(shape, x.dtype)
         target = result.reshape(x3.shape)
         needs_copy = channels_moved = False
@@ -188,13 +183,7 @@ def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mo
     shape = x.shape
     dt = x.dtype
     tiny = _TINY[dt]
-    if channel_axis == 1:
-        shape3 = (shape[0], C, x.size // (shape[0] * C))
-    elif channel_axis == -1 or channel_axis == len(shape) - 1:
-        shape3 = (x.size // C, C, 1)
-    else:
-        axis = channel_axis % len(shape)
-        shape3 = (math.prod(shape[:axis]), C, math.prod(shape[axis + 1:]))
+    shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
     x3 = x.reshape(shape3)
     target = np.empty(shape3, dt)
     stats_out = np.empty((2, C), tiny.sdt) if return_stats else tiny.no_stats
