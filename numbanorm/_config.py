@@ -13,6 +13,8 @@ import numba
 from numba.core import types
 from numba.core.registry import CPUDispatcher
 
+from ._cache import PackageCache
+
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
@@ -39,12 +41,13 @@ class _Dispatcher(CPUDispatcher):
         # about 1 ms per kernel, 60+ ms for the whole package at ``import numbanorm``.
         if not self._cache_attached:
             self._cache_attached = True
-            self.enable_caching()
+            self._cache = PackageCache(self.py_func)
         return super().compile(sig)
 
 
 def jit(**options):
-    """``numba.njit(cache=True, **options)`` with the :class:`_Dispatcher` above."""
+    """``numba.njit(cache=True, **options)`` with the :class:`_Dispatcher` above (its cache is
+    :class:`~numbanorm._cache.PackageCache`: stale when any numbanorm module changed)."""
     def decorate(func):
         if numba.config.DISABLE_JIT:
             return func
