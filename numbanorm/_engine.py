@@ -804,7 +804,12 @@ _LN_PIPELINE_ELEMENTS = 1 << 19
 #: Pipelined LayerNorm writes float32/float64 outputs of at least this many bytes with
 #: non-temporal stores (``_simd.normalize_row_sums``): the output lines are not read for
 #: ownership first, so a row costs a read and a write stream instead of read, read, write.
-_LN_STREAM_BYTES = 16 << 20
+#: Measured (float32, ``out=`` reused, one core, ms, normal -> streaming stores; copy):
+#: (16384, 4096) 268 MB 44-49 -> 25-28 (20-22); (8192, 4096) 19 -> 12-13 (16);
+#: (16384, 1024) 67 MB 11-12 -> 9.4-10.5 (9.4-9.7); but (32768, 768) 100 MB 14.5-15 -> 14-16.5,
+#: (16384, 768) 50 MB 5.6-5.8 -> 6.1-7.0 and (12544, 384) 19 MB 2.2 -> 4.0-4.9: below ~64 MB part
+#: of x and out stay in the 32 MB L3 between calls, and streaming sends all of out to DRAM.
+_LN_STREAM_BYTES = 64 << 20
 
 
 @_serial
