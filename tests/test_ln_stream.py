@@ -124,7 +124,7 @@ def _parallel_streamed(x2, w, b, out2, mean, rstd, nblocks):
         _engine.layer_norm_rows_into(x2, r0, r1, w, b, 1e-5, out2, mean, rstd, None, 0)
 
 
-@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("params", ["none", "both"])  # one parallel compile each
 def test_streamed_rows_in_parallel(rng, params):
     """Two threads, several blocks each: every task's streamed rows are visible to the caller."""
     R, D = 61, 517
@@ -159,6 +159,8 @@ def test_public_call_above_the_threshold_streams(rng):
     finally:
         numba.set_num_threads(old)
     assert np.isnan(buf[0]) and np.isnan(buf[-1])
-    ref = layer_norm_ref(x, (D,), w, b)[0]
-    assert rel_l2(out, ref) <= 1e-6
+    rows = np.r_[0:5, 5:R:37, R - 5:R]  # the reference on a sample of rows (each row is independent)
+    ref = layer_norm_ref(x[rows], (D,), w, b)[0]
+    assert rel_l2(out[rows], ref) <= 1e-6
+    assert np.isfinite(out).all()
     assert np.array_equal(out, y2)
