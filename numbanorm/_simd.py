@@ -411,7 +411,7 @@ def _simd_row_sums(typingctx, row, dst, nxt, shift, mh, rs, tail, weight, bias, 
             return builder.load(builder.gep(p, [j]), align=esize)
 
         def one_vec(j, nt, u):
-            if not no_nxt and nt and u % 2 == 0:  # one prefetch per 64-byte line
+            if not no_nxt and nt and (u * 8 * esize) % 64 == 0:  # one prefetch per 64-byte line
                 addr = builder.bitcast(builder.gep(pn, [builder.add(j, c64(_PF_DIST // esize))]), i8p)
                 builder.call(prefetch, [addr, ir.Constant(i32, 0), ir.Constant(i32, _PF_LOC), ir.Constant(i32, 1)])
             if not no_nxt:
