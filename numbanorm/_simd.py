@@ -12,6 +12,10 @@ and no memory access but the input loads. See ``_engine.cl_dot_sums`` for the ti
 channels-last rows of lanes, as one LLVM loop of 8-lane vectors (numba's loop paid an alias test
 and a scalar epilogue per run; numba runs LLVM without its SLP vectorizer), optionally with
 non-temporal stores for large outputs.
+
+``normalize_row_sums`` is LayerNorm's pipelined row step (normalize row r with weight/bias while
+summing row r + 1 in float64) in the same style, with optional non-temporal stores for outputs
+far larger than the cache; ``store_fence`` orders them before another thread reads the output.
 """
 
 from __future__ import annotations
