@@ -30,7 +30,7 @@ from numba.extending import overload
 
 from ._config import FASTMATH, MIN_TASK_ELEMENTS, TASKS_PER_THREAD, jit
 from ._halfio import flush_row, load, row_scratch, row_target, store
-from ._simd import affine_rows, group_dot_sums, simd_ok
+from ._simd import affine_rows, group_dot_sums, normalize_row_sums, row_stream_ok, simd_ok, store_fence
 
 # error_model="numpy": x/0 gives inf/nan as in torch (and as NumPy does) instead of raising,
 # and spares a zero test per division.
@@ -709,13 +709,17 @@ def batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, o
 # LayerNorm: one row at a time, statistics then normalize while the row is still in cache
 # --------------------------------------------------------------------------------------------
 @_serial
-def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias):
+def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias, stream=False):
     """``dst = normalized row`` and, in the same loop, the shifted sums of the next row ``nxt``.
 
     One loop keeps a DRAM read stream (the next row) and a write stream (this row's output) busy
     at the same time; separate passes alternate between them and leave bandwidth unused.
-    ``dst`` is a ``row_target``: the caller flushes it (bfloat16) afterwards.
+    ``dst`` is a ``row_target``: the caller flushes it (bfloat16) afterwards. ``stream``: write
+    ``dst`` with non-temporal stores (``_simd.normalize_row_sums``; float32/float64 rows) and
+    run ``store_fence`` once the rows are done.
     """
+    if stream:
+        return normalize_row_sums(row, dst, nxt, shift, mh, rs, tail, weight, bias, True)
     D = row.shape[0]
     s1 = 0.0
     s2 = 0.0
@@ -797,13 +801,26 @@ def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_o
 #: (256, 768) 0.074 -> 0.079: above ~2 MB the rows come from DRAM (or a shared L3) here.
 _LN_PIPELINE_ELEMENTS = 1 << 19
 
+#: Pipelined LayerNorm writes float32/float64 outputs of at least this many bytes with
+#: non-temporal stores (``_simd.normalize_row_sums``): the output lines are not read for
+#: ownership first, so a row costs a read and a write stream instead of read, read, write.
+#: Measured (float32, ``out=`` reused, one core, ms, normal -> streaming stores; copy):
+#: (16384, 4096) 268 MB 44-49 -> 25-28 (20-22); (8192, 4096) 19 -> 12-13 (16);
+#: (16384, 1024) 67 MB 11-12 -> 9.4-10.5 (9.4-9.7); but (32768, 768) 100 MB 14.5-15 -> 14-16.5,
+#: (16384, 768) 50 MB 5.6-5.8 -> 6.1-7.0 and (12544, 384) 19 MB 2.2 -> 4.0-4.9: below ~64 MB part
+#: of x and out stay in the 32 MB L3 between calls, and streaming sends all of out to DRAM.
+_LN_STREAM_BYTES = 64 << 20
+
 
 @_serial
-def layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch):
+def layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch,
+                         stream_bytes=_LN_STREAM_BYTES):
     """``layer_norm_rows`` with the caller's ``row_scratch(out2, D)`` (for callers that run it
-    on one row at a time)."""
+    on one row at a time). Outputs of at least ``stream_bytes`` stream (tests pass 0)."""
     D = x2.shape[1]
-    if x2.size < _LN_PIPELINE_ELEMENTS:
+    # Streaming implies the pipelined loop (the threshold is far above the pipeline's).
+    stream = row_stream_ok(out2) and out2.size * out2.itemsize >= stream_bytes
+    if x2.size < _LN_PIPELINE_ELEMENTS and not stream:
         layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
         return
     if r1 <= r0:
@@ -818,10 +835,12 @@ def layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out
         nxt = x2[r + 1] if r + 1 < r1 else row  # the last row sums itself again (result unused)
         nshift = np.float64(load(nxt[0])) if D > 0 else 0.0
         target = row_target(scratch, out2[r])
-        n1, n2 = normalize_row_and_sum_next(row, target, nxt, nshift, mh, rs, tail, weight, bias)
+        n1, n2 = normalize_row_and_sum_next(row, target, nxt, nshift, mh, rs, tail, weight, bias, stream)
         flush_row(target, out2[r])
         mean_out[r] = mean
         rstd_out[r] = rstd
+    if stream:
+        store_fence()  # before the parallel region ends and other threads read out2
 
 
 @_serial
