@@ -3,8 +3,9 @@
 Usage: PYTHONPATH=$PWD python benchmarks/bwd_probe.py [--base /path/to/pkgcopy:name] [--only SUBSTR]
     [--phases] [--repeats N]
 
-One thread for every peer, thread CPU time (a busy shared machine barely disturbs it), the
-contenders of a case sampled round-robin; prints the min and the median. ``--base`` imports a
+One thread for every peer (``--threads N``: N, and wall time), thread CPU time (a busy shared
+machine barely disturbs it), the contenders of a case sampled round-robin; prints the min and the
+median. ``--base`` imports a
 copy of another checkout's package under another name (``cp -r /work/main/numbanorm
 /tmp/x/nbmain`` then ``--base /tmp/x:nbmain``). ``--phases``: also times the two passes of the BN
 backward (``channel_grad_sums``, ``channel_grad_input``) and LN's row kernel alone, against the
@@ -44,16 +45,21 @@ def read2(a, b):
     return s + t
 
 
+#: One thread: thread CPU time; more: wall time (``--threads``).
+CLOCK = time.thread_time
+
+
 def timeit(fns: dict, repeats: int, inner: int) -> dict:
     times = {k: [] for k in fns}
     for f in fns.values():
         f()
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.thread_time()
+    items = list(fns.items())
+    for i in range(repeats):  # the order rotates: no contender always runs right after the copy
+        for k, f in items[i % len(items):] + items[:i % len(items)]:
+            t0 = CLOCK()
             for _ in range(inner):
                 f()
-            times[k].append((time.thread_time() - t0) / inner)
+            times[k].append((CLOCK() - t0) / inner)
     return {k: (float(np.min(v)), float(np.median(v))) for k, v in times.items()}
 
 
@@ -82,6 +88,11 @@ def bn_case(mods, shape, axis, rng, phases):
         fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
     if phases:
         fns["read2"] = lambda: read2(x.reshape(-1), g.reshape(-1))
+        m64 = mean.astype(np.float64)
+        sc = (w * invstd).astype(np.float64)
+        q = sc * 0.01
+        r = sc * 0.02
+        nt = numba.get_num_threads()
         for name, m in mods.items():
             k = importlib.import_module(m.__name__ + "._engine_backward")
             lay = importlib.import_module(m.__name__ + "._layout")
@@ -89,13 +100,9 @@ def bn_case(mods, shape, axis, rng, phases):
             x3 = view.x3
             g3 = g.reshape(x3.shape)
             o3 = out.reshape(x3.shape)
-            m64 = mean.astype(np.float64)
-            sc = (w * invstd).astype(np.float64)
-            q = sc * 0.01
-            r = sc * 0.02
-            fns[name + ":sums"] = (lambda k=k, x3=x3, g3=g3: k.channel_grad_sums(g3, x3, m64, sc, None, 1))
+            fns[name + ":sums"] = (lambda k=k, x3=x3, g3=g3: k.channel_grad_sums(g3, x3, m64, sc, None, nt))
             fns[name + ":input"] = (lambda k=k, x3=x3, g3=g3, o3=o3: k.channel_grad_input(g3, x3, m64, sc, q, r,
-                                                                                         o3, 1))
+                                                                                         o3, nt))
     return x, fns
 
 
@@ -129,10 +136,14 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--phases", action="store_true")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1, help="threads for every peer (>1: wall time)")
     a = ap.parse_args()
-    numba.set_num_threads(1)
+    global CLOCK
+    if a.threads > 1:
+        CLOCK = time.perf_counter
+    numba.set_num_threads(a.threads)
     if torch is not None:
-        torch.set_num_threads(1)
+        torch.set_num_threads(a.threads)
     mods = {"nb": nb}
     for spec in a.base:
         d, name = spec.split(":")
