@@ -131,12 +131,13 @@ def test_tiny_batch_norm_backward_with_out(rng, shape, axis):
     x2 = x.copy()
     assert nb.batch_norm_backward(g, x2, mean, invstd, w, True, channel_axis=axis, out=x2)[0] is x2
     np.testing.assert_array_equal(x2, expected)
-    # a different view of grad_out's memory: not the fast path, still correct
+    # a different view of grad_out's memory: not the fast path (the general kernels, whose
+    # channels-last grad_x runs in float32: the same values to rounding), still correct
     g3 = g.copy()
     view = g3.reshape(-1).reshape(shape)
     assert view is not g3 and nb.batch_norm_backward(g3, x, mean, invstd, w, True, channel_axis=axis,
                                                      out=view)[0] is view
-    np.testing.assert_array_equal(view, expected)
+    assert rel_l2(view, rx) <= 1e-5 and rel_l2(view, expected) <= 1e-6
     with pytest.raises((TypeError, ValueError), match="out"):
         nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=np.empty(shape, np.float64))
     ro = np.empty(shape, np.float32)
