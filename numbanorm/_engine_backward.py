@@ -339,16 +339,22 @@ def cl_grad_input_fast(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
     C = g3.shape[1]
     gf = g3.reshape(g3.size)
     of = out3.reshape(out3.size)
-    if x3 is None:
-        cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
-    elif C >= _CL_GROUP_MIN_C:
-        xf = x3.reshape(x3.size)
+    # As many loops as ``cl_grad_input`` (calling it for x3 None added its three to the parfor's
+    # cold compile).
+    if x3 is None or C >= _CL_GROUP_MIN_C:
         pw, hw, qw, rw = lane_coefficients(mean, p, q, r, C, g3)
         w = np.uint64(C)
-        for o in range(o0, o1):
-            b = np.uint64(o) * w
-            for c in range(w):
-                of[b + c] = gf[b + c] * pw[c] - (xf[b + c] - hw[c]) * qw[c] + rw[c]
+        if x3 is None:
+            for o in range(o0, o1):
+                b = np.uint64(o) * w
+                for c in range(w):
+                    of[b + c] = gf[b + c] * pw[c]
+        else:
+            xf = x3.reshape(x3.size)
+            for o in range(o0, o1):
+                b = np.uint64(o) * w
+                for c in range(w):
+                    of[b + c] = gf[b + c] * pw[c] - (xf[b + c] - hw[c]) * qw[c] + rw[c]
     else:
         # Few channels: runs of W lanes with the coefficients tiled to the lanes (see above).
         xf = x3.reshape(x3.size)
