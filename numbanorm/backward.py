@@ -76,8 +76,9 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
 
 def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
     """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
-    D = -1 if out is not None else rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight,
-                                                              centered)
+    D = rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight, centered)
+    if out is not None and D > 0 and not _common_out(out, x, grad_out):
+        D = -1
     if D > 0:  # the common case, checked in a few tests: no conversions, no general view mapping
         shape = (D,)
         R = x.size // D
@@ -116,10 +117,10 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
     """
     if type(x) is np.ndarray:
-        C = -1 if out is not None or not training else bn_backward_common_channels(grad_out, x, mean, invstd,
-                                                                                  weight, channel_axis)
-        if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: checked, one serial dispatch
-            return _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C)
+        C = -1 if not training else bn_backward_common_channels(grad_out, x, mean, invstd, weight, channel_axis)
+        if 0 < C and x.size < _SERIAL_SIZE and (out is None or _common_out(out, x, grad_out)):
+            # tiny and common: checked, one serial dispatch
+            return _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out)
     elif is_device_array(x):
         return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
@@ -163,22 +164,36 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
 
 
-def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C) -> Grads:
+def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out=None) -> Grads:
     """Training batch_norm_backward of a small input whose arguments
-    ``bn_backward_common_channels`` accepted: one serial jitted entry does both passes."""
+    ``bn_backward_common_channels`` (and ``out``, ``_common_out``) accepted: one serial jitted
+    entry does both passes (it reads every element of x and dy before it writes that of grad_x)."""
     shape = x.shape
     dt = x.dtype
     shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
-    target = np.empty(shape3, dt)
+    target = np.empty(shape3, dt) if out is None else out.reshape(shape3)
     if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
         weight, grads = _engine._none_of(dt), _engine.no_stats(dt)
     else:
         grads = np.empty((2, C), dt)
     _kernels.batch_norm_backward_serial(grad_out.reshape(shape3), x.reshape(shape3), mean, invstd, weight,
                                         target, grads)
+    result = target.reshape(shape) if out is None else out
     if not grads.size:
-        return target.reshape(shape), None, None
-    return target.reshape(shape), grads[0], grads[1]
+        return result, None, None
+    return result, grads[0], grads[1]
+
+
+def _common_out(out: object, x: np.ndarray, grad_out: np.ndarray) -> bool:
+    """Whether ``out`` can take the common (fast) path as it is: a writeable C-contiguous ndarray
+    of x's shape and dtype that is ``grad_out`` or ``x`` itself or overlaps neither (a partial
+    overlap, like anything else, goes through the full check and ``output_view``)."""
+    if (type(out) is not np.ndarray or out.dtype is not x.dtype or out.shape != x.shape
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        return False
+    if out is grad_out or out is x:
+        return True
+    return not (np.may_share_memory(out, x) or np.may_share_memory(out, grad_out))
 
 
 def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean: ArrayLike, rstd: ArrayLike,
