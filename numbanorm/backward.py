@@ -133,22 +133,25 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     result, target, needs_copy = output_view(out, x, view, axis)
     count = float(x.size // C) if C else 0.0
-    scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
+    # np.errstate: IEEE values as the kernels give them (0 * inf = nan) without a RuntimeWarning,
+    # as torch; only here, off the tiny path, where ~1 us does not show.
+    with np.errstate(all="ignore"):
+        scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
     # Tiny inputs (one task): neither the thread count (~1 us) nor the launch lock.
     serial = x.size < _SERIAL_SIZE
     nthreads = 1 if serial else get_num_threads()
     with _NO_LOCK if serial and not NEEDS_CALL_LOCK else kernel_guard:
         if training:
             s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, None, nthreads)
-            if count:  # in place, the order of the expression below (same bits), no temporaries
-                q = scale * invstd
-                q *= invstd
-                q *= s_dyx
-                q /= count
-                r = scale * s_dy
-                r /= -count
-            else:
-                with np.errstate(divide="ignore", invalid="ignore"):  # count = 0: empty batch, no elements
+            with np.errstate(all="ignore"):  # inf/nan data, or count = 0 (an empty batch)
+                if count:  # in place, the order of the expression below (same bits), no temporaries
+                    q = scale * invstd
+                    q *= invstd
+                    q *= s_dyx
+                    q /= count
+                    r = scale * s_dy
+                    r /= -count
+                else:
                     q = scale * invstd * invstd * s_dyx / count
                     r = -scale * s_dy / count
             _kernels.channel_grad_input(g3, view.x3, mean, scale, q, r, target, nthreads)
@@ -161,7 +164,9 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
         copy_back(result, target, axis, view.channels_moved)
     if weight is None:
         return result, None, None
-    return result, (s_dyx * invstd).astype(x.dtype), s_dy.astype(x.dtype)
+    with np.errstate(all="ignore"):
+        grad_weight = (s_dyx * invstd).astype(x.dtype)
+    return result, grad_weight, s_dy.astype(x.dtype)
 
 
 def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out=None) -> Grads:

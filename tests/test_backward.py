@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -390,3 +391,31 @@ def test_host_x_with_a_device_gradient_is_a_clear_error(rng):
         nb.batch_norm_backward(_FakeDeviceArray(), x, np.zeros(3), np.ones(3))
     with pytest.raises(TypeError, match="mean is a CUDA array"):
         nb.layer_norm_backward(x, x, 3, _FakeDeviceArray(), np.ones(4))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (64, 3, 64, 64)])  # the tiny entry, the general path
+@pytest.mark.parametrize("axis", [1, -1])
+def test_batch_norm_backward_non_finite_data_gives_ieee_values_without_warnings(rng, shape, axis):
+    if axis == -1:  # the same sizes, channels last
+        shape = (shape[0], *shape[2:], shape[1])
+    C = shape[axis]
+    x = rng.standard_normal(shape).astype(np.float32)
+    np.moveaxis(x, axis, 0)[0].flat[3] = np.inf  # channel 0 holds an inf ...
+    w = np.array([0.0, 1.5, -0.5], np.float32)  # ... and a zero weight: 0 * inf in the coefficients
+    g = rng.standard_normal(shape).astype(np.float32)
+    mean, invstd = rng.standard_normal(C).astype(np.float32), (rng.random(C) + 0.5).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, channel_axis=axis)
+    # float64 reference of the same formula; IEEE rules decide which values are nan/inf
+    x64, g64 = np.moveaxis(x, axis, -1).astype(np.float64), np.moveaxis(g, axis, -1).astype(np.float64)
+    n, xc = x.size // C, x64 - mean
+    with np.errstate(all="ignore"):
+        s_dy, s_dyx = g64.reshape(-1, C).sum(0), (g64 * xc).reshape(-1, C).sum(0)
+        scale = w * invstd.astype(np.float64)
+        ref = scale * (g64 - xc * invstd.astype(np.float64) ** 2 * s_dyx / n - s_dy / n)
+        ref_gw = s_dyx * invstd
+    np.testing.assert_allclose(np.moveaxis(gx, axis, -1), ref, rtol=1e-4, atol=1e-5)  # nan where ref is nan
+    assert np.isnan(gx).sum() == np.isnan(ref).sum() > 0
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-4)
+    np.testing.assert_allclose(gb, s_dy, rtol=1e-4, atol=1e-4)
