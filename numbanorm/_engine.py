@@ -938,7 +938,12 @@ def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
 # The LayerNorm entries come in two variants, chosen in Python from the size (the test that
 # ``layer_norm_rows_into`` makes): a call below ``_LN_PIPELINE_ELEMENTS`` compiles only
 # ``layer_norm_rows_cached`` (and not the pipelined loop, ``normalize_row_and_sum_next`` and two
-# more jitted layers: about half of a cold small LayerNorm call).
+# more jitted layers: about half of a cold small LayerNorm call), and that one inlined at
+# numba-IR level (``rows_cached``: the same Python function, so it stays ``layer_norm_rows_cached``
+# whatever that becomes), since each jitted layer re-optimizes all the code under it again.
+rows_cached = _glue(getattr(layer_norm_rows_cached, "py_func", layer_norm_rows_cached))
+
+
 def parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks):
     """LayerNorm over ``nblocks`` row blocks in parallel: the parfor of x2's size class."""
     kernel = parallel_layer_norm_cached if x2.size < _LN_PIPELINE_ELEMENTS else parallel_layer_norm_pipelined
@@ -950,8 +955,7 @@ def parallel_layer_norm_cached(x2, weight, bias, eps, out2, mean_out, rstd_out, 
     R = x2.shape[0]
     for b in prange(nblocks):
         r0, r1 = block_bounds(R, nblocks, b)
-        layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out,
-                               row_scratch(out2, x2.shape[1]))
+        rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, row_scratch(out2, x2.shape[1]))
 
 
 @_parallel
@@ -984,8 +988,7 @@ def layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out):
 # for ``layer_norm_rows`` measured +0.5 us per tiny call).
 @_serial
 def layer_norm_serial_cached(x2, weight, bias, eps, out2, mean_out, rstd_out):
-    layer_norm_rows_cached(x2, 0, x2.shape[0], weight, bias, eps, out2, mean_out, rstd_out,
-                           row_scratch(out2, x2.shape[1]))
+    rows_cached(x2, 0, x2.shape[0], weight, bias, eps, out2, mean_out, rstd_out, row_scratch(out2, x2.shape[1]))
 
 
 @_serial
