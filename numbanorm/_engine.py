@@ -954,7 +954,8 @@ def parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks
 def parallel_layer_norm_cached(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks):
     R = x2.shape[0]
     for b in prange(nblocks):
-        r0, r1 = block_bounds(R, nblocks, b)
+        # int64: the gufunc's loop index is uint64, which compiled a second block_bounds.
+        r0, r1 = block_bounds(R, nblocks, np.int64(b))
         rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, row_scratch(out2, x2.shape[1]))
 
 
@@ -962,7 +963,8 @@ def parallel_layer_norm_cached(x2, weight, bias, eps, out2, mean_out, rstd_out, 
 def parallel_layer_norm_pipelined(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks):
     R = x2.shape[0]
     for b in prange(nblocks):
-        r0, r1 = block_bounds(R, nblocks, b)
+        # int64: the gufunc's loop index is uint64, which compiled a second block_bounds.
+        r0, r1 = block_bounds(R, nblocks, np.int64(b))
         layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out)
 
 
