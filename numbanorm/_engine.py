@@ -733,10 +733,11 @@ def batch_norm_train_parallel(x3, weight, bias, running_mean, running_var, momen
     """The serial entry's steps with the two parfors, driven from Python: a jitted entry over the
     parfors compiled, optimized and emitted all of their code once more (5 s of a 16-19 s cold
     first call)."""
-    count, mean, m2 = parallel_moments(x3, n_o, n_i)
+    rows = x3.shape[2] != 1  # the parfors of x3's layout (parallel_moments, parallel_affine), chosen once
+    count, mean, m2 = (parallel_rows_moments if rows else parallel_cl_moments)(x3, n_o, n_i)
     invstd, scale, offset = train_scale_offset(count, mean, m2, weight, bias, running_mean, running_var, momentum,
                                                eps)
-    parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
+    (parallel_rows_affine if rows else parallel_cl_affine)(x3, mean, scale, offset, out3, n_o, n_i)
     return mean, invstd
 
 
@@ -804,7 +805,7 @@ def batch_norm_eval_cl(x3, running_mean, running_var, weight, bias, eps, out3, s
 def batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, out3, n_o, n_i):
     """BN inference with the normalize parfor, driven from Python (see the training entry)."""
     mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
-    parallel_affine(x3, mean, scale, offset, out3, n_o, n_i)
+    (parallel_rows_affine if x3.shape[2] != 1 else parallel_cl_affine)(x3, mean, scale, offset, out3, n_o, n_i)
     return mean, invstd
 
 
@@ -970,14 +971,18 @@ def parallel_layer_norm_pipelined(x2, weight, bias, eps, out2, mean_out, rstd_ou
 
 def layer_norm_forward(x2, weight, bias, eps, out2, mean_out, rstd_out, nthreads):
     """LayerNorm over the rows of ``x2`` (R, D); stats go to ``mean_out``/``rstd_out`` (R,)."""
+    cached = x2.size < _LN_PIPELINE_ELEMENTS  # the entries of x2's size class (layer_norm_serial, ...)
     if x2.size < 2 * MIN_TASK_ELEMENTS:  # one task (see _plan)
-        layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out)
+        (layer_norm_serial_cached if cached else layer_norm_serial_pipelined)(x2, weight, bias, eps, out2,
+                                                                              mean_out, rstd_out)
         return
     nblocks = _plan_tasks_py(x2.shape[0], 1, x2.shape[1], nthreads)[0]
     if nblocks == 1:
-        layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out)
+        (layer_norm_serial_cached if cached else layer_norm_serial_pipelined)(x2, weight, bias, eps, out2,
+                                                                              mean_out, rstd_out)
     else:
-        parallel_layer_norm(x2, weight, bias, eps, out2, mean_out, rstd_out, nblocks)
+        (parallel_layer_norm_cached if cached else parallel_layer_norm_pipelined)(x2, weight, bias, eps, out2,
+                                                                                  mean_out, rstd_out, nblocks)
 
 
 def layer_norm_serial(x2, weight, bias, eps, out2, mean_out, rstd_out):
