@@ -190,13 +190,16 @@ def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mo
     none = tiny.none
     w = none if weight is None else weight
     b = none if bias is None else bias
+    k = _CL if shape3[2] == 1 else 0  # one entry per layout (_engine.train_serial_entry)
     if training:
         if running_mean is None:
             running_mean = running_var = none
-        entry = tiny.entries[_TRAIN] or tiny.entry(_TRAIN)
+        k += _TRAIN
+        entry = tiny.entries[k] or tiny.entry(k)
         entry(x3, w, b, running_mean, running_var, momentum, eps, target, stats_out)
     else:
-        entry = tiny.entries[_EVAL] or tiny.entry(_EVAL)
+        k += _EVAL
+        entry = tiny.entries[k] or tiny.entry(k)
         entry(x3, running_mean, running_var, w, b, eps, target, stats_out)
     result = target.reshape(shape)
     if return_stats:
@@ -204,7 +207,12 @@ def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mo
     return result
 
 
-_TRAIN, _EVAL, _LN = 0, 1, 2  # indices of _TinyPath.entries (LN: + 2 * (weight is None) + (bias is None))
+#: Indices of _TinyPath.entries: BN (+ _CL for channels-last), LN (+ 2 * (weight is None) + (bias is None)).
+_TRAIN, _EVAL, _LN, _CL = 0, 1, 2, 6
+#: LayerNorm's serial entry for tiny inputs (the one of ``_engine.layer_norm_serial``'s size class;
+#: the pipelined one chooses by size at run time, so it is right for any size).
+_TINY_LN = _engine.layer_norm_serial_cached if _SERIAL_SIZE <= _engine._LN_PIPELINE_ELEMENTS \
+    else _engine.layer_norm_serial_pipelined
 
 
 class _TinyPath:
@@ -225,13 +233,13 @@ class _TinyPath:
         # LN statistics nobody reads; a tiny input has fewer rows than this (pages untouched
         # until written, so the unused part costs no memory).
         self.scratch = np.empty(_SERIAL_SIZE, self.sdt)
-        self.entries: list = [None] * 6
-        self.argtypes: list = [None] * 6
+        self.entries: list = [None] * 8
+        self.argtypes: list = [None] * 8
 
     def entry(self, k: int):
         """Entry ``k`` (see ``_TRAIN``...): the compiled one once it exists, else the dispatcher."""
-        dispatcher = (_engine.batch_norm_train_serial, _engine.batch_norm_eval_serial)[k] if k < _LN \
-            else _engine.layer_norm_serial
+        dispatcher = (_engine.batch_norm_train_rows, _engine.batch_norm_eval_rows, *[_TINY_LN] * 4,
+                      _engine.batch_norm_train_cl, _engine.batch_norm_eval_cl)[k]
         argtypes = self.argtypes[k]
         if argtypes is None:
             argtypes = self.argtypes[k] = self._argtypes(k)
@@ -245,10 +253,10 @@ class _TinyPath:
         """The numba types of the tiny path's arguments to entry ``k``."""
         a = types.Array(numba.from_dtype(self.dtype), 1, "C")
         s = numba.from_dtype(self.sdt)
-        if k < _LN:
+        if k < _LN or k >= _CL:
             x3 = types.Array(a.dtype, 3, "C")
             stats = types.Array(s, 2, "C")
-            if k == _TRAIN:
+            if k % _CL == _TRAIN:
                 return (x3, a, a, a, a, types.float64, types.float64, x3, stats)
             return (x3, a, a, a, a, types.float64, x3, stats)
         x2 = types.Array(a.dtype, 2, "C")

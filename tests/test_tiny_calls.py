@@ -87,6 +87,8 @@ def test_batch_norm_tiny_matches_reference(rng, dtype, training, layout, affine)
         y_ref = batch_norm_ref(x, None, None, w, b, True, 0.1, 1e-5, axis)[0]
         assert rel_l2(y, y_ref) < tol
     entry = functional._TRAIN if training else functional._EVAL
+    if axis % x.ndim == x.ndim - 1:  # channels-last: the entry of that layout
+        entry += functional._CL
     assert functional._TINY[np.dtype(dtype)].entries[entry] is not None  # the direct entry is in use
 
 
