@@ -921,12 +921,25 @@ def layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out
                          stream_bytes=_LN_STREAM_BYTES):
     """``layer_norm_rows`` with the caller's ``row_scratch(out2, D)`` (for callers that run it
     on one row at a time). Outputs of at least ``stream_bytes`` stream (tests pass 0)."""
-    D = x2.shape[1]
     # Streaming implies the pipelined loop (the threshold is far above the pipeline's).
-    stream = row_stream_ok(out2) and out2.size * out2.itemsize >= stream_bytes
+    stream = ln_streams(out2, stream_bytes)
     if x2.size < _LN_PIPELINE_ELEMENTS and not stream:
         layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
-        return
+    else:
+        layer_norm_rows_pipelined(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch, stream)
+
+
+@_serial
+def ln_streams(out2, stream_bytes):
+    """Whether LayerNorm writes ``out2`` with non-temporal stores."""
+    return row_stream_ok(out2) and out2.size * out2.itemsize >= stream_bytes
+
+
+@_serial
+def layer_norm_rows_pipelined(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch, stream):
+    """Rows ``r0:r1``, software-pipelined: row r is normalized in the loop that sums row r + 1.
+    Its own kernel, so the pipelined entries do not compile the cached loop as well."""
+    D = x2.shape[1]
     if r1 <= r0:
         return
     nshift = np.float64(load(x2[r0, 0])) if D > 0 else 0.0
@@ -949,10 +962,11 @@ def layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out
 
 @_serial
 def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
-    """Rows ``r0:r1``. Large inputs are software-pipelined: row r is normalized while row r + 1
-    is summed (48 -> 36 ms for 256 MB on one core, np.copyto 21 ms)."""
+    """Rows ``r0:r1`` of a large input (the pipelined size class), software-pipelined: row r is
+    normalized while row r + 1 is summed (48 -> 36 ms for 256 MB on one core, np.copyto 21 ms)."""
     scratch = row_scratch(out2, x2.shape[1])
-    layer_norm_rows_into(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch)
+    layer_norm_rows_pipelined(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out, scratch,
+                              ln_streams(out2, _LN_STREAM_BYTES))
 
 
 # The LayerNorm entries come in two variants, chosen in Python from the size (the test that
