@@ -210,7 +210,7 @@ def _batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mo
 #: Indices of _TinyPath.entries: BN (+ _CL for channels-last), LN (+ 2 * (weight is None) + (bias is None)).
 _TRAIN, _EVAL, _LN, _CL = 0, 1, 2, 6
 #: LayerNorm's serial entry for tiny inputs (the one of ``_engine.layer_norm_serial``'s size class;
-#: the pipelined one chooses by size at run time, so it is right for any size).
+#: the pipelined one is correct for any size, only slower on small ones).
 _TINY_LN = _engine.layer_norm_serial_cached if _SERIAL_SIZE <= _engine._LN_PIPELINE_ELEMENTS \
     else _engine.layer_norm_serial_pipelined
 

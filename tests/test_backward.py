@@ -135,6 +135,16 @@ def _torch_bn_grads(x, axis, rm, rv, w, b, g, training):
     return gx, None if w is None else tw.grad.numpy(), None if w is None else tb.grad.numpy()
 
 
+def _grad_weight_tol(tol, g, x, invstd, axis, ref):
+    """``tol`` plus what rounding the saved mean to x's dtype alone can move grad_weight =
+    Σdy·(x - mean)·invstd by: eps·Σ|dy·x|·invstd per channel. It matters only where the sum nearly
+    cancels (a few values per channel: (5, 1) float32 gave up to 1.2e-4 relative, and a float64
+    sum from the same float32 stats the same, in 6 of 2000 seeds; with this bound 0 of 2000)."""
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    bound = np.finfo(x.dtype).eps * np.abs(g.astype(np.float64) * x).sum(red) * invstd
+    return tol + np.linalg.norm(bound) / np.linalg.norm(ref)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", BN_CASES)
 @pytest.mark.parametrize("affine", [True, False])
@@ -155,7 +165,7 @@ def test_batch_norm_backward_matches_torch(rng, dtype, shape, axis, affine, trai
     assert rel_l2(gx, tgx) <= tol
     if affine:
         assert gw.dtype == dtype and gw.shape == (C,) and gb.shape == (C,)
-        assert rel_l2(gw, tgw) <= tol
+        assert rel_l2(gw, tgw) <= _grad_weight_tol(tol, g, x, invstd, axis, tgw)
         assert rel_l2(gb, tgb) <= tol
     else:
         assert gw is None and gb is None
