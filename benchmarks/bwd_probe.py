@@ -21,6 +21,7 @@ import time
 
 import numba
 import numpy as np
+from perf_probe import torch_bn_backward  # run as a script: benchmarks/ is on sys.path
 
 import numbanorm as nb
 
@@ -78,14 +79,7 @@ def bn_case(mods, shape, axis, rng, phases):
         fns[name + "_out"] = (lambda m=m: m.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis,
                                                                 out=out))
     if torch is not None:
-        def logical(a):
-            t = torch.from_numpy(a)
-            return t.permute(0, a.ndim - 1, *range(1, a.ndim - 1)) if axis == -1 else t
-        tx = logical(x).detach().requires_grad_(True)
-        tw, tb = torch.from_numpy(w).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
-        ty = F.batch_norm(tx, None, None, tw, tb, True)
-        tg = logical(g)
-        fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
+        fns["torch"] = torch_bn_backward(x, g, w, b, axis)
     if phases:
         fns["read2"] = lambda: read2(x.reshape(-1), g.reshape(-1))
         m64 = mean.astype(np.float64)

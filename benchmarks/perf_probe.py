@@ -35,6 +35,19 @@ CLOCK = time.perf_counter
 REDUCE = np.median
 
 
+def torch_bn_backward(x, g, w, b, axis):
+    """torch autograd's training BatchNorm backward of (x, w, b) for ``dy = g``, timed as
+    numbanorm.bench does: the forward graph is built here, the closure only runs ``autograd.grad``.
+    Channels-last arrays (``axis=-1``) go in as permuted views, so torch sees its NHWC layout."""
+    def logical(a):
+        t = torch.from_numpy(a)
+        return t.permute(0, a.ndim - 1, *range(1, a.ndim - 1)) if axis == -1 else t
+    tx = logical(x).detach().requires_grad_(True)
+    tw, tb = torch.from_numpy(w).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
+    ty = F.batch_norm(tx, None, None, tw, tb, True)
+    tg = logical(g)
+    return lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
+
 def timeit(fns: dict, repeats: int, inner: int) -> dict:
     times = {k: [] for k in fns}
     for f in fns.values():
@@ -104,14 +117,7 @@ def one_case(name, kind, shape, axis, rng, a) -> None:
         fns["nb"] = lambda: nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis)
         fns["nb_out"] = lambda: nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=out)
         if torch is not None:
-            def logical(a):
-                t = torch.from_numpy(a)
-                return t.permute(0, a.ndim - 1, *range(1, a.ndim - 1)) if axis == -1 else t
-            tx = logical(x).detach().requires_grad_(True)
-            tw, tb = torch.from_numpy(w).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
-            ty = F.batch_norm(tx, None, None, tw, tb, True)
-            tg = logical(g)
-            fns["torch"] = lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True)
+            fns["torch"] = torch_bn_backward(x, g, w, b, axis)
     else:
         C = shape[axis]
         train = kind == "bn"
