@@ -79,8 +79,8 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
         flags = p.flags
         if not flags.c_contiguous or training and not flags.writeable:
             return -1
-    if training and n // C <= 1:
-        return -1
+    if training and (n // C <= 1 or not owned_apart((running_mean, running_var), (x, weight, bias))):
+        return -1  # (the running stats are outputs: the full check says what overlaps what)
     return C
 
 
@@ -294,8 +294,8 @@ def check_running_stat(p: object, name: str, num_channels: int, dtype: np.dtype,
 
 
 def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x") -> np.ndarray | None:
-    """``out`` must match ``x`` in shape and dtype, be writeable, and be ``x`` itself or not
-    overlap it (a partial overlap would overwrite input that is still to be read)."""
+    """``out`` must match ``x`` in shape and dtype and be writeable (whether it shares memory
+    with another argument: ``check_disjoint``)."""
     if out is None:
         return None
     reject_device(out, name)
@@ -304,15 +304,97 @@ def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x
     check_like_shape_dtype(name, out.shape, out.dtype, x.shape, x.dtype, x_name)
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
-    if out is x or not np.shares_memory(out, x):
-        return out
-    same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0] and out.strides == x.strides
-    if not same:
-        raise ValueError(
-            f"{name} overlaps {x_name} without being {x_name} itself; pass {name}={x_name} for in place, "
-            "or a separate array"
-        )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs that share memory with other arguments
+# --------------------------------------------------------------------------------------------
+#: np.shares_memory's search budget; a harder question (rare, odd strides) counts as an overlap.
+_SHARES_MEMORY_WORK = 1 << 16
+_TooHardError = getattr(np, "exceptions", np).TooHardError
+
+
+def _owner(a: np.ndarray) -> np.ndarray | None:
+    """The array that owns ``a``'s memory (NumPy makes every view's ``base`` its owner), or None
+    when that cannot be told (memory of a buffer object, or of foreign code)."""
+    base = a.base
+    if base is None:
+        return a if a.flags.owndata else None
+    if type(base) is np.ndarray and base.base is None and base.flags.owndata:
+        return base
+    return None
+
+
+def arrays_overlap(a: object, b: object) -> bool:
+    """Whether two host arrays share memory (array-likes that were converted never do)."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
+    oa, ob = _owner(a), _owner(b)
+    if oa is not None and ob is not None and oa is not ob:
+        return False  # two allocations: the common case, decided without NumPy's bounds test
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=_SHARES_MEMORY_WORK))
+    except _TooHardError:
+        return True
+
+
+def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` and ``b`` are the same elements in the same places (``out=x``, in place)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
+            and a.shape == b.shape)
+
+
+def owned_apart(outputs: Sequence[np.ndarray], others: Sequence[np.ndarray | None]) -> bool:
+    """True when ownership alone shows that no output shares memory with another output or with
+    one of ``others``: each output owns its memory (or is a view of an array that does) and no
+    other argument is, or views, that owner. False means "not shown": run ``check_disjoint``.
+    A few attribute tests, for the tiny-call paths (``np.may_share_memory`` costs ~0.2 us a pair)."""
+    owners = []
+    for a in outputs:
+        o = _owner(a)
+        if o is None or any(o is p for p in owners):
+            return False
+        owners.append(o)
+    for a in others:
+        if a is None:
+            continue
+        base = a.base
+        if base is None:
+            o = a
+        elif type(base) is np.ndarray:
+            o = base
+        else:
+            return False
+        if any(o is p for p in owners):
+            return False
+    return True
+
+
+def check_disjoint(outputs: Sequence[tuple[str, object, tuple[str, ...]]], inputs: Sequence[tuple[str, object]],
+                   overlaps=arrays_overlap, same=same_memory) -> None:
+    """Refuse an output that shares memory with an input or with another output: the kernels read
+    the inputs while they write, so any overlap gives a silent wrong answer. The one exception is
+    an output that *is* one of the inputs its ``in_place`` names (``out=x``: each element is read
+    before it is written). ``outputs``: ``(name, array or None, in_place)``; ``inputs``:
+    ``(name, array or None)``. Runs after every other check, so a refused call mutates nothing."""
+    for k, (name, a, in_place) in enumerate(outputs):
+        if a is None:
+            continue
+        for other, b in inputs:
+            if b is not None and overlaps(a, b):
+                if other in in_place:
+                    if same(a, b):
+                        continue
+                    raise ValueError(f"{name} overlaps {other} without being {other} itself; pass {name}={other} "
+                                     "for in place, or a separate array")
+                raise ValueError(f"{name} overlaps {other}: an output must not share memory with an input; "
+                                 "pass a separate array")
+        for other, b, _ in outputs[k + 1:]:
+            if b is not None and overlaps(a, b):
+                raise ValueError(f"{name} and {other} must not overlap: both are outputs")
 
 
 def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
@@ -375,15 +457,6 @@ def check_stat(s: object, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(arr, np.float64).reshape(-1)
 
 
-def check_no_overlap(out: np.ndarray | None, a: np.ndarray, name: str) -> None:
-    """``out`` must be ``a`` itself or not share memory with it (it is read while out is written)."""
-    if out is None:
-        return
-    same = out.__array_interface__["data"][0] == a.__array_interface__["data"][0] and out.strides == a.strides
-    if not same and np.shares_memory(out, a):
-        raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")
-
-
 def check_sample_layout(x, channel_axis: object, op: str) -> int:
     """The channel axis of a per-sample op's input (axis 0 is the batch); ``x`` is any array
     with ``ndim``/``shape`` (host or device)."""
@@ -430,11 +503,8 @@ class HostArgs:
     def stat(self, s, name: str, shape: tuple[int, ...]):
         return check_stat(s, name, shape)
 
-    def no_overlap(self, out, a, name: str) -> None:
-        check_no_overlap(out, a, name)
-
-    def overlaps(self, a, b) -> bool:
-        return bool(np.shares_memory(a, b))
+    def disjoint(self, outputs, inputs) -> None:
+        check_disjoint(outputs, inputs)
 
 
 HOST = HostArgs()
@@ -443,21 +513,26 @@ HOST = HostArgs()
 def layer_norm_args(chk, x, normalized_shape, weight, bias, eps, out):
     """(normalized shape, weight, bias, eps, out) of layer_norm."""
     shape = check_normalized_shape(normalized_shape, x.shape)
-    weight = chk.param(weight, "weight", shape, x)
-    bias = chk.param(bias, "bias", shape, x)
-    return shape, weight, bias, check_eps(eps), chk.out(out, x)
+    w = chk.param(weight, "weight", shape, x)
+    b = chk.param(bias, "bias", shape, x)
+    eps = check_eps(eps)
+    out = chk.out(out, x)
+    chk.disjoint((("out", out, ("x",)),), (("x", x), ("weight", weight), ("bias", bias)))
+    return shape, w, b, eps, out
 
 
 def rms_norm_args(chk, x, normalized_shape, weight, eps, out):
     """(normalized shape, weight, eps, out) of rms_norm; ``eps=None``: the machine epsilon of the
     compute type (float64's for float64 input, float32's otherwise), as torch."""
     shape = check_normalized_shape(normalized_shape, x.shape)
-    weight = chk.param(weight, "weight", shape, x)
+    w = chk.param(weight, "weight", shape, x)
     if eps is None:
         eps = float(np.finfo(np.float64 if str(x.dtype) == "float64" else np.float32).eps)
     else:
         eps = check_eps(eps)
-    return shape, weight, eps, chk.out(out, x)
+    out = chk.out(out, x)
+    chk.disjoint((("out", out, ("x",)),), (("x", x), ("weight", weight)))
+    return shape, w, eps, out
 
 
 def add_layer_norm_args(chk, x, residual, normalized_shape, weight, bias, eps, out, residual_out):
@@ -465,14 +540,15 @@ def add_layer_norm_args(chk, x, residual, normalized_shape, weight, bias, eps, o
     if residual.shape != x.shape or residual.dtype != x.dtype:
         raise ValueError(f"residual must have the shape and dtype of x, {x.shape} {x.dtype}, "
                          f"got {residual.shape} {residual.dtype}")
-    shape, weight, bias, eps, _ = layer_norm_args(chk, x, normalized_shape, weight, bias, eps, None)
+    shape, w, b, eps, _ = layer_norm_args(chk, x, normalized_shape, weight, bias, eps, None)
     bufs = []
     for name, buf in (("out", out), ("residual_out", residual_out)):
         chk.out(buf, x, name=name)
         bufs.append(chk.out(buf, residual, name=name, x_name="residual"))
-    if bufs[0] is not None and bufs[1] is not None and chk.overlaps(bufs[0], bufs[1]):
-        raise ValueError("out and residual_out must not overlap: both results are returned")
-    return shape, weight, bias, eps, bufs[0], bufs[1]
+    in_place = ("x", "residual")
+    chk.disjoint((("out", bufs[0], in_place), ("residual_out", bufs[1], in_place)),
+                 (("x", x), ("residual", residual), ("weight", weight), ("bias", bias)))
+    return shape, w, b, eps, bufs[0], bufs[1]
 
 
 def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
@@ -487,10 +563,10 @@ def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, m
         stats = check_stats(stats, num_channels)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or both be None")
-    running_mean = chk.running(running_mean, "running_mean", num_channels, x, bool(training))
-    running_var = chk.running(running_var, "running_var", num_channels, x, bool(training))
-    weight = chk.param(weight, "weight", (num_channels,), x)
-    bias = chk.param(bias, "bias", (num_channels,), x)
+    rm = chk.running(running_mean, "running_mean", num_channels, x, bool(training))
+    rv = chk.running(running_var, "running_var", num_channels, x, bool(training))
+    w = chk.param(weight, "weight", (num_channels,), x)
+    b = chk.param(bias, "bias", (num_channels,), x)
     momentum = check_momentum(momentum)
     eps = check_eps(eps)
     if stats is not None:  # the statistics come from elsewhere, so this shard's size is no matter
@@ -501,16 +577,30 @@ def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, m
     elif training and num_channels and x.size // num_channels == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     out = chk.out(out, x)
-    return axis, running_mean, running_var, weight, bias, momentum, eps, out, stats
+    running = (("running_mean", running_mean), ("running_var", running_var))
+    params = (("x", x), ("weight", weight), ("bias", bias))
+    if training:  # the running stats are updated in place: outputs
+        chk.disjoint((("out", out, ("x",)), *((n, r, ()) for n, r in running)), params)
+    else:
+        chk.disjoint((("out", out, ("x",)),), params + running)
+    return axis, rm, rv, w, b, momentum, eps, out, stats
 
 
 def group_norm_args(chk, x, num_groups, weight, bias, eps, channel_axis, out):
     """(axis, groups, weight, bias, eps, out) of group_norm."""
     axis, G = check_group_layout(x, channel_axis, num_groups)
     C = x.shape[axis]
-    weight = chk.param(weight, "weight", (C,), x)
-    bias = chk.param(bias, "bias", (C,), x)
-    return axis, G, weight, bias, check_eps(eps), chk.out(out, x)
+    w = chk.param(weight, "weight", (C,), x)
+    b = chk.param(bias, "bias", (C,), x)
+    if x.size and C // G * (x.size // (x.shape[0] * C)) == 1:
+        # One value per group: its variance is 0 and the result only the bias, so surely a mistake
+        # (torch raises too, for a batch of one).
+        raise ValueError(f"Expected more than 1 value per group, got input size {tuple(x.shape)} with "
+                         f"num_groups={G}")
+    eps = check_eps(eps)
+    out = chk.out(out, x)
+    chk.disjoint((("out", out, ("x",)),), (("x", x), ("weight", weight), ("bias", bias)))
+    return axis, G, w, b, eps, out
 
 
 def instance_norm_args(chk, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
@@ -522,33 +612,37 @@ def instance_norm_args(chk, x, running_mean, running_var, weight, bias, use_inpu
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together or both be None")
     update = bool(use_input_stats) and running_mean is not None
-    running_mean = chk.running(running_mean, "running_mean", C, x, update)
-    running_var = chk.running(running_var, "running_var", C, x, update)
+    rm = chk.running(running_mean, "running_mean", C, x, update)
+    rv = chk.running(running_var, "running_var", C, x, update)
     momentum = check_momentum(momentum)
     eps = check_eps(eps)
     if not use_input_stats:
         if running_mean is None:
             raise ValueError("use_input_stats=False needs running_mean and running_var")
         return None
-    weight = chk.param(weight, "weight", (C,), x)
-    bias = chk.param(bias, "bias", (C,), x)
+    w = chk.param(weight, "weight", (C,), x)
+    b = chk.param(bias, "bias", (C,), x)
     if x.shape[0] * C and x.size // (x.shape[0] * C) == 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
-    return axis, update, running_mean, running_var, weight, bias, momentum, eps, chk.out(out, x)
+    out = chk.out(out, x)
+    chk.disjoint((("out", out, ("x",)), ("running_mean", running_mean, ()), ("running_var", running_var, ())),
+                 (("x", x), ("weight", weight), ("bias", bias)))
+    return axis, update, rm, rv, w, b, momentum, eps, out
 
 
 def rows_backward_args(chk, x, normalized_shape, grad_out, mean, rstd, weight, out, centered: bool):
     """(normalized shape, grad_out, mean (None unless ``centered``), rstd, weight, out) of
     layer_norm_backward (``centered``) and rms_norm_backward."""
     shape = check_normalized_shape(normalized_shape, x.shape)
-    grad_out = chk.like(grad_out, "grad_out", x)
+    dy = chk.like(grad_out, "grad_out", x)
     batch_shape = x.shape[: x.ndim - len(shape)]
-    mean = chk.stat(mean, "mean", batch_shape) if centered else None
-    rstd = chk.stat(rstd, "rstd", batch_shape)
-    weight = chk.param(weight, "weight", shape, x)
+    m = chk.stat(mean, "mean", batch_shape) if centered else None
+    s = chk.stat(rstd, "rstd", batch_shape)
+    w = chk.param(weight, "weight", shape, x)
     out = chk.out(out, x)
-    chk.no_overlap(out, grad_out, "grad_out")
-    return shape, grad_out, mean, rstd, weight, out
+    chk.disjoint((("out", out, ("x", "grad_out")),),
+                 (("x", x), ("grad_out", grad_out), ("mean", mean), ("rstd", rstd), ("weight", weight)))
+    return shape, dy, m, s, w, out
 
 
 def batch_norm_backward_args(chk, x, grad_out, mean, invstd, weight, channel_axis, out):
@@ -557,13 +651,14 @@ def batch_norm_backward_args(chk, x, grad_out, mean, invstd, weight, channel_axi
         raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
     axis = check_channel_axis(channel_axis, x.ndim)
     C = x.shape[axis]
-    grad_out = chk.like(grad_out, "grad_out", x)
-    mean = chk.stat(mean, "mean", (C,))
-    invstd = chk.stat(invstd, "invstd", (C,))
-    weight = chk.param(weight, "weight", (C,), x)
+    dy = chk.like(grad_out, "grad_out", x)
+    m = chk.stat(mean, "mean", (C,))
+    s = chk.stat(invstd, "invstd", (C,))
+    w = chk.param(weight, "weight", (C,), x)
     out = chk.out(out, x)
-    chk.no_overlap(out, grad_out, "grad_out")
-    return axis, grad_out, mean, invstd, weight, out
+    chk.disjoint((("out", out, ("x", "grad_out")),),
+                 (("x", x), ("grad_out", grad_out), ("mean", mean), ("invstd", invstd), ("weight", weight)))
+    return axis, dy, m, s, w, out
 
 
 def group_norm_backward_args(chk, x, num_groups, grad_out, mean, rstd, weight, channel_axis, out):
@@ -571,10 +666,25 @@ def group_norm_backward_args(chk, x, num_groups, grad_out, mean, rstd, weight, c
     shape (N, groups)."""
     axis, G = check_group_layout(x, channel_axis, num_groups)
     N, C = x.shape[0], x.shape[axis]
-    grad_out = chk.like(grad_out, "grad_out", x)
-    mean = chk.stat(mean, "mean", (N, G))
-    rstd = chk.stat(rstd, "rstd", (N, G))
-    weight = chk.param(weight, "weight", (C,), x)
+    dy = chk.like(grad_out, "grad_out", x)
+    m = chk.stat(mean, "mean", (N, G))
+    s = chk.stat(rstd, "rstd", (N, G))
+    w = chk.param(weight, "weight", (C,), x)
     out = chk.out(out, x)
-    chk.no_overlap(out, grad_out, "grad_out")
-    return axis, G, grad_out, mean, rstd, weight, out
+    chk.disjoint((("out", out, ("x", "grad_out")),),
+                 (("x", x), ("grad_out", grad_out), ("mean", mean), ("rstd", rstd), ("weight", weight)))
+    return axis, G, dy, m, s, w, out
+
+
+def instance_norm_checked(side, x, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                          eps, channel_axis, out, batch_norm, run):
+    """What the host and CUDA ``instance_norm`` share: check the arguments (on ``checked_x``, x
+    itself or its device metadata) and return ``run(*checked)``; without input statistics, hand
+    ``x`` to ``batch_norm`` (the same side's), since normalizing with the running stats is
+    BatchNorm in eval mode."""
+    checked = instance_norm_args(side, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+                                 eps, channel_axis, out)
+    if checked is None:
+        return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
+                          channel_axis=channel_axis, out=out)
+    return run(*checked)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numba
 from numba.core import types
@@ -41,8 +42,34 @@ class _Dispatcher(CPUDispatcher):
         # about 1 ms per kernel, 60+ ms for the whole package at ``import numbanorm``.
         if not self._cache_attached:
             self._cache_attached = True
-            self._cache = PackageCache(self.py_func)
+            self._cache = _disk_cache(self.py_func)
         return super().compile(sig)
+
+
+class CacheUnavailableWarning(RuntimeWarning):
+    """numbanorm found no writable directory for its compiled kernels (see ``_disk_cache``)."""
+
+
+_CACHE_WARNED = False
+
+
+def _disk_cache(py_func):
+    """The on-disk cache of ``py_func``, or numba's no-op cache (compile in every process) when
+    no cache directory is writable: a read-only container or service account must get results,
+    not ``RuntimeError: cannot cache function ... no locator available`` on every call. Warns once."""
+    global _CACHE_WARNED
+    try:
+        return PackageCache(py_func)
+    except RuntimeError:  # numba found no writable locator (package folder, ~/.cache/numba, NUMBA_CACHE_DIR)
+        if not _CACHE_WARNED:
+            _CACHE_WARNED = True
+            warnings.warn(
+                "numbanorm: no writable directory for the numba kernel cache (tried NUMBA_CACHE_DIR, the "
+                "package folder and ~/.cache/numba), so kernels are compiled again in every process. Set "
+                "NUMBA_CACHE_DIR to a writable directory to cache them.", CacheUnavailableWarning, stacklevel=4)
+        from numba.core.caching import NullCache
+
+        return NullCache()
 
 
 def jit(**options):
@@ -83,7 +110,23 @@ def _choose_threading_layer() -> bool:
 
 
 NEEDS_CALL_LOCK = _choose_threading_layer()
-_CALL_LOCK = threading.Lock()
+
+
+class _CallLock:
+    """The launch lock of the ``workqueue`` layer, renewed in a forked child: a fork while
+    another thread held it would leave the child's copy locked forever."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def renew(self) -> None:
+        self._lock = threading.Lock()
 
 
 class _NoLock:
@@ -93,6 +136,41 @@ class _NoLock:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def renew(self) -> None:
+        return None
+
 
 #: Context manager that wraps every kernel launch: a real lock only under ``workqueue``.
-kernel_guard = _CALL_LOCK if NEEDS_CALL_LOCK else _NoLock()
+kernel_guard = _CallLock() if NEEDS_CALL_LOCK else _NoLock()
+
+#: Set in a child forked after the parent started numba's thread pool: the child then runs
+#: every kernel serially. GNU OpenMP kills a child that starts a parallel region after its parent
+#: ran one ("fork() called from a process already using GNU OpenMP"), and workqueue's worker
+#: threads do not exist in the child; the serial kernels need neither.
+_SERIAL_ONLY = False
+
+
+def _thread_pool_started() -> bool:
+    """Whether this process started numba's thread pool; True when that cannot be told."""
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:  # pragma: no cover - numba moved it: assume the worst (serial child)
+        return True
+    return bool(getattr(parallel, "_is_initialized", True))
+
+
+def _after_fork_in_child() -> None:
+    global _SERIAL_ONLY
+    kernel_guard.renew()
+    if _thread_pool_started():
+        _SERIAL_ONLY = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def num_threads() -> int:
+    """The thread count a kernel may use: numba's for the calling thread, 1 in a forked child
+    (see ``_SERIAL_ONLY``); with 1 every entry takes its serial kernel."""
+    return 1 if _SERIAL_ONLY else numba.get_num_threads()

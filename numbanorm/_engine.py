@@ -130,9 +130,24 @@ def chan_merge(na, ma, m2a, nb, mb, m2b):
     if na == 0.0:
         return nb, mb, m2b
     n = na + nb
+    if not (math.isfinite(ma) and math.isfinite(mb)):
+        # A part holds ±inf or nan: the mean is then what the sum of all values gives, ±inf (or
+        # nan for inf - inf), and ``ma + mb`` is exactly that (``ma + (mb - ma) * fb`` would give
+        # inf - inf = nan for a finite part merged into an infinite one); M2 is nan, as torch's
+        # variance of such data. (Written on ma, mb: under ``reassoc`` LLVM rewrote a weighted
+        # mean of them back into ``ma + delta * fb``.)
+        return n, ma + mb, math.nan
     delta = mb - ma
     fb = nb / n
     return n, ma + delta * fb, m2a + m2b + delta * delta * na * fb
+
+
+@_serial
+def finite_shift(v):
+    """The shift of a block's shifted sums: its first value ``v``, or 0 when that is inf or nan
+    (an infinite shift makes every ``x - shift`` nan, where the values sum to ±inf)."""
+    v = np.float64(v)
+    return v if math.isfinite(v) else 0.0
 
 
 @_serial
@@ -164,7 +179,7 @@ def run_moments(run):
     n = run.shape[0]
     if n == 0:
         return 0.0, 0.0
-    shift = np.float64(load(run[0]))
+    shift = finite_shift(load(run[0]))
     s1, s2 = run_sums(run, 0, n, shift)
     return sums_to_moments(n, shift, s1, s2)
 
@@ -211,7 +226,7 @@ def rows_moments(x3, o0, o1, i0, i1, mean, m2):
     for r0 in range(o0, o1, rows):
         r1 = min(r0 + rows, o1)
         for c in range(C):
-            shift[c] = load(x3[r0, c, i0])
+            shift[c] = finite_shift(load(x3[r0, c, i0]))
             s1[c] = 0.0
             s2[c] = 0.0
         for o in range(r0, r1):
@@ -245,7 +260,7 @@ def cl_moments(x3, o0, o1, i0, i1, mean, m2):
         for r0 in range(o0, o1, rows):
             r1 = min(r0 + rows, o1)
             for c in range(C):
-                shift[c] = load(flat[r0 * C + c])
+                shift[c] = finite_shift(load(flat[r0 * C + c]))
                 s1[c] = 0.0
                 s2[c] = 0.0
             cl_dot_sums(flat, shift, None, None, r0, r1, C, s1, s2)
@@ -270,7 +285,7 @@ def cl_moments(x3, o0, o1, i0, i1, mean, m2):
     for r0 in range(o0, o1, chunk):
         r1 = min(r0 + chunk, o1)
         for j in range(W):
-            shift[j] = load(flat[r0 * C + j % C])
+            shift[j] = finite_shift(load(flat[r0 * C + j % C]))
             s1[j] = 0.0
             s2[j] = 0.0
         full = r0 + (r1 - r0) // k * k
@@ -329,7 +344,7 @@ def plan_tasks(outer, C, inner, nthreads):
     """Split (outer, inner) into n_outer x n_inner blocks; 1 x 1 means run serially."""
     total = outer * C * inner
     tasks = min(nthreads * TASKS_PER_THREAD, total // MIN_TASK_ELEMENTS)
-    if tasks <= 1:
+    if tasks <= 1 or nthreads <= 1:  # one thread: the serial kernels (a forked child needs them)
         return 1, 1
     if inner == 1 or outer >= tasks:
         return min(tasks, outer), 1
@@ -887,7 +902,7 @@ def layer_norm_rows_cached(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_o
     D = x2.shape[1]
     for r in range(r0, r1):
         row = x2[r]
-        shift = np.float64(load(row[0]))
+        shift = finite_shift(load(row[0]))
         s1, s2 = run_sums(row, 0, D, shift)
         mean, m2 = sums_to_moments(D, shift, s1, s2)
         rstd = 1.0 / math.sqrt(m2 / D + eps)
@@ -942,7 +957,7 @@ def layer_norm_rows_pipelined(x2, r0, r1, weight, bias, eps, out2, mean_out, rst
     D = x2.shape[1]
     if r1 <= r0:
         return
-    nshift = np.float64(load(x2[r0, 0])) if D > 0 else 0.0
+    nshift = finite_shift(load(x2[r0, 0])) if D > 0 else 0.0
     n1, n2 = run_sums(x2[r0], 0, D, nshift)
     for r in range(r0, r1):
         row = x2[r]
@@ -950,7 +965,7 @@ def layer_norm_rows_pipelined(x2, r0, r1, weight, bias, eps, out2, mean_out, rst
         rstd = 1.0 / math.sqrt(m2 / D + eps)
         mh, rs, tail = fold_affine(mean, rstd, 0.0, row)  # (x - mean) * rstd == (x - mh) * rs + tail
         nxt = x2[r + 1] if r + 1 < r1 else row  # the last row sums itself again (result unused)
-        nshift = np.float64(load(nxt[0])) if D > 0 else 0.0
+        nshift = finite_shift(load(nxt[0])) if D > 0 else 0.0
         target = row_target(scratch, out2[r])
         n1, n2 = normalize_row_and_sum_next(row, target, nxt, nshift, mh, rs, tail, weight, bias, stream)
         flush_row(target, out2[r])

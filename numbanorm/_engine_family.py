@@ -26,6 +26,7 @@ from ._engine import (
     block_bounds,
     block_moments,
     chan_merge,
+    finite_shift,
     fold_affine,
     layer_norm_rows_into,
     normalize_row_and_sum_next,
@@ -155,7 +156,7 @@ def _group_runs(x4, u0, u1, G, weight, bias, eps, out4, mean, m2, gmean, grstd):
     s2 = np.empty(cpg)
     for k in range(cpg):
         start = (u0 * cpg + k) * inner
-        shift[k] = np.float64(load(src[start]))
+        shift[k] = finite_shift(load(src[start]))
         s1[k], s2[k] = run_sums(src, start, start + inner, shift[k])
     for u in range(u0, u1):
         n, g = u // G, u % G
@@ -175,7 +176,7 @@ def _group_runs(x4, u0, u1, G, weight, bias, eps, out4, mean, m2, gmean, grstd):
             head, scale, offset = fold_affine(gm, sc, of, src)
             if u + 1 < u1:
                 nxt = start + cpg * inner
-                shift[k] = np.float64(load(src[nxt]))
+                shift[k] = finite_shift(load(src[nxt]))
                 s1[k], s2[k] = normalize_row_and_sum_next(src[start:start + inner], dst[start:start + inner],
                                                           src[nxt:nxt + inner], shift[k], head, scale, offset,
                                                           None, None)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._arena import empty
+from ._halfio import kernel_array
 
 
 class CanonicalView(NamedTuple):
@@ -23,6 +24,41 @@ class CanonicalView(NamedTuple):
 
 def split_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+
+
+# --------------------------------------------------------------------------------------------
+# The same decisions on array metadata (shape, byte strides, itemsize): what the CUDA backend
+# uses for device arrays, which have no NumPy flags.
+# --------------------------------------------------------------------------------------------
+def dense(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
+    """Whether (shape, strides) is C-contiguous (axes of length 1 may have any stride)."""
+    expected = itemsize
+    for n, s in zip(reversed(shape), reversed(strides), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def move_last(t: tuple, axis: int) -> tuple:
+    """``t`` (a shape or strides) with entry ``axis`` moved last, as ``np.moveaxis(a, axis, -1)``."""
+    return t[:axis] + t[axis + 1 :] + (t[axis],)
+
+
+def memory_order(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int, axis: int) -> str | None:
+    """"c" when C-contiguous, "moved" when moving ``axis`` last is (an NCHW array stored
+    channels-last), else None: ``canonical_view``'s test on metadata."""
+    if dense(shape, strides, itemsize):
+        return "c"
+    return "moved" if dense(move_last(shape, axis), move_last(strides, axis), itemsize) else None
+
+
+def canonical_shape(shape: tuple[int, ...], axis: int, order: str) -> tuple[int, int, int]:
+    """(outer, C, inner) of the canonical view of a dense array in memory order ``order``."""
+    if order == "c":
+        return split_shape(shape, axis)
+    C = shape[axis]
+    return (math.prod(shape) // C if C else 0), C, 1
 
 
 def contiguous_shape3(shape: tuple[int, ...], size: int, axis: int, C: int) -> tuple[int, int, int]:
@@ -42,7 +78,7 @@ def canonical_view(a: np.ndarray, axis: int) -> CanonicalView | None:
         return CanonicalView(a.reshape(split_shape(a.shape, axis)), False)
     moved = np.moveaxis(a, axis, -1)
     if moved.flags.c_contiguous:
-        return CanonicalView(moved.reshape(-1, a.shape[axis], 1), True)
+        return CanonicalView(moved.reshape(canonical_shape(a.shape, axis, "moved")), True)
     return None
 
 
@@ -54,31 +90,57 @@ def input_view(x: np.ndarray, axis: int) -> CanonicalView:
     return view
 
 
-def output_view(
-    out: np.ndarray | None, x: np.ndarray, x_view: CanonicalView, axis: int
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(array to return, 3-D view the kernel writes, whether a copy back is needed).
+class Output:
+    """Where a kernel writes an op's result, and the one way that result reaches the caller.
 
-    The kernel writes straight into ``out`` when its layout matches the input's view; otherwise
-    into scratch that ``copy_back`` moves over. Allocated outputs keep the input's memory
-    layout (a channels-last input gives a channels-last output, as torch does).
+    ``kernel``: the C-contiguous array the kernel writes, already in the kernel's element type
+    (``_halfio.kernel_array``: the 16-bit view of a half array). It is ``result``'s own memory
+    when ``result`` has the layout of the input's canonical view, else ``scratch`` of that
+    layout. ``finish()`` copies the scratch into ``dest`` (``result``, or a view of it), in the
+    result's dtype, never as the kernel's 16-bit integer values, and returns ``result``.
     """
+
+    __slots__ = ("result", "kernel", "_scratch", "_dest")
+
+    def __init__(self, result: np.ndarray, target: np.ndarray, dest: np.ndarray | None = None) -> None:
+        """``target``: the C-contiguous array (of ``result``'s dtype) the kernel writes; with
+        ``dest``, it is scratch that ``finish`` copies there."""
+        self.result = result
+        self._scratch = None if dest is None else target
+        self._dest = dest
+        self.kernel = kernel_array(target)
+
+    def finish(self) -> np.ndarray:
+        if self._scratch is not None:
+            np.copyto(self._dest, self._scratch.reshape(self._dest.shape))
+        return self.result
+
+
+def rows_output(out: np.ndarray | None, x: np.ndarray, shape2: tuple[int, int]) -> Output:
+    """The ``Output`` of a row op (LayerNorm, RMSNorm, their backward): written as C-contiguous
+    ``(rows, D)``, straight into ``out`` when it is C-contiguous."""
+    result = empty(x.shape, x.dtype) if out is None else out
+    if result.flags.c_contiguous:
+        return Output(result, result.reshape(shape2))
+    return Output(result, empty(shape2, x.dtype), result)
+
+
+def channel_output(out: np.ndarray | None, x: np.ndarray, x_view: CanonicalView, axis: int) -> Output:
+    """The ``Output`` of a channel op. The kernel writes straight into ``out`` when its layout
+    matches the input's view, else into scratch of the view's layout. Allocated outputs keep the
+    input's memory layout (a channels-last input gives a channels-last output, as torch does)."""
+    shape3 = x_view.x3.shape
     if out is not None:
         view = canonical_view(out, axis)
         if view is not None and view.channels_moved == x_view.channels_moved:
-            return out, view.x3, False
-        return out, empty(x_view.x3.shape, x.dtype), True
+            return Output(out, view.x3)
+        dest = np.moveaxis(out, axis, -1) if x_view.channels_moved else out
+        return Output(out, empty(shape3, x.dtype), dest)
     if x_view.channels_moved:
-        result = np.moveaxis(empty(np.moveaxis(x, axis, -1).shape, x.dtype), -1, axis)
-        return result, canonical_view(result, axis).x3, False
+        moved = empty(np.moveaxis(x, axis, -1).shape, x.dtype)
+        return Output(np.moveaxis(moved, -1, axis), moved.reshape(shape3))
     result = empty(x.shape, x.dtype)
-    return result, result.reshape(x_view.x3.shape), False
-
-
-def copy_back(result: np.ndarray, scratch: np.ndarray, axis: int, channels_moved: bool) -> None:
-    """Copy a scratch result, laid out like the input's canonical view, into ``result``."""
-    target = np.moveaxis(result, axis, -1) if channels_moved else result
-    np.copyto(target, scratch.reshape(target.shape))
+    return Output(result, result.reshape(shape3))
 
 
 def rows_view(a: np.ndarray, k: int) -> np.ndarray:

@@ -12,26 +12,25 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 import numpy as np
-from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine
 from . import _engine_backward as _kernels
 from . import _engine_family as _family_kernels
-from ._arena import empty
 from ._checks import (
     HOST,
     as_float_array,
     batch_norm_backward_args,
     bn_backward_common_channels,
     group_norm_backward_args,
+    owned_apart,
     rows_backward_args,
     rows_backward_common_width,
 )
-from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
+from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard, num_threads
 from ._device import backend, is_device_array
 from ._halfio import is_half
-from ._layout import canonical_view, contiguous_shape3, copy_back, input_view, output_view, rows_view
+from ._layout import canonical_view, channel_output, contiguous_shape3, input_view, rows_output, rows_view
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
@@ -77,7 +76,7 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
 def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
     """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
     D = rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight, centered)
-    if out is not None and D > 0 and not _common_out(out, x, grad_out):
+    if out is not None and D > 0 and not _common_out(out, x, grad_out, mean, rstd, weight):
         D = -1
     if D > 0:  # the common case, checked in a few tests: no conversions, no general view mapping
         shape = (D,)
@@ -91,15 +90,13 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
                                                                       rstd, weight, out, centered)
         k = len(shape)
         x2, g2 = rows_view(x, k), rows_view(grad_out, k)
-    result = empty(x.shape, x.dtype) if out is None else out
-    target = result.reshape(x2.shape) if result.flags.c_contiguous else empty(x2.shape, x.dtype)
+    output = rows_output(out, x, x2.shape)
     if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock
-        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, 1)
+        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, 1)
     else:
         with kernel_guard:
-            gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, target, get_num_threads())
-    if not result.flags.c_contiguous:
-        np.copyto(result, target.reshape(x.shape))
+            gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, num_threads())
+    result = output.finish()
     if weight is None:
         return result, None, None
     return result, gw.astype(x.dtype).reshape(shape), gb.astype(x.dtype).reshape(shape)
@@ -118,7 +115,7 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     """
     if type(x) is np.ndarray:
         C = -1 if not training else bn_backward_common_channels(grad_out, x, mean, invstd, weight, channel_axis)
-        if 0 < C and x.size < _SERIAL_SIZE and (out is None or _common_out(out, x, grad_out)):
+        if 0 < C and x.size < _SERIAL_SIZE and (out is None or _common_out(out, x, grad_out, mean, invstd, weight)):
             # tiny and common: checked, one serial dispatch
             return _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out)
     elif is_device_array(x):
@@ -131,7 +128,8 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
 
     view = input_view(x, axis)
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
-    result, target, needs_copy = output_view(out, x, view, axis)
+    output = channel_output(out, x, view, axis)
+    target = output.kernel
     count = float(x.size // C) if C else 0.0
     # np.errstate: IEEE values as the kernels give them (0 * inf = nan) without a RuntimeWarning,
     # as torch; only here, off the tiny path, where ~1 us does not show.
@@ -139,7 +137,7 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
         scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
     # Tiny inputs (one task): neither the thread count (~1 us) nor the launch lock.
     serial = x.size < _SERIAL_SIZE
-    nthreads = 1 if serial else get_num_threads()
+    nthreads = 1 if serial else num_threads()
     with _NO_LOCK if serial and not NEEDS_CALL_LOCK else kernel_guard:
         if training:
             s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, None, nthreads)
@@ -160,8 +158,7 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
         else:  # nothing to reduce: grad_x = dy * invstd, x is not even read
             zeros = np.zeros(C)
             _kernels.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
-    if needs_copy:
-        copy_back(result, target, axis, view.channels_moved)
+    result = output.finish()
     if weight is None:
         return result, None, None
     with np.errstate(all="ignore"):
@@ -189,16 +186,17 @@ def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C
     return result, grads[0], grads[1]
 
 
-def _common_out(out: object, x: np.ndarray, grad_out: np.ndarray) -> bool:
+def _common_out(out: object, x: np.ndarray, grad_out: np.ndarray, *others: object) -> bool:
     """Whether ``out`` can take the common (fast) path as it is: a writeable C-contiguous ndarray
-    of x's shape and dtype that is ``grad_out`` or ``x`` itself or overlaps neither (a partial
-    overlap, like anything else, goes through the full check and ``output_view``)."""
+    of x's shape and dtype that is ``grad_out`` or ``x`` itself or, by ownership, shares memory
+    with neither, nor with ``others`` (the statistics and weight). Anything else goes through the
+    full check (``_checks.check_disjoint``) and ``output_view``."""
     if (type(out) is not np.ndarray or out.dtype is not x.dtype or out.shape != x.shape
             or not out.flags.c_contiguous or not out.flags.writeable):
         return False
     if out is grad_out or out is x:
-        return True
-    return not (np.may_share_memory(out, x) or np.may_share_memory(out, grad_out))
+        return owned_apart((out,), others)
+    return owned_apart((out,), (x, grad_out, *others))
 
 
 def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean: ArrayLike, rstd: ArrayLike,
@@ -221,22 +219,22 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     mean, rstd = mean.reshape(N, G), rstd.reshape(N, G)
 
     view = input_view(x, axis)
-    result, target, needs_copy = output_view(out, x, view, axis)
+    output = channel_output(out, x, view, axis)
     if x.size == 0:
         zeros = np.zeros(C, x.dtype)
+        result = output.finish()
         return (result, None, None) if weight is None else (result, zeros, zeros.copy())
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     shape4 = (N, -1, C, view.x3.shape[2])
-    x4, g4, t4 = view.x3.reshape(shape4), g3.reshape(shape4), target.reshape(shape4)
+    x4, g4, t4 = view.x3.reshape(shape4), g3.reshape(shape4), output.kernel.reshape(shape4)
     cmean = np.repeat(mean, C // G, axis=1)  # the group's mean for each of its channels
     count = float(x.size // (N * C))
-    nthreads = get_num_threads()
+    nthreads = num_threads()
     with kernel_guard:
         s_dy, s_dyx = _family_kernels.sample_channel_grad_sums(g4, x4, cmean, nthreads)
         p, q, r, gw, gb = _family_kernels.group_grad_coefficients(s_dy, s_dyx, rstd, weight, count)
         _family_kernels.sample_channel_grad_input(g4, x4, cmean, p, q, r, t4, nthreads)
-    if needs_copy:
-        copy_back(result, target, axis, view.channels_moved)
+    result = output.finish()
     if weight is None:
         return result, None, None
     return result, gw.astype(x.dtype), gb.astype(x.dtype)

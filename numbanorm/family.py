@@ -7,24 +7,22 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
-from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine_family
-from ._arena import empty
 from ._checks import (
     HOST,
     add_layer_norm_args,
     as_float_array,
     check_eps,
     group_norm_args,
-    instance_norm_args,
+    instance_norm_checked,
     rms_norm_args,
 )
-from ._config import kernel_guard
+from ._config import kernel_guard, num_threads
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
-from ._layout import copy_back, input_view, output_view, rows_view
+from ._layout import channel_output, input_view, rows_output, rows_view
 from .functional import batch_norm, stats_dtype
 
 __all__ = ["rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm"]
@@ -45,12 +43,12 @@ def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayL
         return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
     x = as_float_array(x)
     shape, weight, eps, out = rms_norm_args(HOST, x, normalized_shape, weight, eps, out)
-    x2, result, target = _rows_io(x, len(shape), out)
+    x2 = rows_view(x, len(shape))
+    output = rows_output(out, x, x2.shape)
     rstd = np.empty(x2.shape[0], stats_dtype(x.dtype))
     with kernel_guard:
-        _engine_family.rms_norm_forward(kernel_array(x2), weight, eps, kernel_array(target).reshape(x2.shape), rstd,
-                                        get_num_threads())
-    y = _rows_result(result, target)
+        _engine_family.rms_norm_forward(kernel_array(x2), weight, eps, output.kernel, rstd, num_threads())
+    y = output.finish()
     return (y, rstd.reshape(x.shape[: x.ndim - len(shape)])) if return_stats else y
 
 
@@ -72,17 +70,15 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
     shape, weight, bias, eps, out, residual_out = add_layer_norm_args(HOST, x, residual, normalized_shape, weight,
                                                                       bias, eps, out, residual_out)
     k = len(shape)
-    x2, result, target = _rows_io(x, k, out)
-    res2 = rows_view(residual, k)
-    sum_result, sum_target = _rows_target(x, residual_out)
+    x2, res2 = rows_view(x, k), rows_view(residual, k)
+    output = rows_output(out, x, x2.shape)
+    sum_output = rows_output(residual_out, x, x2.shape)
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
     with kernel_guard:
-        _engine_family.add_layer_norm_forward(kernel_array(x2), kernel_array(res2), weight, bias, eps,
-                                              kernel_array(target).reshape(x2.shape),
-                                              kernel_array(sum_target).reshape(x2.shape), mean, rstd,
-                                              get_num_threads())
-    return _rows_result(result, target), _rows_result(sum_result, sum_target)
+        _engine_family.add_layer_norm_forward(kernel_array(x2), kernel_array(res2), weight, bias, eps, output.kernel,
+                                              sum_output.kernel, mean, rstd, num_threads())
+    return output.finish(), sum_output.finish()
 
 
 def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
@@ -100,12 +96,12 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
     x = as_float_array(x)
     axis, G, weight, bias, eps, out = group_norm_args(HOST, x, num_groups, weight, bias, eps, channel_axis, out)
 
-    result, x4, target4, finish = _sample_io(x, axis, out)
+    output, x4 = _sample_io(x, axis, out)
     if x4 is None:  # empty input: nothing to normalize, stats undefined
         gmean = grstd = np.full((x.shape[0], G), np.nan)
     else:
-        _, _, _, gmean, grstd = _grouped_norm(x4, G, weight, bias, eps, target4)
-        finish()
+        _, _, _, gmean, grstd = _grouped_norm(x4, G, weight, bias, eps, output.kernel.reshape(x4.shape))
+    result = output.finish()
     if not return_stats:
         return result
     sdt = stats_dtype(x.dtype)
@@ -130,29 +126,15 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
                                  channel_axis, out, batch_norm, lambda *checked: _instance_norm(x, *checked))
 
 
-def instance_norm_checked(side, x, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                          eps, channel_axis, out, batch_norm, run):
-    """What the host and CUDA ``instance_norm`` share: check the arguments (on ``checked_x``, x
-    itself or its device metadata) and return ``run(*checked)``; without input statistics, hand
-    ``x`` to ``batch_norm`` (the same side's), since normalizing with the running stats is
-    BatchNorm in eval mode."""
-    checked = instance_norm_args(side, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                                 eps, channel_axis, out)
-    if checked is None:
-        return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
-                          channel_axis=channel_axis, out=out)
-    return run(*checked)
-
-
 def _instance_norm(x, axis, update, running_mean, running_var, weight, bias, momentum, eps, out):
     """Host instance_norm after the checks (``instance_norm_args``' values)."""
     C = x.shape[axis]
 
-    result, x4, target4, finish = _sample_io(x, axis, out)
+    output, x4 = _sample_io(x, axis, out)
     if x4 is None:
-        return result
-    count, mean, m2, _, _ = _grouped_norm(x4, C, weight, bias, eps, target4)  # InstanceNorm: G = C
-    finish()
+        return output.finish()
+    count, mean, m2, _, _ = _grouped_norm(x4, C, weight, bias, eps, output.kernel.reshape(x4.shape))  # G = C
+    result = output.finish()
     if update:
         keep = np.float64(1.0 - momentum)
         running_mean[...] = keep * running_mean + momentum * mean.mean(axis=0)
@@ -210,52 +192,26 @@ def _grouped_norm(x4, G, weight, bias, eps, target4):
     Returns (count per channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G))."""
     C = x4.shape[2]
     with kernel_guard:
-        fused = _engine_family.group_norm_fused(x4, G, weight, bias, eps, target4, get_num_threads())
+        fused = _engine_family.group_norm_fused(x4, G, weight, bias, eps, target4, num_threads())
         if fused is not None:
             return fused
-        count, mean, m2 = _engine_family.sample_channel_moments(x4, get_num_threads())
+        count, mean, m2 = _engine_family.sample_channel_moments(x4, num_threads())
         gmean, gm2 = (mean, m2) if G == C else _engine_family.merge_groups(mean, m2, count, G)
         grstd = 1.0 / np.sqrt(gm2 / (count * (C // G)) + eps)
         shift, scale, offset = _engine_family.group_scale_offset(gmean, grstd, weight, bias, C)
-        _engine_family.sample_channel_affine(x4, shift, scale, offset, target4, get_num_threads())
+        _engine_family.sample_channel_affine(x4, shift, scale, offset, target4, num_threads())
     return count, mean, m2, gmean, grstd
 
 
-def _rows_target(x: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(array to return, C-contiguous array the kernel writes: ``result`` itself when it can)."""
-    result = empty(x.shape, x.dtype) if out is None else out
-    target = result if result.flags.c_contiguous else empty(x.shape, x.dtype)
-    return result, target
-
-
-def _rows_io(x: np.ndarray, k: int, out: np.ndarray | None):
-    x2 = rows_view(x, k)
-    result, target = _rows_target(x, out)
-    return x2, result, target
-
-
-def _rows_result(result: np.ndarray, target: np.ndarray) -> np.ndarray:
-    if target is not result:
-        np.copyto(result, target)
-    return result
-
-
 def _sample_io(x: np.ndarray, axis: int, out: np.ndarray | None):
-    """(result, 4-D kernel input view (N, outer, C, inner), 4-D kernel output view, finish());
-    the views are None for an empty input. ``finish`` copies a scratch output back if one was needed."""
+    """(``Output`` of a per-sample op, 4-D kernel input view (N, outer, C, inner) or None for an
+    empty input)."""
     view = input_view(x, axis)
-    result, target, needs_copy = output_view(out, x, view, axis)
+    output = channel_output(out, x, view, axis)
     if x.size == 0:
-        return result, None, None, None
+        return output, None
     N, C, inner = x.shape[0], x.shape[axis], view.x3.shape[2]
-    x4 = kernel_array(view.x3).reshape(N, -1, C, inner)
-    target4 = kernel_array(target).reshape(x4.shape)
-
-    def finish() -> None:
-        if needs_copy:
-            copy_back(result, target, axis, view.channels_moved)
-
-    return result, x4, target4, finish
+    return output, kernel_array(view.x3).reshape(N, -1, C, inner)
 
 
 def _fold_vector(v: object, name: str, C: int, default: float | None) -> np.ndarray:

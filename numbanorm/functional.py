@@ -9,16 +9,16 @@ from typing import Literal, overload
 
 import numba
 import numpy as np
-from numba import get_num_threads, types
+from numba import types
 from numpy.typing import ArrayLike
 
 from . import _engine
 from ._arena import empty
 from ._checks import HOST, as_float_array, batch_norm_args, bn_common_channels, layer_norm_args, ln_common_width
-from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard
+from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard, num_threads
 from ._device import backend, is_device_array
 from ._halfio import kernel_array
-from ._layout import contiguous_shape3, copy_back, input_view, output_view, rows_view
+from ._layout import Output, channel_output, contiguous_shape3, input_view, rows_output, rows_view
 
 __all__ = ["layer_norm", "batch_norm"]
 
@@ -62,20 +62,16 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
     D = shape[0] if len(shape) == 1 else math.prod(shape)
     x2 = x.reshape(x.size // D, D) if D and x.flags.c_contiguous else rows_view(x, len(shape))
-    result = empty(x.shape, x.dtype) if out is None else out
-    contiguous = out is None or result.flags.c_contiguous
-    target = result.reshape(x2.shape) if contiguous else empty(x2.shape, x.dtype)
+    output = rows_output(out, x, x2.shape)
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
-    if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
-        x2, target = kernel_array(x2), kernel_array(target)
+    x2 = kernel_array(x2)  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
     if x.size < _SERIAL_SIZE:
-        _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, 1)
+        _engine.layer_norm_forward(x2, weight, bias, eps, output.kernel, mean, rstd, 1)
     else:
         with kernel_guard:
-            _engine.layer_norm_forward(x2, weight, bias, eps, target, mean, rstd, get_num_threads())
-    if not contiguous:
-        np.copyto(result, target.reshape(x.shape))
+            _engine.layer_norm_forward(x2, weight, bias, eps, output.kernel, mean, rstd, num_threads())
+    result = output.finish()
     if not return_stats:
         return result
     batch_shape = x.shape[: x.ndim - len(shape)]
@@ -140,21 +136,21 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             C = shape[axis]
         x3 = x.reshape(contiguous_shape3(shape, x.size, axis, C))
         result = empty(shape, x.dtype)
-        target = result.reshape(x3.shape)
-        needs_copy = channels_moved = False
+        output = Output(result, result.reshape(x3.shape))
     else:
         view = input_view(x, axis)
-        x3, channels_moved = view
-        result, target, needs_copy = output_view(out, x, view, axis)
+        x3 = view.x3
+        output = channel_output(out, x, view, axis)
+    target = output.kernel
     rm, rv = running_mean, running_var
     if x.dtype.itemsize == 2:  # float16/bfloat16 reach the kernels as 16-bit views (_halfio.py)
-        x3, target, rm, rv = kernel_array(x3), kernel_array(target), kernel_array(rm), kernel_array(rv)
+        x3, rm, rv = kernel_array(x3), kernel_array(rm), kernel_array(rv)
     sdt = stats_dtype(x.dtype)
     stats_out = np.empty((2, x.shape[axis]), sdt) if return_stats else _engine.no_stats(sdt)
     # One jitted dispatch per call (statistics, scale/offset, normalize and the running-stats
     # update fused); small inputs run serially without the thread count or the launch lock.
     serial = x.size < _SERIAL_SIZE
-    nthreads = 1 if serial else get_num_threads()
+    nthreads = 1 if serial else num_threads()
     lock = kernel_guard if NEEDS_CALL_LOCK and not serial else _NO_LOCK
     with lock:
         if stats is not None:  # external statistics normalize like running ones do in eval
@@ -169,8 +165,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             stats_out[0], stats_out[1] = mean, _engine.channel_scale_offset(mean, mean, weight, bias, eps)[0]
     if stats is not None and training and running_mean is not None:
         _update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
-    if needs_copy:
-        copy_back(result, target, axis, channels_moved)
+    result = output.finish()
     if not return_stats:
         return result
     return result, stats_out[0], stats_out[1]

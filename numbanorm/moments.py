@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import get_num_threads
 from numpy.typing import ArrayLike
 
 from . import _engine
@@ -21,7 +20,7 @@ from ._checks import (
     check_axes,
     check_channel_axis,
 )
-from ._config import kernel_guard
+from ._config import kernel_guard, num_threads
 from ._engine import chan_merge
 from ._halfio import kernel_array
 from ._layout import reduction_output, reduction_view
@@ -191,7 +190,7 @@ def moments(x: ArrayLike, axis: int | tuple[int, ...] | None = None, *, channel_
         return result
     x3, _ = reduction_view(x, keep)
     with kernel_guard:
-        count, mean, m2 = _engine.channel_moments(kernel_array(x3), get_num_threads())
+        count, mean, m2 = _engine.channel_moments(kernel_array(x3), num_threads())
     return Moments(count, mean.reshape(stats_shape), m2.reshape(stats_shape))
 
 
@@ -223,5 +222,5 @@ def standardize(x: ArrayLike, axis: int | tuple[int, ...] | None = 0, *, stats: 
     scale = np.divide(1.0, np.sqrt(denom), out=np.ones_like(denom), where=denom != 0)
     with kernel_guard:
         _engine.channel_affine(kernel_array(x3), stats.mean.reshape(-1), scale, np.zeros_like(scale),
-                               kernel_array(out3), get_num_threads())
+                               kernel_array(out3), num_threads())
     return result

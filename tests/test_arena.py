@@ -9,7 +9,9 @@ block.
 from __future__ import annotations
 
 import gc
+import os
 import pickle
+import subprocess
 import sys
 import threading
 
@@ -270,3 +272,37 @@ def test_default_threshold(rng):
     assert isinstance(big.base, _arena._Lease)
     np.testing.assert_array_equal(big, nb.layer_norm(x, 1024, out=np.empty_like(x)))
     assert nb.layer_norm(x[:1000], 1024).base is None
+
+
+_FREED_OUTPUTS = """
+import os
+import numpy as np
+import numbanorm as nb
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS"))
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((56 << 20) // 4).astype(np.float32)  # one input, sliced below
+nb.layer_norm(x[: 1 << 20].reshape(-1, 256), 256)  # compile outside the measurement
+before = rss()
+outputs = [nb.layer_norm(x[: n].reshape(-1, 256), 256) for n in
+           [((32 + 2 * i) << 20) // 4 for i in range(12)]]  # 32..54 MiB each
+del outputs
+info = nb.arena_info()
+print(info["limit"], info["free_bytes"], rss() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc")
+def test_default_limit_bounds_memory_after_outputs_die():
+    """Twelve 32-54 MiB outputs, all deleted: the process keeps at most the default 256 MiB."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBANORM_ARENA_BYTES"}
+    proc = subprocess.run([sys.executable, "-c", _FREED_OUTPUTS], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    limit, free_bytes, grown = map(int, proc.stdout.split())
+    assert limit <= 256 << 20
+    assert free_bytes <= limit
+    assert grown <= limit + (32 << 20), f"the process grew by {grown >> 20} MiB after its outputs died"

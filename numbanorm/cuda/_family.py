@@ -12,9 +12,9 @@ from .._checks import (
     add_layer_norm_args,
     check_float_dtype,
     group_norm_args,
+    instance_norm_checked,
     rms_norm_args,
 )
-from ..family import instance_norm_checked
 from . import _arrays, _kernels
 from . import _kernels_family as _kf
 from ._arrays import DEVICE_DTYPES, DevArray

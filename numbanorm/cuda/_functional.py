@@ -9,11 +9,13 @@ import numpy as np
 
 from .._checks import (
     batch_norm_args,
+    check_disjoint,
     check_float_dtype,
     check_like_shape_dtype,
     check_shape_dtype,
     layer_norm_args,
 )
+from .._device import is_device_array
 from . import _arrays, _kernels
 from ._arrays import DEVICE_DTYPES, DevArray
 from ._launch import launch, stream_for
@@ -86,9 +88,6 @@ def _wrap_out(out, x: DevArray, name: str = "out", x_name: str = "x") -> DevArra
     check_like_shape_dtype(name, do.shape, do.dtype, x.shape, x.dtype, x_name)
     if do.readonly:
         raise ValueError(f"{name} must be writeable")
-    if overlaps(do, x) and not _same(do, x):
-        raise ValueError(f"{name} overlaps {x_name} without being {x_name} itself; pass {name}={x_name} for in place, "
-                         "or a separate array")
     return do
 
 
@@ -109,10 +108,12 @@ def _wrap_stat(s, name: str, shape: tuple[int, ...]) -> DevArray:
     return ds if ds.memory_order(0) == "c" else _arrays.contiguous(ds, name)
 
 
-def _check_no_overlap(out: DevArray | None, a: DevArray, name: str) -> None:
-    """``_checks.check_no_overlap`` on device arrays."""
-    if out is not None and overlaps(out, a) and not _same(out, a):
-        raise ValueError(f"out overlaps {name} without being {name} itself; pass a separate array")
+def _check_disjoint(outputs, inputs) -> None:
+    """``_checks.check_disjoint`` on device arrays (the arguments as the caller passed them)."""
+    def dev(a):
+        return _arrays.wrap(a, "") if a is not None and (isinstance(a, DevArray) or is_device_array(a)) else None
+
+    check_disjoint([(n, dev(a), p) for n, a, p in outputs], [(n, dev(a)) for n, a in inputs], overlaps, _same)
 
 
 def overlaps(a: DevArray, b: DevArray) -> bool:
@@ -121,7 +122,7 @@ def overlaps(a: DevArray, b: DevArray) -> bool:
 
 
 def _same(a: DevArray, b: DevArray) -> bool:
-    return a.ptr == b.ptr and a.strides == b.strides
+    return a.ptr == b.ptr and a.strides == b.strides and a.shape == b.shape
 
 
 def out_target(dout: DevArray | None, src: DevArray, axis: int = 0, order: str = "c") -> tuple[DevArray, DevArray]:
@@ -143,8 +144,7 @@ class DeviceArgs:
     out = staticmethod(_wrap_out)
     like = staticmethod(_wrap_like)
     stat = staticmethod(_wrap_stat)
-    no_overlap = staticmethod(_check_no_overlap)
-    overlaps = staticmethod(overlaps)
+    disjoint = staticmethod(_check_disjoint)
 
 
 DEVICE = DeviceArgs()

@@ -289,12 +289,23 @@ def _chan_add(n, m, m2, nb, mb, m2b):
     """Chan's merge of the moments (nb, mb, m2b) into (n, m, m2), in float64; empty parts skipped."""
     if nb > 0.0:
         nn = n + nb
-        delta = mb - m
-        fb = nb / nn
-        m2 = m2 + m2b + delta * delta * n * fb
-        m = m + delta * fb
+        if math.isfinite(m) and math.isfinite(mb):
+            delta = mb - m
+            fb = nb / nn
+            m2 = m2 + m2b + delta * delta * n * fb
+            m = m + delta * fb
+        else:  # a part holds ±inf or nan: ±inf or nan as the values' sum, M2 nan (the CPU's chan_merge)
+            m = m + mb
+            m2 = math.nan
         n = nn
     return n, m, m2
+
+
+@_jit_device
+def _finite_shift(v, zero):
+    """A block's shift ``v``, or ``zero`` (0 in the accumulator type) when ``v`` is inf or nan (as
+    the CPU's ``finite_shift``)."""
+    return v if math.isfinite(v) else zero
 
 
 @_jit_device
@@ -399,7 +410,7 @@ def layer_norm_kernel(acc: int, xio: str, pio: str, regs: int, has_w: bool, has_
             cuda.syncthreads()  # the row's first sum (the shift) and the tail become visible
         shift = A(0.0)
         if not rms:
-            shift = ld_x(src, base)  # every thread reads the same sample: one broadcast load
+            shift = _finite_shift(ld_x(src, base), A(0.0))  # every thread reads the same sample: one broadcast load
         s1 = A(0.0)
         s2 = A(0.0)
         for k in range(regs):
@@ -487,7 +498,7 @@ def bn_partials_kernel(acc: int, xio: str):
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
         xb, j0, j1 = _channel_span(x.shape[0], C, P)
-        shift = ld_x(x, xb + c * inner)  # x[0, c, 0], shared by all blocks of the channel
+        shift = _finite_shift(ld_x(x, xb + c * inner), A(0.0))  # x[0, c, 0], shared by all blocks of the channel
         s1 = A(0.0)
         s2 = A(0.0)
         j = j0 + tid
@@ -540,7 +551,7 @@ def bn_partials_cl_kernel(acc: int, xio: str, TX: int, TY: int):
         s2 = A(0.0)
         shift = A(0.0)
         if c < C:
-            shift = ld_x(x, xb + c)  # x[0, c]
+            shift = _finite_shift(ld_x(x, xb + c), A(0.0))  # x[0, c]
             r = r0 + ty
             while r < r1:
                 d = ld_x(x, xb + r * C + c) - shift
