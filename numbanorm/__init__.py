@@ -1,19 +1,21 @@
-"""numbanorm: fast, numerically stable Batch/Layer Normalization with Numba kernels."""
+"""numbanorm: fast, numerically stable normalization ops (Batch/Layer/RMS/Group/Instance norm,
+residual-add LayerNorm; forward and backward) with Numba kernels for the CPU and CUDA GPUs."""
 
-from ._arena import arena_info, set_arena_limit
+from ._numba import CacheUnavailableWarning
+from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
+from .cpu.arena import arena_info, set_arena_limit
 from .family import add_layer_norm, fold_batch_norm, group_norm, instance_norm, rms_norm
 from .functional import batch_norm, layer_norm
-from .moments import MOMENTS_DTYPE, Moments, merge_moments, moments, standardize
+from .layers import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from .moments import MOMENTS_DTYPE, Moments, merge_moments
+from .stats import moments, standardize
 
 __all__ = [
-    "batch_norm", "layer_norm", "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize",
+    "layer_norm", "batch_norm",
     "rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm",
+    "layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward",
+    "LayerNorm", "BatchNorm", "RMSNorm", "GroupNorm",
+    "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize",
+    "set_arena_limit", "arena_info", "CacheUnavailableWarning",
 ]
 __version__ = "0.1.0"
-
-from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward  # noqa: E402
-from .layers import BatchNorm, GroupNorm, LayerNorm, RMSNorm  # noqa: E402
-
-__all__ += ["batch_norm_backward", "layer_norm_backward", "BatchNorm", "LayerNorm"]
-__all__ += ["rms_norm_backward", "group_norm_backward", "RMSNorm", "GroupNorm"]
-__all__ += ["set_arena_limit", "arena_info"]

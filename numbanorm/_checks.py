@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._device import is_device_array
-from ._halfio import is_bfloat16, is_half
+from ._overlap import check_disjoint
+from .cpu.halfio import is_bfloat16, is_half
+from .moments import Moments
 
 #: Floating dtypes the kernels accept; ml_dtypes' bfloat16 is accepted too (see ``is_supported``).
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -18,11 +19,17 @@ SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.floa
 _HOST_DTYPES = (np.dtype(np.float16), "bfloat16", np.dtype(np.float32), np.dtype(np.float64))
 
 
+def is_device_array(x: object) -> bool:
+    """True for ``__cuda_array_interface__`` arrays (CuPy, torch CUDA, numba device arrays) and
+    for numba's device arrays under the simulator (which lack the interface)."""
+    return hasattr(x, "__cuda_array_interface__") or getattr(x, "__cuda_ndarray__", False) is True
+
+
 def is_supported(dtype: np.dtype) -> bool:
     return dtype in SUPPORTED_DTYPES or is_bfloat16(dtype)
 
-# Fast paths: each check first accepts the common case (exact types, native dtypes) in a few
-# cheap tests and otherwise falls through to the full check, which alone raises.
+# Each check first accepts the common case (exact types, native dtypes) in a few cheap tests; the
+# fast paths' own tests are in ``_fast_checks``.
 _F16, _F32, _F64 = SUPPORTED_DTYPES
 _INF = math.inf
 
@@ -35,144 +42,6 @@ def as_float_array(x: object, name: str = "x") -> np.ndarray:
     if not is_supported(arr.dtype):
         check_float_dtype(arr.dtype, name, _HOST_DTYPES)
     return arr
-
-
-def bn_common_channels(x: object, running_mean: object, running_var: object, weight: object, bias: object,
-                       training: object, momentum: object, eps: object, channel_axis: object) -> int:
-    """The channel count when every ``batch_norm`` argument has its common form, else -1.
-
-    Common: ``x`` a non-empty C-contiguous float32/float64 ndarray, ``channel_axis`` an in-range
-    int, ``momentum``/``eps`` floats in range, and each given statistic/parameter an ndarray of
-    shape (C,), x's dtype, C-contiguous (running stats writeable when training). Everything the
-    full check (``functional._check_batch_norm``) accepts without conversion; anything else,
-    including every error, goes to it. A few plain tests, so a tiny call does not pay ~3 µs of
-    checks for a ~3 µs kernel.
-    """
-    # (ordered cheapest-first; each attribute of an ndarray costs ~30-40 ns here)
-    if (type(x) is not np.ndarray or type(channel_axis) is not int or type(eps) is not float
-            or type(momentum) is not float):
-        return -1
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64):
-        return -1
-    shape = x.shape
-    ndim = len(shape)
-    if ndim < 2 or not -ndim <= channel_axis < ndim or not 0.0 < eps < _INF or not 0.0 <= momentum <= 1.0:
-        return -1
-    n = x.size
-    if n == 0 or not x.flags.c_contiguous:
-        return -1
-    C = shape[channel_axis]
-    pshape = (C,)
-    if weight is not None and not (type(weight) is np.ndarray and weight.dtype is dt and weight.shape == pshape
-                                   and weight.flags.c_contiguous):
-        return -1
-    if bias is not None and not (type(bias) is np.ndarray and bias.dtype is dt and bias.shape == pshape
-                                 and bias.flags.c_contiguous):
-        return -1
-    if running_mean is None or running_var is None:
-        # training=False needs them; a lone one is an error: the full check says which
-        return C if training and running_mean is None and running_var is None and n // C > 1 else -1
-    for p in (running_mean, running_var):
-        if not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape):
-            return -1
-        flags = p.flags
-        if not flags.c_contiguous or training and not flags.writeable:
-            return -1
-    if training and (n // C <= 1 or not owned_apart((running_mean, running_var), (x, weight, bias))):
-        return -1  # (the running stats are outputs: the full check says what overlaps what)
-    return C
-
-
-def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bias: object, eps: object) -> int:
-    """The row width D when every ``layer_norm`` argument has its common form, else -1.
-
-    Common: ``x`` (an ndarray) C-contiguous float32/float64 with a last dim D > 0,
-    ``normalized_shape`` D or (D,) as ints, ``eps`` a float in range, and weight/bias None or
-    C-contiguous ndarrays of shape (D,) and x's dtype: what ``layer_norm_args`` accepts
-    unchanged. Anything else, every error included, goes to the full check.
-    """
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or not x.flags.c_contiguous:
-        return -1
-    shape = x.shape
-    tn = type(normalized_shape)
-    if tn is tuple and len(normalized_shape) == 1:
-        normalized_shape = normalized_shape[0]
-        tn = type(normalized_shape)
-    if tn is not int or not shape or shape[-1] != normalized_shape or normalized_shape <= 0:
-        return -1
-    if type(eps) is not float or not 0.0 < eps < _INF:
-        return -1
-    pshape = (normalized_shape,)
-    for p in (weight, bias):
-        if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape
-                                  and p.flags.c_contiguous):
-            return -1
-    return normalized_shape
-
-
-def bn_backward_common_channels(grad_out: object, x: object, mean: object, invstd: object, weight: object,
-                                channel_axis: object) -> int:
-    """The channel count when every ``batch_norm_backward`` argument has its common form, else -1.
-
-    Common: ``x`` a non-empty C-contiguous float32/float64 ndarray, ``channel_axis`` an in-range
-    int, ``grad_out`` an ndarray of x's shape and dtype, C-contiguous, and ``mean``/``invstd``
-    (as the forward returns them) and ``weight`` (or None) C-contiguous ndarrays of shape (C,) and
-    x's dtype: what ``batch_norm_backward_args`` accepts (with ``out=None``) without converting.
-    Anything else, every error included, goes to the full check.
-    """
-    if type(x) is not np.ndarray or type(grad_out) is not np.ndarray or type(channel_axis) is not int:
-        return -1
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or grad_out.dtype is not dt:
-        return -1
-    shape = x.shape
-    ndim = len(shape)
-    if ndim < 2 or not -ndim <= channel_axis < ndim or grad_out.shape != shape or x.size == 0:
-        return -1
-    if not x.flags.c_contiguous or not grad_out.flags.c_contiguous:
-        return -1
-    C = shape[channel_axis]
-    pshape = (C,)
-    for p in (mean, invstd, weight):
-        if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape
-                                  and p.flags.c_contiguous):
-            return -1
-    return C if mean is not None and invstd is not None else -1
-
-
-def rows_backward_common_width(grad_out: object, x: object, normalized_shape: object, mean: object, rstd: object,
-                               weight: object, centered: bool) -> int:
-    """The row width D when every ``layer_norm_backward`` (``centered``) / ``rms_norm_backward``
-    argument has its common form, else -1 (then the full check, which alone raises, runs).
-
-    Common: ``x`` a C-contiguous float32/float64 ndarray with a last dim D > 0,
-    ``normalized_shape`` D or (D,) as ints, ``grad_out`` an ndarray of x's shape and dtype,
-    C-contiguous, ``mean`` (when ``centered``) and ``rstd`` float32/float64 ndarrays of shape
-    ``x.shape[:-1]``, ``weight`` None or a C-contiguous ndarray of shape (D,) and x's dtype (and
-    no ``out``: the caller asks only then).
-    """
-    if type(x) is not np.ndarray or type(grad_out) is not np.ndarray:
-        return -1
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or grad_out.dtype is not dt:
-        return -1
-    shape = x.shape
-    if type(normalized_shape) is tuple and len(normalized_shape) == 1:
-        normalized_shape = normalized_shape[0]
-    if type(normalized_shape) is not int or not shape or shape[-1] != normalized_shape or normalized_shape <= 0:
-        return -1
-    if grad_out.shape != shape or not x.flags.c_contiguous or not grad_out.flags.c_contiguous:
-        return -1
-    batch = shape[:-1]
-    for s in (mean, rstd) if centered else (rstd,):
-        if type(s) is not np.ndarray or not (s.dtype is _F32 or s.dtype is _F64) or s.shape != batch:
-            return -1
-    if weight is not None and not (type(weight) is np.ndarray and weight.dtype is dt
-                                   and weight.shape == (normalized_shape,) and weight.flags.c_contiguous):
-        return -1
-    return normalized_shape
 
 
 def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
@@ -307,96 +176,6 @@ def check_out(out: object, x: np.ndarray, *, name: str = "out", x_name: str = "x
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Outputs that share memory with other arguments
-# --------------------------------------------------------------------------------------------
-#: np.shares_memory's search budget; a harder question (rare, odd strides) counts as an overlap.
-_SHARES_MEMORY_WORK = 1 << 16
-_TooHardError = getattr(np, "exceptions", np).TooHardError
-
-
-def _owner(a: np.ndarray) -> np.ndarray | None:
-    """The array that owns ``a``'s memory (NumPy makes every view's ``base`` its owner), or None
-    when that cannot be told (memory of a buffer object, or of foreign code)."""
-    base = a.base
-    if base is None:
-        return a if a.flags.owndata else None
-    if type(base) is np.ndarray and base.base is None and base.flags.owndata:
-        return base
-    return None
-
-
-def arrays_overlap(a: object, b: object) -> bool:
-    """Whether two host arrays share memory (array-likes that were converted never do)."""
-    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-        return False
-    oa, ob = _owner(a), _owner(b)
-    if oa is not None and ob is not None and oa is not ob:
-        return False  # two allocations: the common case, decided without NumPy's bounds test
-    if not np.may_share_memory(a, b):
-        return False
-    try:
-        return bool(np.shares_memory(a, b, max_work=_SHARES_MEMORY_WORK))
-    except _TooHardError:
-        return True
-
-
-def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    """``a`` and ``b`` are the same elements in the same places (``out=x``, in place)."""
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
-            and a.shape == b.shape)
-
-
-def owned_apart(outputs: Sequence[np.ndarray], others: Sequence[np.ndarray | None]) -> bool:
-    """True when ownership alone shows that no output shares memory with another output or with
-    one of ``others``: each output owns its memory (or is a view of an array that does) and no
-    other argument is, or views, that owner. False means "not shown": run ``check_disjoint``.
-    A few attribute tests, for the tiny-call paths (``np.may_share_memory`` costs ~0.2 us a pair)."""
-    owners = []
-    for a in outputs:
-        o = _owner(a)
-        if o is None or any(o is p for p in owners):
-            return False
-        owners.append(o)
-    for a in others:
-        if a is None:
-            continue
-        base = a.base
-        if base is None:
-            o = a
-        elif type(base) is np.ndarray:
-            o = base
-        else:
-            return False
-        if any(o is p for p in owners):
-            return False
-    return True
-
-
-def check_disjoint(outputs: Sequence[tuple[str, object, tuple[str, ...]]], inputs: Sequence[tuple[str, object]],
-                   overlaps=arrays_overlap, same=same_memory) -> None:
-    """Refuse an output that shares memory with an input or with another output: the kernels read
-    the inputs while they write, so any overlap gives a silent wrong answer. The one exception is
-    an output that *is* one of the inputs its ``in_place`` names (``out=x``: each element is read
-    before it is written). ``outputs``: ``(name, array or None, in_place)``; ``inputs``:
-    ``(name, array or None)``. Runs after every other check, so a refused call mutates nothing."""
-    for k, (name, a, in_place) in enumerate(outputs):
-        if a is None:
-            continue
-        for other, b in inputs:
-            if b is not None and overlaps(a, b):
-                if other in in_place:
-                    if same(a, b):
-                        continue
-                    raise ValueError(f"{name} overlaps {other} without being {other} itself; pass {name}={other} "
-                                     "for in place, or a separate array")
-                raise ValueError(f"{name} overlaps {other}: an output must not share memory with an input; "
-                                 "pass a separate array")
-        for other, b, _ in outputs[k + 1:]:
-            if b is not None and overlaps(a, b):
-                raise ValueError(f"{name} and {other} must not overlap: both are outputs")
-
-
 def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
     """``axis`` (None: all, an int, or a sequence of ints) as sorted, distinct, non-negative axes."""
     if axis is None:
@@ -419,8 +198,6 @@ def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
 def check_stats(stats: object, num_channels: int):
     """Externally computed statistics for batch_norm: a ``Moments`` of shape (C,) with a
     positive count per channel."""
-    from .moments import Moments  # local import: moments.py imports this module
-
     if not isinstance(stats, Moments):
         raise TypeError(f"stats must be a numbanorm.Moments, got {type(stats).__name__}")
     if stats.shape != (num_channels,):

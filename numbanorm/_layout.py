@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._arena import empty
-from ._halfio import kernel_array
+from .cpu.arena import empty
+from .cpu.halfio import kernel_array
 
 
 class CanonicalView(NamedTuple):
@@ -20,6 +20,15 @@ class CanonicalView(NamedTuple):
 
     x3: np.ndarray
     channels_moved: bool
+
+
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+
+
+def stats_dtype(dtype: np.dtype) -> np.dtype:
+    """dtype of returned mean/rstd: float64 for float64 input, else float32 (like torch)."""
+    return _F64 if dtype == _F64 else _F32
 
 
 def split_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:

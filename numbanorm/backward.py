@@ -14,30 +14,20 @@ from contextlib import nullcontext
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _engine
-from . import _engine_backward as _kernels
-from . import _engine_family as _family_kernels
-from ._checks import (
-    HOST,
-    as_float_array,
-    batch_norm_backward_args,
-    bn_backward_common_channels,
-    group_norm_backward_args,
-    owned_apart,
-    rows_backward_args,
-    rows_backward_common_width,
-)
-from ._config import MIN_TASK_ELEMENTS, NEEDS_CALL_LOCK, kernel_guard, num_threads
-from ._device import backend, is_device_array
-from ._halfio import is_half
-from ._layout import canonical_view, channel_output, contiguous_shape3, input_view, rows_output, rows_view
+from . import _tiny
+from ._backend import cpu, device_op, is_device_array
+from ._checks import HOST, as_float_array, batch_norm_backward_args, group_norm_backward_args, rows_backward_args
+from ._fast_checks import bn_backward_common_channels, rows_backward_common_width
+from ._layout import canonical_view, channel_output, input_view, rows_output, rows_view
+from ._overlap import owned_apart
+from .cpu.halfio import is_half
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward"]
 
 Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 #: Below this many elements the kernels plan one task whatever the thread count (as functional).
-_SERIAL_SIZE = 2 * MIN_TASK_ELEMENTS
+_SERIAL_SIZE = cpu.SERIAL_SIZE
 _NO_LOCK = nullcontext()
 _F64 = np.dtype(np.float64)
 
@@ -53,7 +43,7 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     is valid whether or not the forward had one. ``out`` receives grad_x (may be ``grad_out``).
     """
     if is_device_array(x):
-        return _device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+        return device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
     return _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, centered=True)
 
 
@@ -68,7 +58,7 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
     receives grad_x (may be ``grad_out``).
     """
     if is_device_array(x):
-        return _device_op("rms_norm_backward")(grad_out, x, normalized_shape, rstd, weight, out=out)
+        return device_op("rms_norm_backward")(grad_out, x, normalized_shape, rstd, weight, out=out)
     gx, gw, _ = _rows_backward(grad_out, x, normalized_shape, None, rstd, weight, out, centered=False)
     return gx, gw
 
@@ -92,10 +82,10 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
         x2, g2 = rows_view(x, k), rows_view(grad_out, k)
     output = rows_output(out, x, x2.shape)
     if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock
-        gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, 1)
+        gw, gb = cpu.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, 1)
     else:
-        with kernel_guard:
-            gw, gb = _kernels.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, num_threads())
+        with cpu.kernel_guard:
+            gw, gb = cpu.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, cpu.num_threads())
     result = output.finish()
     if weight is None:
         return result, None, None
@@ -117,47 +107,17 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
         C = -1 if not training else bn_backward_common_channels(grad_out, x, mean, invstd, weight, channel_axis)
         if 0 < C and x.size < _SERIAL_SIZE and (out is None or _common_out(out, x, grad_out, mean, invstd, weight)):
             # tiny and common: checked, one serial dispatch
-            return _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out)
+            return _tiny.batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out)
     elif is_device_array(x):
-        return _device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
+        return device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
     axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
                                                                          channel_axis, out)
-    C = x.shape[axis]
-
     view = input_view(x, axis)
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     output = channel_output(out, x, view, axis)
-    target = output.kernel
-    count = float(x.size // C) if C else 0.0
-    # np.errstate: IEEE values as the kernels give them (0 * inf = nan) without a RuntimeWarning,
-    # as torch; only here, off the tiny path, where ~1 us does not show.
-    with np.errstate(all="ignore"):
-        scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
-    # Tiny inputs (one task): neither the thread count (~1 us) nor the launch lock.
-    serial = x.size < _SERIAL_SIZE
-    nthreads = 1 if serial else num_threads()
-    with _NO_LOCK if serial and not NEEDS_CALL_LOCK else kernel_guard:
-        if training:
-            s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, None, nthreads)
-            with np.errstate(all="ignore"):  # inf/nan data, or count = 0 (an empty batch)
-                if count:  # in place, the order of the expression below (same bits), no temporaries
-                    q = scale * invstd
-                    q *= invstd
-                    q *= s_dyx
-                    q /= count
-                    r = scale * s_dy
-                    r /= -count
-                else:
-                    q = scale * invstd * invstd * s_dyx / count
-                    r = -scale * s_dy / count
-            _kernels.channel_grad_input(g3, view.x3, mean, scale, q, r, target, nthreads)
-        elif weight is not None:  # statistics are constants: grad_x written during the sums' pass
-            s_dy, s_dyx = _kernels.channel_grad_sums(g3, view.x3, mean, scale, target, nthreads)
-        else:  # nothing to reduce: grad_x = dy * invstd, x is not even read
-            zeros = np.zeros(C)
-            _kernels.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
+    s_dy, s_dyx = _batch_norm_backward_kernels(g3, view.x3, mean, invstd, weight, training, output.kernel)
     result = output.finish()
     if weight is None:
         return result, None, None
@@ -166,24 +126,45 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     return result, grad_weight, s_dy.astype(x.dtype)
 
 
-def _batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out=None) -> Grads:
-    """Training batch_norm_backward of a small input whose arguments
-    ``bn_backward_common_channels`` (and ``out``, ``_common_out``) accepted: one serial jitted
-    entry does both passes (it reads every element of x and dy before it writes that of grad_x)."""
-    shape = x.shape
-    dt = x.dtype
-    shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
-    target = np.empty(shape3, dt) if out is None else out.reshape(shape3)
-    if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
-        weight, grads = _engine._none_of(dt), _engine.no_stats(dt)
-    else:
-        grads = np.empty((2, C), dt)
-    _kernels.batch_norm_backward_serial(grad_out.reshape(shape3), x.reshape(shape3), mean, invstd, weight,
-                                        target, grads)
-    result = target.reshape(shape) if out is None else out
-    if not grads.size:
-        return result, None, None
-    return result, grads[0], grads[1]
+def _batch_norm_backward_kernels(g3, x3, mean, invstd, weight, training, target):
+    """grad_x into ``target`` and the per-channel (Σdy, Σdy·(x - mean)) (None, None without
+    weight in eval) on the canonical views; mean/invstd/weight float64."""
+    C = x3.shape[1]
+    count = float(x3.size // C) if C else 0.0
+    # np.errstate: IEEE values as the kernels give them (0 * inf = nan) without a RuntimeWarning,
+    # as torch; only here, off the tiny path, where ~1 us does not show.
+    with np.errstate(all="ignore"):
+        scale = invstd if weight is None else weight * invstd  # float64 (invstd is)
+    # Tiny inputs (one task): neither the thread count (~1 us) nor the launch lock.
+    serial = x3.size < _SERIAL_SIZE
+    nthreads = 1 if serial else cpu.num_threads()
+    with _NO_LOCK if serial and not cpu.NEEDS_CALL_LOCK else cpu.kernel_guard:
+        if training:
+            s_dy, s_dyx = cpu.channel_grad_sums(g3, x3, mean, scale, None, nthreads)
+            q, r = _grad_coefficients(scale, invstd, s_dy, s_dyx, count)
+            cpu.channel_grad_input(g3, x3, mean, scale, q, r, target, nthreads)
+            return s_dy, s_dyx
+        if weight is not None:  # statistics are constants: grad_x written during the sums' pass
+            return cpu.channel_grad_sums(g3, x3, mean, scale, target, nthreads)
+        zeros = np.zeros(C)  # nothing to reduce: grad_x = dy * invstd, x is not even read
+        cpu.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
+    return None, None
+
+
+def _grad_coefficients(scale, invstd, s_dy, s_dyx, count):
+    """BatchNorm training's grad_x = p·dy - q·(x - mean) + r, p = scale: (q, r) per channel."""
+    with np.errstate(all="ignore"):  # inf/nan data, or count = 0 (an empty batch)
+        if count:  # in place, the order of the expression below (same bits), no temporaries
+            q = scale * invstd
+            q *= invstd
+            q *= s_dyx
+            q /= count
+            r = scale * s_dy
+            r /= -count
+        else:
+            q = scale * invstd * invstd * s_dyx / count
+            r = -scale * s_dy / count
+    return q, r
 
 
 def _common_out(out: object, x: np.ndarray, grad_out: np.ndarray, *others: object) -> bool:
@@ -210,7 +191,7 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     receives grad_x (may be ``grad_out``). ``channel_axis=-1``: channels-last, as in the forward.
     """
     if is_device_array(x):
-        return _device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
+        return device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
     axis, G, grad_out, mean, rstd, weight, out = group_norm_backward_args(HOST, x, num_groups, grad_out, mean, rstd,
@@ -229,11 +210,11 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     x4, g4, t4 = view.x3.reshape(shape4), g3.reshape(shape4), output.kernel.reshape(shape4)
     cmean = np.repeat(mean, C // G, axis=1)  # the group's mean for each of its channels
     count = float(x.size // (N * C))
-    nthreads = num_threads()
-    with kernel_guard:
-        s_dy, s_dyx = _family_kernels.sample_channel_grad_sums(g4, x4, cmean, nthreads)
-        p, q, r, gw, gb = _family_kernels.group_grad_coefficients(s_dy, s_dyx, rstd, weight, count)
-        _family_kernels.sample_channel_grad_input(g4, x4, cmean, p, q, r, t4, nthreads)
+    nthreads = cpu.num_threads()
+    with cpu.kernel_guard:
+        s_dy, s_dyx = cpu.sample_channel_grad_sums(g4, x4, cmean, nthreads)
+        p, q, r, gw, gb = cpu.group_grad_coefficients(s_dy, s_dyx, rstd, weight, count)
+        cpu.sample_channel_grad_input(g4, x4, cmean, p, q, r, t4, nthreads)
     result = output.finish()
     if weight is None:
         return result, None, None
@@ -247,14 +228,6 @@ def _float_input(x: ArrayLike) -> np.ndarray:
         raise TypeError(f"x must have dtype float32 or float64 for a backward, got {x.dtype} (the backward "
                         "kernels have no half I/O yet: convert x, grad_out and the parameters to float32)")
     return x
-
-
-def _device_op(name: str):
-    """The CUDA backend's ``name``, or a clear error while the backend has no such op."""
-    op = getattr(backend(), name, None)
-    if op is None:
-        raise TypeError(f"{name} has no CUDA implementation yet; pass NumPy arrays")
-    return op
 
 
 def _matching_view(a: np.ndarray, axis: int, channels_moved: bool, shape: tuple[int, int, int]) -> np.ndarray:

@@ -38,9 +38,10 @@ from ._checks import (
     check_param,
     check_running_stat,
 )
-from .moments import MOMENTS_DTYPE, Moments, _kept_axes, merge_moments
-from .moments import moments as _np_moments
-from .moments import standardize as _np_standardize
+from .moments import MOMENTS_DTYPE, Moments, merge_moments
+from .stats import _kept_axes
+from .stats import moments as _np_moments
+from .stats import standardize as _np_standardize
 
 __all__ = ["RechunkWarning", "moments", "batch_norm", "layer_norm", "standardize"]
 
@@ -146,21 +147,9 @@ def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_v
     darr = _check_darr(darr, 2)
     axis = check_channel_axis(channel_axis, darr.ndim)
     C = darr.shape[axis]
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
     update = bool(training) and running_mean is not None
-    running_mean = check_running_stat(running_mean, "running_mean", C, darr.dtype, update)
-    running_var = check_running_stat(running_var, "running_var", C, darr.dtype, update)
-    params = [p for p in (check_param(weight, "weight", (C,), darr.dtype),
-                          check_param(bias, "bias", (C,), darr.dtype)) if p is not None]
-    momentum, eps = check_momentum(momentum), check_eps(eps)
-    if stats is not None and (not isinstance(stats, Moments) or stats.shape != (C,)):
-        raise ValueError(f"stats must be a numbanorm.Moments of shape ({C},)")
-    if not training and stats is None and running_mean is None:
-        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
-    if training and C and darr.size // C == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {darr.shape}")
-
+    running_mean, running_var, params, momentum, eps = _check_batch_norm(
+        darr, C, running_mean, running_var, weight, bias, training, update, momentum, eps, stats)
     returned = stats
     if stats is None and training:
         reduced = tuple(i for i in range(darr.ndim) if i != axis)
@@ -177,6 +166,25 @@ def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_v
                       channel_axis=axis, eps=eps, has_weight=weight is not None, has_bias=bias is not None,
                       dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-batch-norm")
     return y, returned
+
+
+def _check_batch_norm(darr, C, running_mean, running_var, weight, bias, training, update, momentum, eps, stats):
+    """``batch_norm``'s checks, before anything is computed: (running_mean, running_var, the
+    given parameters, momentum, eps)."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    running_mean = check_running_stat(running_mean, "running_mean", C, darr.dtype, update)
+    running_var = check_running_stat(running_var, "running_var", C, darr.dtype, update)
+    params = [p for p in (check_param(weight, "weight", (C,), darr.dtype),
+                          check_param(bias, "bias", (C,), darr.dtype)) if p is not None]
+    momentum, eps = check_momentum(momentum), check_eps(eps)
+    if stats is not None and (not isinstance(stats, Moments) or stats.shape != (C,)):
+        raise ValueError(f"stats must be a numbanorm.Moments of shape ({C},)")
+    if not training and stats is None and running_mean is None:
+        raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
+    if training and C and darr.size // C == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {darr.shape}")
+    return running_mean, running_var, params, momentum, eps
 
 
 def _std_block(x, st, *, axis, ddof, eps):

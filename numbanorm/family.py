@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _engine_family
+from ._backend import cpu, device_op, is_device_array
 from ._checks import (
     HOST,
     add_layer_norm_args,
@@ -19,11 +19,8 @@ from ._checks import (
     instance_norm_checked,
     rms_norm_args,
 )
-from ._config import kernel_guard, num_threads
-from ._device import backend, is_device_array
-from ._halfio import kernel_array
-from ._layout import channel_output, input_view, rows_output, rows_view
-from .functional import batch_norm, stats_dtype
+from ._layout import channel_output, input_view, rows_output, rows_view, stats_dtype
+from .functional import batch_norm
 
 __all__ = ["rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm"]
 
@@ -39,15 +36,15 @@ def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayL
     """
     if is_device_array(x):
         if return_stats:
-            return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out, return_stats=True)
-        return _device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
+            return device_op("rms_norm")(x, normalized_shape, weight, eps, out=out, return_stats=True)
+        return device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
     x = as_float_array(x)
     shape, weight, eps, out = rms_norm_args(HOST, x, normalized_shape, weight, eps, out)
     x2 = rows_view(x, len(shape))
     output = rows_output(out, x, x2.shape)
     rstd = np.empty(x2.shape[0], stats_dtype(x.dtype))
-    with kernel_guard:
-        _engine_family.rms_norm_forward(kernel_array(x2), weight, eps, output.kernel, rstd, num_threads())
+    with cpu.kernel_guard:
+        cpu.rms_norm_forward(cpu.kernel_array(x2), weight, eps, output.kernel, rstd, cpu.num_threads())
     y = output.finish()
     return (y, rstd.reshape(x.shape[: x.ndim - len(shape)])) if return_stats else y
 
@@ -63,7 +60,7 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
     not overlap them partially nor each other.
     """
     if is_device_array(x):
-        return _device_op("add_layer_norm")(x, residual, normalized_shape, weight, bias, eps, out=out,
+        return device_op("add_layer_norm")(x, residual, normalized_shape, weight, bias, eps, out=out,
                                         residual_out=residual_out)
     x = as_float_array(x)
     residual = as_float_array(residual, "residual")
@@ -75,9 +72,9 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
     sum_output = rows_output(residual_out, x, x2.shape)
     mean = np.empty(x2.shape[0], stats_dtype(x.dtype))
     rstd = np.empty_like(mean)
-    with kernel_guard:
-        _engine_family.add_layer_norm_forward(kernel_array(x2), kernel_array(res2), weight, bias, eps, output.kernel,
-                                              sum_output.kernel, mean, rstd, num_threads())
+    with cpu.kernel_guard:
+        cpu.add_layer_norm_forward(cpu.kernel_array(x2), cpu.kernel_array(res2), weight, bias, eps, output.kernel,
+                                   sum_output.kernel, mean, rstd, cpu.num_threads())
     return output.finish(), sum_output.finish()
 
 
@@ -91,7 +88,7 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``(N, num_groups)``.
     """
     if is_device_array(x):
-        return _device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
+        return device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
                                     return_stats=return_stats)
     x = as_float_array(x)
     axis, G, weight, bias, eps, out = group_norm_args(HOST, x, num_groups, weight, bias, eps, channel_axis, out)
@@ -119,7 +116,7 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
     normalizes with the running stats (that is BatchNorm in eval mode).
     """
     if is_device_array(x):
-        return _device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
+        return device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
                                        eps, channel_axis=channel_axis, out=out)
     x = as_float_array(x)
     return instance_norm_checked(HOST, x, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
@@ -179,27 +176,20 @@ def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: Arr
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-def _device_op(name: str):
-    """The CUDA backend's ``name``, or a clear error while the backend has no such kernel."""
-    op = getattr(backend(), name, None)
-    if op is None:
-        raise TypeError(f"{name} has no CUDA implementation yet; pass a NumPy array (host memory)")
-    return op
-
-
 def _grouped_norm(x4, G, weight, bias, eps, target4):
     """Per-(n, c) moments, merged into G groups per sample, then the per-channel affine.
     Returns (count per channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G))."""
     C = x4.shape[2]
-    with kernel_guard:
-        fused = _engine_family.group_norm_fused(x4, G, weight, bias, eps, target4, num_threads())
+    nthreads = cpu.num_threads()
+    with cpu.kernel_guard:
+        fused = cpu.group_norm_fused(x4, G, weight, bias, eps, target4, nthreads)
         if fused is not None:
             return fused
-        count, mean, m2 = _engine_family.sample_channel_moments(x4, num_threads())
-        gmean, gm2 = (mean, m2) if G == C else _engine_family.merge_groups(mean, m2, count, G)
+        count, mean, m2 = cpu.sample_channel_moments(x4, nthreads)
+        gmean, gm2 = (mean, m2) if G == C else cpu.merge_groups(mean, m2, count, G)
         grstd = 1.0 / np.sqrt(gm2 / (count * (C // G)) + eps)
-        shift, scale, offset = _engine_family.group_scale_offset(gmean, grstd, weight, bias, C)
-        _engine_family.sample_channel_affine(x4, shift, scale, offset, target4, num_threads())
+        shift, scale, offset = cpu.group_scale_offset(gmean, grstd, weight, bias, C)
+        cpu.sample_channel_affine(x4, shift, scale, offset, target4, nthreads)
     return count, mean, m2, gmean, grstd
 
 
@@ -211,7 +201,7 @@ def _sample_io(x: np.ndarray, axis: int, out: np.ndarray | None):
     if x.size == 0:
         return output, None
     N, C, inner = x.shape[0], x.shape[axis], view.x3.shape[2]
-    return output, kernel_array(view.x3).reshape(N, -1, C, inner)
+    return output, cpu.kernel_array(view.x3).reshape(N, -1, C, inner)
 
 
 def _fold_vector(v: object, name: str, C: int, default: float | None) -> np.ndarray:

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from ._backend import device_backend, is_device_array
 from ._checks import SUPPORTED_DTYPES, as_float_array, check_channel_axis, check_eps, check_momentum
-from ._device import backend, is_device_array
 from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
 from .family import group_norm, rms_norm
 from .functional import batch_norm, layer_norm
@@ -72,7 +72,7 @@ class _Norm:
         arrays, "cpu" NumPy arrays. The saved forward is dropped: backward needs a new forward."""
         target = _device_name(device)
         if target != self.device:
-            cuda = backend()  # a clear error without numba-cuda or a GPU
+            cuda = device_backend()  # a clear error without numba-cuda or a GPU
             move = cuda.to_device if target == "cuda" else cuda.to_host
             moved = {n: move(getattr(self, n)) for n in self._moved if getattr(self, n) is not None}
             for name, value in moved.items():  # assigned only once every copy succeeded
@@ -111,7 +111,7 @@ class _Norm:
             raise TypeError(f"x is a host array but this {name} is on the GPU; pass a CUDA array, or move the "
                             f"layer back with layer.to('cpu')")
         if on_device:
-            dtype = backend().dtype_name(x)
+            dtype = device_backend().dtype_name(x)
             if dtype != self.dtype.name:
                 raise TypeError(f"x must have the layer's dtype {self.dtype}, got {dtype} "
                                 f"(create the layer with dtype={dtype} or convert x)")
@@ -126,11 +126,11 @@ class _Norm:
         """A copy of parameter ``a`` for the backward (an update between the two must not leak in)."""
         if a is None:
             return None
-        return backend().clone(a) if self.device == "cuda" else a.copy()
+        return device_backend().clone(a) if self.device == "cuda" else a.copy()
 
     def _fill(self, a, value: float) -> None:
         if self.device == "cuda" and is_device_array(a):
-            backend().write(a, np.full(a.shape, value, a.dtype))
+            device_backend().write(a, np.full(a.shape, value, a.dtype))
         else:
             a[...] = value
 
@@ -171,7 +171,7 @@ class _Norm:
 
     def _host_copy(self, a) -> np.ndarray:
         if type(a) is not np.ndarray and is_device_array(a):
-            return backend().to_host(a)
+            return device_backend().to_host(a)
         return np.array(a)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
@@ -201,7 +201,7 @@ class _Norm:
         for name, value in staged.items():
             target = getattr(self, name)
             if type(target) is not np.ndarray and is_device_array(target):
-                backend().write(target, value)
+                device_backend().write(target, value)
             else:
                 np.copyto(target, value, casting="unsafe")
         return IncompatibleKeys(missing, unexpected)

@@ -1,10 +1,13 @@
 """Mergeable moments: per-channel (count, mean, M2) that combine exactly across any split.
 
-``moments`` computes them in one pass with the engine's kernels; ``merge_moments`` combines two
-sets with Chan et al.'s parallel formula (the same ``chan_merge`` the engine uses between its own
-blocks), so statistics of data spread over chunks, processes or machines equal, up to float64
-rounding, the statistics of the whole. ``batch_norm(..., stats=...)`` then normalizes with them
-(SyncBatchNorm), and ``standardize`` is the column-standardization use case.
+``merge_moments`` combines two sets with Chan et al.'s parallel formula (the formula of the CPU
+engine's ``chan_merge``, which merges the kernels' own blocks; here vectorized in NumPy), so
+statistics of data spread over chunks, processes or machines equal, up to float64 rounding, the
+statistics of the whole. ``numbanorm.moments(x, ...)`` computes them in one pass,
+``batch_norm(..., stats=...)`` normalizes with them (SyncBatchNorm), and ``standardize`` is the
+column-standardization use case.
+
+A leaf: it imports nothing of the package, so the argument checks and every backend may use it.
 """
 
 from __future__ import annotations
@@ -14,18 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _engine
-from ._checks import (
-    as_float_array,
-    check_axes,
-    check_channel_axis,
-)
-from ._config import kernel_guard, num_threads
-from ._engine import chan_merge
-from ._halfio import kernel_array
-from ._layout import reduction_output, reduction_view
-
-__all__ = ["Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize"]
+__all__ = ["Moments", "MOMENTS_DTYPE", "merge_moments"]
 
 #: Structured dtype of one (count, mean, m2) record; ``Moments.to_records`` / ``from_records``.
 MOMENTS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.float64)])
@@ -139,88 +131,29 @@ class Moments(_Fields):
         return f"Moments(shape={self.shape}, count={c}, mean={fmt(self.mean)}, var={fmt(self.var())})"
 
 
-@_engine._serial
-def _merge_arrays(na, ma, m2a, nb, mb, m2b, n, m, m2):
-    for i in range(na.shape[0]):
-        n[i], m[i], m2[i] = chan_merge(na[i], ma[i], m2a[i], nb[i], mb[i], m2b[i])
-
-
 def merge_moments(a: Moments, b: Moments) -> Moments:
     """Moments of the union of the data behind ``a`` and ``b`` (Chan et al.'s combine).
 
     Exact in real arithmetic for any split of the data, so a tree of merges over chunks,
-    processes or machines reproduces the moments of the whole up to float64 rounding.
+    processes or machines reproduces the moments of the whole up to float64 rounding. An entry
+    with count 0 is the identity; one whose mean is ±inf or nan gives ±inf or nan (as the sum of
+    all values would) and M2 nan, as the kernels do.
     """
     if not isinstance(a, Moments) or not isinstance(b, Moments):
         raise TypeError(f"merge_moments needs two Moments, got {type(a).__name__} and {type(b).__name__}")
     if a.shape != b.shape:
         raise ValueError(f"cannot merge Moments of shapes {a.shape} and {b.shape}")
-    flat = [np.ascontiguousarray(f).reshape(-1) for f in (*a, *b)]
-    out = [np.empty(a.count.size) for _ in range(3)]
-    _merge_arrays(*flat, *out)
-    return Moments(*(o.reshape(a.shape) for o in out))
-
-
-def _kept_axes(ndim: int, axis: object, channel_axis: object) -> tuple[int, ...]:
-    """The axes statistics are kept per, from exactly one of ``axis`` (reduced) or ``channel_axis``."""
-    if channel_axis is not None:
-        if axis is not None:
-            raise ValueError("give either axis (the axes reduced over) or channel_axis (the axis kept), not both")
-        if ndim < 1:
-            raise ValueError("channel_axis needs an input with at least 1 dim")
-        return (check_channel_axis(channel_axis, ndim),)
-    reduced = check_axes(axis, ndim)
-    return tuple(i for i in range(ndim) if i not in reduced)
-
-
-def moments(x: ArrayLike, axis: int | tuple[int, ...] | None = None, *, channel_axis: int | None = None) -> Moments:
-    """Per-channel (or per-row) ``Moments`` of ``x`` in one pass, accumulated in float64.
-
-    ``axis``: the axes reduced over (None: all), as in ``np.mean``; the result has the shape of
-    ``x`` without them. ``channel_axis``: the BatchNorm way of saying the same thing, the one
-    axis statistics are kept per (every other axis is reduced); give one or the other.
-    Examples: BN on NCHW is ``channel_axis=1``; LN rows of (N, L, D) are ``axis=-1``; feature
-    columns of an (N, F) table are ``axis=0``.
-    """
-    x = as_float_array(x)
-    keep = _kept_axes(x.ndim, axis, channel_axis)
-    stats_shape = tuple(x.shape[i] for i in keep)
-    if x.size == 0:
-        result = Moments.empty(stats_shape)
-        return result
-    x3, _ = reduction_view(x, keep)
-    with kernel_guard:
-        count, mean, m2 = _engine.channel_moments(kernel_array(x3), num_threads())
-    return Moments(count, mean.reshape(stats_shape), m2.reshape(stats_shape))
-
-
-def standardize(x: ArrayLike, axis: int | tuple[int, ...] | None = 0, *, stats: Moments | None = None,
-                ddof: int = 0, eps: float = 0.0) -> np.ndarray:
-    """``(x - mean) / sqrt(var + eps)`` with statistics over ``axis`` (default: the sample axis 0).
-
-    Statistics come from ``x`` (one pass) or from ``stats`` (e.g. merged over chunks), whose
-    shape must be ``x``'s without the ``axis`` dims. Entries with zero variance (and ``eps=0``)
-    are only centered, as scikit-learn's ``StandardScaler`` does. Returns x's dtype.
-    """
-    x = as_float_array(x)
-    reduced = check_axes(axis, x.ndim)
-    keep = tuple(i for i in range(x.ndim) if i not in reduced)
-    stats_shape = tuple(x.shape[i] for i in keep)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0.0 or not np.isfinite(eps):
-        raise ValueError(f"eps must be a finite real number >= 0, got {eps!r}")
-    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
-        raise ValueError(f"ddof must be a non-negative int, got {ddof!r}")
-    if stats is None:
-        stats = moments(x, reduced)
-    elif not isinstance(stats, Moments) or stats.shape != stats_shape:
-        raise ValueError(f"stats must be a Moments of shape {stats_shape}, got {getattr(stats, 'shape', stats)!r}")
-    if x.size == 0:
-        return np.empty(x.shape, x.dtype)
-    x3, moved = reduction_view(x, keep)
-    result, out3 = reduction_output(x, keep, moved)
-    denom = stats.var(ddof).reshape(-1) + eps
-    scale = np.divide(1.0, np.sqrt(denom), out=np.ones_like(denom), where=denom != 0)
-    with kernel_guard:
-        _engine.channel_affine(kernel_array(x3), stats.mean.reshape(-1), scale, np.zeros_like(scale),
-                               kernel_array(out3), num_threads())
-    return result
+    na, ma, m2a = a
+    nb, mb, m2b = b
+    n = na + nb
+    with np.errstate(all="ignore"):  # the masked entries below compute 0/0 or inf - inf
+        fb = nb / n
+        delta = mb - ma
+        mean = ma + delta * fb
+        m2 = m2a + m2b + delta * delta * na * fb
+        finite = np.isfinite(ma) & np.isfinite(mb)
+        mean = np.where(finite, mean, ma + mb)
+        m2 = np.where(finite, m2, np.nan)
+    mean = np.where(nb == 0, ma, np.where(na == 0, mb, mean))
+    m2 = np.where(nb == 0, m2a, np.where(na == 0, m2b, m2))
+    return Moments(n, mean, m2)

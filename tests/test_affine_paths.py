@@ -1,4 +1,4 @@
-"""The normalize pass (``_simd.affine_rows``: contiguous runs, channels-last lanes, streaming
+"""The normalize pass (``cpu/simd.affine_rows``: contiguous runs, channels-last lanes, streaming
 stores for large outputs) and the fused GroupNorm/InstanceNorm kernels, against float64
 references: every tail length, misaligned and poisoned ``out=``, in place, 1 and 2 threads."""
 
@@ -12,8 +12,8 @@ from family_reference import group_norm_ref
 from reference import batch_norm_ref, rel_l2
 
 import numbanorm as nb
-from numbanorm import _engine
-from numbanorm._simd import affine_rows
+from numbanorm.cpu import affine
+from numbanorm.cpu.simd import affine_rows
 
 
 def _misaligned_out(x):
@@ -64,7 +64,7 @@ def test_batch_norm_eval_streaming_outputs(rng, shape, axis, threads):
     lane rows with a row tail): a misaligned poisoned out=, a fresh output and in place all
     match the reference (large-offset data)."""
     x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
-    assert x.nbytes >= _engine._STREAM_BYTES
+    assert x.nbytes >= affine._STREAM_BYTES
     C = shape[axis]
     rm = (1e4 + rng.standard_normal(C)).astype(np.float32)
     rv = (0.5 + rng.random(C)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The output arena (numbanorm/_arena.py): big allocating outputs come from cached blocks.
+"""The output arena (numbanorm/cpu/arena.py): big allocating outputs come from cached blocks.
 
 What must hold: allocating calls equal the ``out=`` path bit for bit; an output (or any view of
 it) keeps its block, so a later output never aliases memory still reachable; blocks come back
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nb
-from numbanorm import _arena
+from numbanorm.cpu import arena as _arena
 
 BIG = (8, 40, 30, 30)  # 288,000 float32 = 1.15 MB: over the arena threshold, odd sizes
 

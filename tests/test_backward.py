@@ -117,7 +117,7 @@ BN_CASES = [
     ((1, 3, 211, 157), 1),
     ((8, 61, 67, 3), -1),  # parallel channels-last
     ((33, 64, 17), 1),
-    ((37, 29), -1),  # channel groups of 16 + 8 + 4 + 1 (_engine.cl_dot_sums)
+    ((37, 29), -1),  # channel groups of 16 + 8 + 4 + 1 (cpu/moments.cl_dot_sums)
     ((3, 5, 11, 64), -1),
     ((70, 269), -1),  # rows over 1 KB: software-prefetched group sweeps, several row tiles
     ((3, 130, 5), -1),  # few channels: lane rows of cl_lanes(5) // 5 rows, plus leftover rows
@@ -381,13 +381,13 @@ class _FakeDeviceArray:
 
 
 def test_device_arrays_go_to_the_cuda_hook(monkeypatch):
-    from numbanorm import backward as nb_backward
+    from numbanorm import _backend
 
     class Stub:  # a CUDA backend with the LN op only
         def layer_norm_backward(self, *args, **kwargs):
             return "cuda", args, kwargs
 
-    monkeypatch.setattr(nb_backward, "backend", Stub)
+    monkeypatch.setattr(_backend, "_DEVICE", [Stub()])
     dev = _FakeDeviceArray()
     result = nb.layer_norm_backward(dev, dev, 3, None, None, out=None)
     assert result[0] == "cuda" and result[1][:3] == (dev, dev, 3)

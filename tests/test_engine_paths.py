@@ -13,14 +13,15 @@ from conftest import poisoned_like
 from reference import batch_norm_ref, layer_norm_ref, rel_l2
 
 import numbanorm as nb
-from numbanorm import _engine
+from numbanorm.cpu import layer_norm as _layer_norm
+from numbanorm.cpu import moments as _moments
 
 
 @pytest.mark.parametrize("C", [1, 3, 5, 7, 64, 255, 257])
 def test_lanes_are_whole_channels(C):
-    W = _engine.cl_lanes(C)
+    W = _moments.cl_lanes(C)
     assert W % C == 0 and W >= min(C, 1)
-    assert W >= _engine._MIN_LANES or W % 8 == 0
+    assert W >= _moments._MIN_LANES or W % 8 == 0
 
 
 @pytest.mark.parametrize("C", [1, 3, 5, 64, 257])
@@ -28,8 +29,8 @@ def test_lanes_are_whole_channels(C):
                                                 (np.float64, 1e4, 1e-10)])
 def test_channels_last_lanes_and_tails(rng, C, dtype, offset, bound):
     # rows: several shift chunks plus a tail shorter than one lane group
-    k = _engine.cl_lanes(C) // C
-    rows = 2 * k * max(1, _engine._SHIFT_CHUNK // _engine.cl_lanes(C)) + k // 2 + 1
+    k = _moments.cl_lanes(C) // C
+    rows = 2 * k * max(1, _moments._SHIFT_CHUNK // _moments.cl_lanes(C)) + k // 2 + 1
     x = (offset + rng.standard_normal((rows, C)) * 3).astype(dtype)
     w = rng.standard_normal(C).astype(dtype)
     b = rng.standard_normal(C).astype(dtype)
@@ -52,7 +53,7 @@ def test_channels_last_lanes_and_tails(rng, C, dtype, offset, bound):
 def test_channels_last_channel_groups(rng, C, dtype, offset, bound):
     """C >= 16 channels-last moments sum in channel groups of 16/8/4/1 over row tiles; rows here
     span several tiles and shift chunks and end in a partial tile."""
-    rows = 2 * max(1, _engine._SHIFT_CHUNK // C) + 37
+    rows = 2 * max(1, _moments._SHIFT_CHUNK // C) + 37
     x = (offset + rng.standard_normal((rows, C)) * 3).astype(dtype)
     rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
     y, mean, invstd = nb.batch_norm(x, rm, rv, training=True, channel_axis=-1, out=poisoned_like(x),
@@ -67,7 +68,7 @@ def test_channels_last_channel_groups(rng, C, dtype, offset, bound):
 def test_channel_group_sums_all_input_types(rng, view):
     """``cl_dot_sums`` (moments and backward forms) against float64 sums, also through the plain
     fallback loops that half views compile to."""
-    from numbanorm._halfio import kernel_array
+    from numbanorm.cpu.halfio import kernel_array
 
     rows, C = 45, 29
     x = (rng.standard_normal((rows, C)) + 2).astype(view)
@@ -76,11 +77,11 @@ def test_channel_group_sums_all_input_types(rng, view):
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     fx, fg = kernel_array(x).reshape(-1), kernel_array(g).reshape(-1)
     s1, s2 = np.zeros(C), np.zeros(C)
-    _engine.cl_dot_sums(fx, shift, None, None, 3, rows, C, s1, s2)
+    _moments.cl_dot_sums(fx, shift, None, None, 3, rows, C, s1, s2)
     d = x64[3:] - shift
     assert np.allclose(s1, d.sum(0), rtol=1e-12, atol=1e-9) and np.allclose(s2, (d * d).sum(0), rtol=1e-12)
     s1, s2 = np.zeros(C), np.zeros(C)
-    _engine.cl_dot_sums(fg, None, fx, shift, 0, rows, C, s1, s2)
+    _moments.cl_dot_sums(fg, None, fx, shift, 0, rows, C, s1, s2)
     assert np.allclose(s1, g64.sum(0), rtol=1e-12, atol=1e-9)
     assert np.allclose(s2, (g64 * (x64 - shift)).sum(0), rtol=1e-12, atol=1e-9)
 
@@ -100,7 +101,7 @@ def test_nchw_run_tails(rng, inner, dtype, bound):
 
 @pytest.mark.parametrize("inner", [1 * 7, 7 * 7, 14 * 14])
 def test_nchw_short_runs_across_shift_chunks(rng, inner):
-    outer = _engine._SHIFT_CHUNK // inner * 2 + 3
+    outer = _moments._SHIFT_CHUNK // inner * 2 + 3
     x = (1e4 + rng.standard_normal((outer, 3, inner))).astype(np.float32)
     y = nb.batch_norm(x, training=True)
     assert rel_l2(y, batch_norm_ref(x, training=True)[0]) <= 1e-5
@@ -143,7 +144,7 @@ def test_nan_and_inf_propagate_through_fast_paths():
 def test_layer_norm_pipelined_rows(rng, in_place):
     """Inputs above _LN_PIPELINE_ELEMENTS normalize row r while summing row r + 1."""
     D = 4099
-    R = _engine._LN_PIPELINE_ELEMENTS // D + 5
+    R = _layer_norm.LN_PIPELINE_ELEMENTS // D + 5
     x = (1e4 + rng.standard_normal((R, D))).astype(np.float32)
     w = rng.standard_normal(D).astype(np.float32)
     ry, rmean, rrstd = layer_norm_ref(x, (D,), w, None)

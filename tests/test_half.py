@@ -11,7 +11,7 @@ from numba import njit
 from reference import batch_norm_ref, layer_norm_ref
 
 import numbanorm as nb
-from numbanorm._halfio import (
+from numbanorm.cpu.halfio import (
     f16_bits_to_f32_int,
     f64_to_f16_bits_int,
     flush_row,
@@ -239,11 +239,11 @@ def test_half_param_dtype_checked(dtype):
 
 def test_layer_norm_bfloat16_pipelined_rows(rng):
     """Above _LN_PIPELINE_ELEMENTS rows are normalized while the next one is summed; bfloat16
-    rows go through the float32 row scratch (``_halfio.row_target``) there too, in place."""
-    from numbanorm import _engine
+    rows go through the float32 row scratch (``halfio.row_target``) there too, in place."""
+    from numbanorm.cpu.layer_norm import LN_PIPELINE_ELEMENTS
 
     D = 4099
-    x = _half(rng, (_engine._LN_PIPELINE_ELEMENTS // D + 3, D), BF16, 1.0, 50.0)
+    x = _half(rng, (LN_PIPELINE_ELEMENTS // D + 3, D), BF16, 1.0, 50.0)
     w, b = _half(rng, D, np.float32), _half(rng, D, np.float32)
     ry = layer_norm_ref(x, (D,), w, b)[0]
     y = nb.layer_norm(x, D, w, b, out=x)

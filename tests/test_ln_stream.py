@@ -1,5 +1,5 @@
-"""LayerNorm rows written with non-temporal stores (``_simd.normalize_row_sums``, used by the
-pipelined ``layer_norm_rows_into`` for outputs >= ``_engine._LN_STREAM_BYTES``), against the
+"""LayerNorm rows written with non-temporal stores (``cpu/simd.normalize_row_sums``, used by the
+pipelined ``layer_norm_rows_into`` for outputs >= ``_ln._LN_STREAM_BYTES``), against the
 float64 two-pass reference and torch: odd widths, rows that start off a cache line (views offset
 by one element), weight/bias absent or present, float32/float64, NaN-poisoned ``out=``.
 
@@ -17,7 +17,8 @@ import pytest
 from reference import TOL, layer_norm_ref, rel_l2
 
 import numbanorm as nb
-from numbanorm import _engine
+from numbanorm.cpu import layer_norm as _ln
+from numbanorm.cpu.plan import block_bounds
 
 WIDTHS = (1, 7, 31, 33, 100, 1027)
 PARAMS = ("none", "weight", "bias", "both")
@@ -41,7 +42,7 @@ def _inputs(rng, R, D, dtype, params, off):
 def _run(x, w, b, out, stream_bytes):
     R = x.shape[0]
     mean, rstd = np.full(R, np.nan), np.full(R, np.nan)
-    _engine.layer_norm_rows_into(x, 0, R, w, b, 1e-5, out, mean, rstd, None, stream_bytes)
+    _ln.layer_norm_rows_into(x, 0, R, w, b, 1e-5, out, mean, rstd, None, stream_bytes)
     return mean, rstd
 
 
@@ -117,11 +118,11 @@ def test_strided_rows_fall_back_to_the_plain_loop(rng):
 
 @numba.njit(parallel=True)
 def _parallel_streamed(x2, w, b, out2, mean, rstd, nblocks):
-    """Like ``_engine.parallel_layer_norm``, but always streaming (each task fences its stores)."""
+    """Like ``cpu.layer_norm.parallel_layer_norm_pipelined``, but always streaming (each task fences its stores)."""
     R = x2.shape[0]
     for k in numba.prange(nblocks):
-        r0, r1 = _engine.block_bounds(R, nblocks, k)
-        _engine.layer_norm_rows_into(x2, r0, r1, w, b, 1e-5, out2, mean, rstd, None, 0)
+        r0, r1 = block_bounds(R, nblocks, k)
+        _ln.layer_norm_rows_into(x2, r0, r1, w, b, 1e-5, out2, mean, rstd, None, 0)
 
 
 @pytest.mark.parametrize("params", ["none", "both"])  # one parallel compile each
@@ -145,10 +146,10 @@ def test_public_call_above_the_threshold_streams(rng):
     """A public call on an output >= ``_LN_STREAM_BYTES``: misaligned poisoned ``out=`` and the
     allocating call, two threads, against the reference."""
     D = 2050
-    R = _engine._LN_STREAM_BYTES // (4 * D) + 3
+    R = _ln._LN_STREAM_BYTES // (4 * D) + 3
     x = rng.standard_normal((R, D), dtype=np.float32)
     x += 1e4
-    assert x.nbytes >= _engine._LN_STREAM_BYTES
+    assert x.nbytes >= _ln._LN_STREAM_BYTES
     w, b = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
     old = numba.get_num_threads()
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))

@@ -13,12 +13,12 @@ import numpy as np
 from reference import batch_norm_ref, layer_norm_ref, rel_l2
 
 import numbanorm as nb
-from numbanorm import _config
+from numbanorm.cpu import plan
 
 
 def test_threading_layer_is_thread_safe_or_guarded():
     nb.layer_norm(np.ones((64, 2048), np.float32), 2048)  # initializes the layer with a parallel launch
-    assert _config.NEEDS_CALL_LOCK or numba.threading_layer() in ("tbb", "omp")
+    assert plan.NEEDS_CALL_LOCK or numba.threading_layer() in ("tbb", "omp")
 
 
 def test_four_threads_at_once(rng):

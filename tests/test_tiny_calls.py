@@ -1,6 +1,7 @@
-"""The tiny-call fast paths of layer_norm/batch_norm (functional._layer_norm_tiny and
-_batch_norm_tiny): every layout and optional-argument variant they take agrees with the float64
-reference, statistics are written only when asked, and the direct compiled entries engage."""
+"""The tiny-call fast paths of layer_norm/batch_norm (``numbanorm/_tiny.py``): every layout and
+optional-argument variant they take agrees with the float64 reference, on the first call (through
+numba's dispatcher) and on later ones (the compiled entry called directly), and statistics are
+written only when asked. (Whether the direct entry is used is a matter of speed: the benchmark's.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 from reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2
 
 import numbanorm as nb
-from numbanorm import functional
 
 DTYPES = (np.float32, np.float64)
 
@@ -46,8 +46,6 @@ def test_layer_norm_tiny_matches_reference(rng, dtype, shape, affine, tuple_shap
     nb.layer_norm(_data(rng, shape, dtype), ns, w, b)
     np.testing.assert_array_equal(mean, saved[0])
     np.testing.assert_array_equal(rstd, saved[1])
-    k = functional._LN + (w is None) * 2 + (b is None)
-    assert functional._TINY[np.dtype(dtype)].entries[k] is not None  # the direct entry is in use
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -86,24 +84,26 @@ def test_batch_norm_tiny_matches_reference(rng, dtype, training, layout, affine)
         y = nb.batch_norm(x, None, None, w, b, True, channel_axis=axis)
         y_ref = batch_norm_ref(x, None, None, w, b, True, 0.1, 1e-5, axis)[0]
         assert rel_l2(y, y_ref) < tol
-    entry = functional._TRAIN if training else functional._EVAL
-    if axis % x.ndim == x.ndim - 1:  # channels-last: the entry of that layout
-        entry += functional._CL
-    assert functional._TINY[np.dtype(dtype)].entries[entry] is not None  # the direct entry is in use
 
 
 @pytest.mark.parametrize("op", ["ln", "bn"])
 def test_tiny_read_only_input(rng, op):
-    """A read-only x (typed differently by numba) takes the tiny path too, with the same result."""
+    """A read-only x (typed differently by numba) takes the tiny path too, after and before the
+    writeable one compiled its entry."""
     x = _data(rng, (2, 8, 12), np.float32)
     x_ro = x.copy()
     x_ro.flags.writeable = False
+    tol = 10 * TOL[np.dtype(np.float32)]
     if op == "ln":
         w = rng.standard_normal(12).astype(np.float32)
-        np.testing.assert_array_equal(nb.layer_norm(x_ro, 12, w), nb.layer_norm(x, 12, w))
+        want = layer_norm_ref(x, (12,), w)[0]
+        for a in (x_ro, x, x_ro):
+            assert rel_l2(nb.layer_norm(a, 12, w), want) < tol
     else:
-        rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
-        np.testing.assert_array_equal(nb.batch_norm(x_ro, rm, rv), nb.batch_norm(x, rm, rv))
+        rm, rv = rng.standard_normal(8).astype(np.float32), (rng.random(8) + 0.5).astype(np.float32)
+        want = batch_norm_ref(x, rm, rv)[0]
+        for a in (x_ro, x, x_ro):
+            assert rel_l2(nb.batch_norm(a, rm, rv), want) < tol
 
 
 def test_tiny_calls_from_threads(rng):

@@ -13,9 +13,9 @@ from .._checks import (
     check_float_dtype,
     check_like_shape_dtype,
     check_shape_dtype,
+    is_device_array,
     layer_norm_args,
 )
-from .._device import is_device_array
 from . import _arrays, _kernels
 from ._arrays import DEVICE_DTYPES, DevArray
 from ._launch import launch, stream_for

@@ -1,9 +1,11 @@
-"""Backward kernels for LayerNorm and BatchNorm on the CPU.
+"""Backward kernels of BatchNorm and GroupNorm on the CPU (LayerNorm's and RMSNorm's are row
+kernels, in ``layer_norm.py``).
 
-Same conventions as ``_engine.py``: the canonical ``(outer, C, inner)`` view, the engine's
-``_serial``/``_parallel`` decorators, ``plan_tasks``/``block_bounds`` to cut the work, a serial fast
-path for one task, sums in float64, per-task partial buffers merged after the parallel loop (no
-atomics, no shared writes). Per-channel/per-row vectors arrive as float64 from the caller.
+Same conventions as the forward: the canonical ``(outer, C, inner)`` view, ``plan``/``block_bounds``
+to cut the work, a serial fast path for one task, sums in float64, per-task partial buffers merged
+after the parallel loop (``sum_pieces``; no atomics, no shared writes). Per-channel vectors arrive
+as float64 from the caller. GroupNorm's backward is BatchNorm's training backward run per sample,
+with per-(n, c) mean and coefficients.
 
 BatchNorm training, with x̂ = (x - mean)·invstd, N elements per channel and s = γ·invstd::
 
@@ -20,40 +22,23 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._engine import (
-    _CL_GROUP_MIN_C,
-    _glue,
-    _parallel,
-    _plan_tasks_py,
-    _serial,
-    block_bounds,
-    cl_dot_sums,
-    cl_lanes,
-    compute_empty,
-    to_compute,
-)
+from .affine import compute_empty, to_compute
+from .family import _sample_tasks
+from .jit import glue, parallel, serial
+from .moments import _CL_GROUP_MIN_C, cl_dot_sums, cl_lanes, sum_pieces
+from .plan import block_bounds, plan
 
-# The entry points (``channel_grad_sums``, ``channel_grad_input``, ``layer_norm_backward``) are
+# The entry points (``channel_grad_sums``, ``channel_grad_input``, ``sample_channel_*``) are
 # plain Python: one task calls the block kernel, more call a ``parallel_*`` parfor, so the serial
 # path never compiles a parfor (each costs 1.5-3 s cold). The parfors allocate with ``np.empty``
 # only and leave zeroing and merging to ``_serial`` helpers: under ``parallel=True`` numba turns
 # ``np.zeros`` and array expressions into parallel loops of their own.
 
 
-@_serial
-def sum_partials(part):
-    """Column sums of the (tasks, n) partial buffer, in task order (deterministic)."""
-    total = np.zeros(part.shape[1])
-    for t in range(part.shape[0]):
-        for j in range(part.shape[1]):
-            total[j] += part[t, j]
-    return total
-
-
 # --------------------------------------------------------------------------------------------
 # BatchNorm
 # --------------------------------------------------------------------------------------------
-@_serial
+@serial
 def run_grad_sums(grun, xrun, m):
     """(Σdy, Σdy·(x - m)) over contiguous 1-D runs, in float64."""
     a = 0.0
@@ -65,7 +50,7 @@ def run_grad_sums(grun, xrun, m):
     return a, b
 
 
-@_serial
+@serial
 def run_grad_sums_scaled(grun, xrun, m, scale, orun):
     """``run_grad_sums`` that also writes ``orun = dy·scale``."""
     a = 0.0
@@ -82,10 +67,11 @@ def run_grad_sums_scaled(grun, xrun, m, scale, orun):
 #: (``cl_sweep_sums``); rows of at least ``_SWEEP_ONE_ROW_C`` channels one at a time, narrower
 #: ones four at a time.
 _SWEEP_MIN_C = 32
+
 _SWEEP_ONE_ROW_C = 128
 
 
-@_serial
+@serial
 def cl_sweep_sums(g2, x2, mean, r0, r1, s_dy, s_dyx):
     """s_dy[c] += Σdy, s_dyx[c] += Σdy·(x - mean[c]) over rows ``r0:r1`` of channels-last
     (rows, C) views, in float64.
@@ -128,7 +114,7 @@ def cl_sweep_sums(g2, x2, mean, r0, r1, s_dy, s_dyx):
 # ``out3`` is not None (eval backward) also ``out3 = dy·scale[c]`` on the way. One kernel per
 # layout family, chosen in Python (``channel_grad_sums``) and inlined at numba-IR level into the
 # parfors: a cold NCHW call does not compile the channels-last register kernels and vice versa.
-@_glue
+@glue
 def rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
     """The per-channel sums of a layout with contiguous runs (``inner > 1``)."""
     C = x3.shape[1]
@@ -145,7 +131,7 @@ def rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
             s_dyx[c] += b
 
 
-@_glue
+@glue
 def cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
     """The per-channel sums of the channels-last layout (``inner == 1``)."""
     C = x3.shape[1]
@@ -185,7 +171,7 @@ def cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
                     out3[o, c, 0] = d * scale[c]
 
 
-@_glue
+@glue
 def cl_grad_sums_fast(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
     """``cl_grad_sums`` of the BatchNorm entries (``channel_grad_sums``): 32 channels or more
     sweep whole rows in memory order (``cl_sweep_sums``), the rest is ``cl_grad_sums``. Kept out of
@@ -201,7 +187,7 @@ def cl_grad_sums_fast(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
         cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx)
 
 
-@_serial
+@serial
 def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
     """Σdy and Σdy·(x - mean[c]) per channel over ``[o0:o1, :, i0:i1]`` into ``s_dy``/``s_dyx``
     (and ``out3 = dy·scale[c]`` when given), either layout (the group-norm backward's kernel)."""
@@ -214,7 +200,7 @@ def block_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
 def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
     """Per-channel (Σdy, Σdy·(x - mean)) over axes 0 and 2; one pass over (g3, x3), parallel."""
     outer, C, inner = x3.shape
-    n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
+    n_o, n_i = plan(outer, C, inner, nthreads)
     if n_o * n_i == 1:  # the serial fast path: the block kernel, no parfor compiled
         s_dy = np.empty(C)
         s_dyx = np.empty(C)
@@ -226,7 +212,7 @@ def channel_grad_sums(g3, x3, mean, scale, out3, nthreads):
     return parallel_cl_grad_sums(g3, x3, mean, scale, out3, n_o)
 
 
-@_parallel
+@parallel
 def parallel_rows_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
     outer, C, inner = x3.shape
     ntask = n_o * n_i
@@ -236,10 +222,10 @@ def parallel_rows_grad_sums(g3, x3, mean, scale, out3, n_o, n_i):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
         rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
-    return sum_partials(part_dy), sum_partials(part_dyx)
+    return sum_pieces(part_dy, ntask)[0], sum_pieces(part_dyx, ntask)[0]
 
 
-@_parallel
+@parallel
 def parallel_cl_grad_sums(g3, x3, mean, scale, out3, ntask):
     outer, C, _ = x3.shape
     part_dy = np.empty((ntask, C))
@@ -247,10 +233,10 @@ def parallel_cl_grad_sums(g3, x3, mean, scale, out3, ntask):
     for t in prange(ntask):
         o0, o1 = block_bounds(outer, ntask, t)
         cl_grad_sums_fast(g3, x3, o0, o1, 0, 1, mean, scale, out3, part_dy[t], part_dyx[t])
-    return sum_partials(part_dy), sum_partials(part_dyx)
+    return sum_pieces(part_dy, ntask)[0], sum_pieces(part_dyx, ntask)[0]
 
 
-@_serial
+@serial
 def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
     """``out3 = p[c]·dy - q[c]·(x - mean[c]) + r[c]``; with ``x3`` None just ``p[c]·dy``; either
     layout (the group-norm backward's kernel; the BN entries pick the layout's kernel)."""
@@ -260,7 +246,7 @@ def block_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
         cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
 
 
-@_serial
+@serial
 def lane_coefficients(mean, p, q, r, W, like):
     """(p, head, q, r') tiled to ``W`` lanes (lane j is channel j % C) in the compute type of
     ``like`` (float32 for float32 data, as the forward's normalize): ``p·dy - (x - mean)·q + r``
@@ -276,7 +262,7 @@ def lane_coefficients(mean, p, q, r, W, like):
     return pw, hw, qw, rw
 
 
-@_glue
+@glue
 def rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
     """``block_grad_input`` of a layout with contiguous runs (``inner > 1``). float64 math: the
     compute-type version (``lane_coefficients``) was no faster on these runs (measured in cache,
@@ -296,7 +282,7 @@ def rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
                     orun[i] = grun[i] * pc - (xrun[i] - m) * qc + rc
 
 
-@_glue
+@glue
 def cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
     """``block_grad_input`` of the channels-last layout (``inner == 1``)."""
     C = g3.shape[1]
@@ -330,7 +316,7 @@ def cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
                 of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
 
 
-@_glue
+@glue
 def cl_grad_input_fast(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
     """``cl_grad_input`` of the BatchNorm entries (``channel_grad_input``), in the compute type
     (``lane_coefficients``: float32 for float32 data, 8 lanes instead of 4 and no conversions;
@@ -371,7 +357,7 @@ def cl_grad_input_fast(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
 def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
     """Elementwise grad_x pass; safe when ``out3`` is ``g3`` or ``x3`` (same element read first)."""
     outer, C, inner = g3.shape
-    n_o, n_i = _plan_tasks_py(outer, C, inner, nthreads)
+    n_o, n_i = plan(outer, C, inner, nthreads)
     if n_o * n_i == 1:  # the serial fast path: the layout's kernel, no parfor compiled
         kernel = rows_grad_input if inner != 1 else cl_grad_input_fast
         kernel(g3, x3, 0, outer, 0, inner, mean, p, q, r, out3)
@@ -381,7 +367,7 @@ def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):
         parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, n_o)
 
 
-@_parallel
+@parallel
 def parallel_rows_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i):
     outer, C, inner = g3.shape
     for t in prange(n_o * n_i):
@@ -390,7 +376,7 @@ def parallel_rows_grad_input(g3, x3, mean, p, q, r, out3, n_o, n_i):
         rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3)
 
 
-@_parallel
+@parallel
 def parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, ntask):
     outer = g3.shape[0]
     for t in prange(ntask):
@@ -398,84 +384,7 @@ def parallel_cl_grad_input(g3, x3, mean, p, q, r, out3, ntask):
         cl_grad_input_fast(g3, x3, o0, o1, 0, 1, mean, p, q, r, out3)
 
 
-# --------------------------------------------------------------------------------------------
-# LayerNorm: per row, one pass for the two row sums (and the γ/β partials), one pass for grad_x
-# while the row is still in cache.
-# --------------------------------------------------------------------------------------------
-@_serial
-def row_shift(mean, r):
-    """The row's mean, or 0 without one (RMSNorm)."""
-    if mean is None:
-        return 0.0
-    return mean[r]
-
-
-@_serial
-def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
-    """grad_x for rows ``r0:r1``; adds Σ dy·x̂ and Σ dy per column into ``dw``/``db`` (with weight).
-
-    With g = dy·γ: grad_x = rstd·(g - mean(g) - x̂·mean(g·x̂)). ``mean`` None is RMSNorm
-    (x̂ = x·rstd, nothing centered): grad_x = rstd·(g - x̂·mean(g·x̂)).
-    """
-    D = x2.shape[1]
-    dw[:] = 0.0
-    db[:] = 0.0
-    for r in range(r0, r1):
-        m = row_shift(mean, r)
-        s = rstd[r]
-        grow = g2[r]
-        xrow = x2[r]
-        a = 0.0
-        b = 0.0
-        for j in range(D):
-            xh = (xrow[j] - m) * s
-            d = np.float64(grow[j])
-            if weight is not None:
-                dw[j] += d * xh
-                db[j] += d
-                d *= weight[j]
-            a += d
-            b += d * xh
-        a /= D
-        b /= D
-        if mean is None:  # RMSNorm: nothing was centered, so no mean(g) term
-            a = 0.0
-        dst = out2[r]
-        for j in range(D):
-            xh = (xrow[j] - m) * s
-            d = np.float64(grow[j])
-            if weight is not None:
-                d *= weight[j]
-            dst[j] = (d - a - xh * b) * s
-
-
-def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
-    """LayerNorm backward over rows of ``x2`` (R, D); returns float64 (Σ dy·x̂, Σ dy) per column
-    (empty when ``weight`` is None), reduced from one partial buffer per task. ``mean`` None:
-    RMSNorm backward (see ``layer_norm_grad_rows``)."""
-    R, D = x2.shape
-    nblocks, _ = _plan_tasks_py(R, 1, D, nthreads)
-    width = D if weight is not None else 0
-    if nblocks == 1:  # the serial fast path: the row kernel, no parfor compiled
-        dw = np.empty(width)
-        db = np.empty(width)
-        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, dw, db)
-        return dw, db
-    return parallel_layer_norm_grad(g2, x2, mean, rstd, weight, out2, nblocks, width)
-
-
-@_parallel
-def parallel_layer_norm_grad(g2, x2, mean, rstd, weight, out2, nblocks, width):
-    R = x2.shape[0]
-    part_dw = np.empty((nblocks, width))
-    part_db = np.empty((nblocks, width))
-    for t in prange(nblocks):
-        r0, r1 = block_bounds(R, nblocks, t)
-        layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
-    return sum_partials(part_dw), sum_partials(part_db)
-
-
-@_serial
+@serial
 def batch_norm_backward_serial(g3, x3, mean, invstd, weight, out3, grads):
     """BatchNorm training backward of a small input in one dispatch, on one thread: grad_x into
     ``out3`` and, unless ``grads`` (2, C) is empty, (grad_weight, grad_bias) into it. ``weight``
@@ -506,3 +415,83 @@ def batch_norm_backward_serial(g3, x3, mean, invstd, weight, out3, grads):
         for c in range(C):
             grads[0, c] = s_dyx[c] * inv[c]
             grads[1, c] = s_dy[c]
+
+
+# --------------------------------------------------------------------------------------------
+# GroupNorm (and InstanceNorm): the BatchNorm training backward per sample
+# --------------------------------------------------------------------------------------------
+@serial
+def _grad_sums_task(g4, x4, task, mean, part_dy, part_dyx):
+    n0, n1, o0, o1, i0, i1, piece = task[0], task[1], task[2], task[3], task[4], task[5], task[6]
+    for n in range(n0, n1):
+        k = piece + n - n0
+        block_grad_sums(g4[n], x4[n], o0, o1, i0, i1, mean[n], mean[n], None, part_dy[k], part_dyx[k])
+
+
+@parallel
+def sample_channel_grad_sums(g4, x4, mean, nthreads):
+    """Per-(n, c) Σdy and Σdy·(x - mean[n, c]) over each sample's outer and inner axes; one pass."""
+    N, outer, C, inner = x4.shape
+    tasks, pieces, per = _sample_tasks(N, outer, C, inner, nthreads)
+    part_dy = np.empty((pieces, C))
+    part_dyx = np.empty((pieces, C))
+    if tasks.shape[0] == 1:
+        _grad_sums_task(g4, x4, tasks[0], mean, part_dy, part_dyx)
+    else:
+        for t in prange(tasks.shape[0]):
+            _grad_sums_task(g4, x4, tasks[t], mean, part_dy, part_dyx)
+    return sum_pieces(part_dy, per), sum_pieces(part_dyx, per)
+
+
+@serial
+def _grad_input_task(g4, x4, task, mean, p, q, r, out4):
+    n0, n1, o0, o1, i0, i1 = task[0], task[1], task[2], task[3], task[4], task[5]
+    for n in range(n0, n1):
+        block_grad_input(g4[n], x4[n], o0, o1, i0, i1, mean[n], p[n], q[n], r[n], out4[n])
+
+
+@parallel
+def sample_channel_grad_input(g4, x4, mean, p, q, r, out4, nthreads):
+    """``out4[n] = p[n, c]·dy - q[n, c]·(x - mean[n, c]) + r[n, c]``; safe in place over g4 or x4."""
+    N, outer, C, inner = x4.shape
+    tasks, _, _ = _sample_tasks(N, outer, C, inner, nthreads)
+    if tasks.shape[0] == 1:
+        _grad_input_task(g4, x4, tasks[0], mean, p, q, r, out4)
+        return
+    for t in prange(tasks.shape[0]):
+        _grad_input_task(g4, x4, tasks[t], mean, p, q, r, out4)
+
+
+@serial
+def group_grad_coefficients(s_dy, s_dyx, rstd, weight, count):
+    """GroupNorm grad_x = p·dy - q·(x - mean) + r per (n, c), from the per-(n, c) sums (count
+    values each) and per-(n, g) rstd; also returns grad_weight (Σ dy·x̂) and grad_bias (Σ dy).
+
+    With g = dy·γ and M values per group: grad_x = rstd·(g - Σg/M - x̂·Σ(g·x̂)/M).
+    """
+    N, C = s_dy.shape
+    G = rstd.shape[1]
+    cpg = C // G
+    M = count * cpg
+    p = np.empty((N, C))
+    q = np.empty((N, C))
+    r = np.empty((N, C))
+    gw = np.zeros(C)
+    gb = np.zeros(C)
+    for n in range(N):
+        for g in range(G):
+            s = rstd[n, g]
+            a = 0.0  # Σ γ·dy over the group
+            b = 0.0  # Σ γ·dy·(x - mean) over the group
+            for c in range(g * cpg, (g + 1) * cpg):
+                w = 1.0 if weight is None else weight[c]
+                a += w * s_dy[n, c]
+                b += w * s_dyx[n, c]
+                gw[c] += s_dyx[n, c] * s
+                gb[c] += s_dy[n, c]
+            for c in range(g * cpg, (g + 1) * cpg):
+                w = 1.0 if weight is None else weight[c]
+                p[n, c] = s * w
+                q[n, c] = s * s * s * b / M
+                r[n, c] = -s * a / M
+    return p, q, r, gw, gb

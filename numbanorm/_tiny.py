@@ -1,0 +1,158 @@
+"""The tiny-call paths: small inputs whose arguments the fast checks accepted (``_checks``'
+``*_common_*``), run by one serial jitted entry called directly.
+
+Per-call Python is most of a tiny call's time (a (1,16,768) LayerNorm kernel is ~3 us), so these
+skip the general view mapping, the thread count and the launch lock, and once a specialization
+exists they call its compiled entry point (``_numba.compiled_entry``), which skips numba's typing
+of every argument.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+
+from . import _numba
+from ._backend import cpu
+from ._layout import contiguous_shape3, stats_dtype
+
+_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+
+
+def layer_norm_tiny(x, D, weight, bias, eps, return_stats):
+    """layer_norm of a small input whose arguments ``ln_common_width`` accepted (rows of D)."""
+    dt = x.dtype
+    tiny = _TINY[dt]
+    R = x.size // D
+    target = np.empty((R, D), dt)
+    if x.ndim == 2:
+        x2, result = x, target
+    else:
+        x2, result = x.reshape(R, D), target.reshape(x.shape)
+    if return_stats:
+        mean, rstd = np.empty(R, tiny.sdt), np.empty(R, tiny.sdt)
+    else:
+        # Statistics nobody reads: the kernel only writes them, so one shared scratch serves as
+        # both (and serves concurrent calls too: whatever they leave in it is never read).
+        mean = rstd = tiny.scratch
+    k = _LN + (weight is None) * 2 + (bias is None)
+    entry = tiny.entries[k] or tiny.entry(k)
+    entry(x2, weight, bias, eps, target, mean, rstd)
+    if not return_stats:
+        return result
+    batch_shape = x.shape[:-1]
+    return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
+
+
+def batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                     return_stats):
+    """batch_norm of a small input whose arguments ``bn_common_channels`` accepted (C channels):
+    the serial jitted entry called directly (per-call Python is most of a tiny call's time)."""
+    shape = x.shape
+    dt = x.dtype
+    tiny = _TINY[dt]
+    shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
+    x3 = x.reshape(shape3)
+    target = np.empty(shape3, dt)
+    stats_out = np.empty((2, C), tiny.sdt) if return_stats else tiny.no_stats
+    none = tiny.none
+    w = none if weight is None else weight
+    b = none if bias is None else bias
+    k = _CL if shape3[2] == 1 else 0  # one entry per layout (batch_norm.train_serial_entry)
+    if training:
+        if running_mean is None:
+            running_mean = running_var = none
+        k += _TRAIN
+        entry = tiny.entries[k] or tiny.entry(k)
+        entry(x3, w, b, running_mean, running_var, momentum, eps, target, stats_out)
+    else:
+        k += _EVAL
+        entry = tiny.entries[k] or tiny.entry(k)
+        entry(x3, running_mean, running_var, w, b, eps, target, stats_out)
+    result = target.reshape(shape)
+    if return_stats:
+        return result, stats_out[0], stats_out[1]
+    return result
+
+
+#: Indices of _TinyPath.entries: BN (+ _CL for channels-last), LN (+ 2 * (weight is None) + (bias is None)).
+_TRAIN, _EVAL, _LN, _CL = 0, 1, 2, 6
+#: LayerNorm's serial entry for tiny inputs (the one of their size class; the pipelined one is
+#: correct for any size, only slower on small ones).
+_TINY_LN = (cpu.layer_norm_serial_cached if cpu.SERIAL_SIZE <= cpu.LN_PIPELINE_ELEMENTS
+            else cpu.layer_norm_serial_pipelined)
+
+
+class _TinyPath:
+    """What the tiny paths need per x dtype (float32/float64), found with one lookup per call.
+
+    They call the serial entries' compiled specializations directly (``compiled_entry``): their
+    fast-path checks have fixed every argument's numba type. Until a specialization exists (the
+    first call compiles it or loads it from the on-disk cache) the dispatcher is called.
+    """
+
+    __slots__ = ("dtype", "sdt", "none", "no_stats", "scratch", "entries", "argtypes")
+
+    def __init__(self, dt: np.dtype) -> None:
+        self.dtype = dt
+        self.sdt = stats_dtype(dt)
+        self.none = cpu.none_of(dt)
+        self.no_stats = cpu.no_stats(self.sdt)
+        # LN statistics nobody reads; a tiny input has fewer rows than this (pages untouched
+        # until written, so the unused part costs no memory).
+        self.scratch = np.empty(cpu.SERIAL_SIZE, self.sdt)
+        self.entries: list = [None] * 8
+        self.argtypes: list = [None] * 8
+
+    def entry(self, k: int):
+        """Entry ``k`` (see ``_TRAIN``...): the compiled one once it exists, else the dispatcher."""
+        dispatcher = (cpu.batch_norm_train_rows, cpu.batch_norm_eval_rows, *[_TINY_LN] * 4, cpu.batch_norm_train_cl,
+                      cpu.batch_norm_eval_cl)[k]
+        argtypes = self.argtypes[k]
+        if argtypes is None:
+            argtypes = self.argtypes[k] = self._argtypes(k)
+        entry = _numba.compiled_entry(dispatcher, argtypes)
+        if entry is None:  # not compiled yet (or only for other types, e.g. a read-only x)
+            return dispatcher
+        self.entries[k] = entry
+        return entry
+
+    def _argtypes(self, k: int) -> tuple:
+        """The numba types of the tiny path's arguments to entry ``k``."""
+        a = types.Array(numba.from_dtype(self.dtype), 1, "C")
+        s = numba.from_dtype(self.sdt)
+        if k < _LN or k >= _CL:
+            x3 = types.Array(a.dtype, 3, "C")
+            stats = types.Array(s, 2, "C")
+            if k % _CL == _TRAIN:
+                return (x3, a, a, a, a, types.float64, types.float64, x3, stats)
+            return (x3, a, a, a, a, types.float64, x3, stats)
+        x2 = types.Array(a.dtype, 2, "C")
+        s1 = types.Array(s, 1, "C")
+        variant = k - _LN
+        return (x2, types.none if variant & 2 else a, types.none if variant & 1 else a, types.float64, x2, s1, s1)
+
+
+_TINY = {dt: _TinyPath(dt) for dt in (_F32, _F64)}
+
+
+def batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out=None):
+    """Training batch_norm_backward of a small input whose arguments
+    ``bn_backward_common_channels`` (and ``out``, ``_common_out``) accepted: one serial jitted
+    entry does both passes (it reads every element of x and dy before it writes that of grad_x)."""
+    shape = x.shape
+    dt = x.dtype
+    shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
+    target = np.empty(shape3, dt) if out is None else out.reshape(shape3)
+    if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
+        weight, grads = cpu.none_of(dt), cpu.no_stats(dt)
+    else:
+        grads = np.empty((2, C), dt)
+    cpu.batch_norm_backward_serial(grad_out.reshape(shape3), x.reshape(shape3), mean, invstd, weight,
+                                        target, grads)
+    result = target.reshape(shape) if out is None else out
+    if not grads.size:
+        return result, None, None
+    return result, grads[0], grads[1]
