@@ -132,6 +132,33 @@ def sums_to_moments(n, shift, s1, s2):
 
 
 @serial
+def chunk_sums(C, mean, m2):
+    """Per-channel (shift, s1, s2) buffers of a moments pass; its running moments ``mean``/``m2``
+    start at 0 (count 0)."""
+    mean[:] = 0.0
+    m2[:] = 0.0
+    return np.empty(C), np.empty(C), np.empty(C)
+
+
+@serial
+def start_chunk(flat, base, stride, shift, s1, s2):
+    """A chunk's shifts (channel c's first value, ``flat[base + c * stride]``) and zeroed sums."""
+    for c in range(shift.shape[0]):
+        shift[c] = finite_shift(load(flat[base + c * stride]))
+        s1[c] = 0.0
+        s2[c] = 0.0
+
+
+@serial
+def merge_chunk_sums(n, nb, shift, s1, s2, mean, m2):
+    """Fold a chunk's per-channel shifted sums (``nb`` values per channel, the first C entries of
+    ``shift``/``s1``/``s2``) into the running per-channel moments of ``n`` values, by Chan's formula."""
+    for c in range(mean.shape[0]):
+        mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
+        _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
+
+
+@serial
 def cl_lanes(C):
     """Lanes of the channels-last layout: a multiple of C (lane j is channel j % C) and of 8."""
     if C >= _MIN_LANES or C < 1:
@@ -164,27 +191,20 @@ def rows_moments(x3, o0, o1, i0, i1, mean, m2):
     # The runs x3[o, c, i0:i1] are contiguous; walk them in memory order (o outer) with
     # per-channel sums, one shift per channel for a chunk of rows, chunks merged by Chan.
     rows = max(1, _SHIFT_CHUNK // max(width, 1))
-    shift = np.empty(C)
-    s1 = np.empty(C)
-    s2 = np.empty(C)
-    mean[:] = 0.0
-    m2[:] = 0.0
+    inner = x3.shape[2]
+    flat = x3.reshape(x3.size)
+    shift, s1, s2 = chunk_sums(C, mean, m2)
     n = 0.0
     for r0 in range(o0, o1, rows):
         r1 = min(r0 + rows, o1)
-        for c in range(C):
-            shift[c] = finite_shift(load(x3[r0, c, i0]))
-            s1[c] = 0.0
-            s2[c] = 0.0
+        start_chunk(flat, r0 * C * inner + i0, inner, shift, s1, s2)
         for o in range(r0, r1):
             for c in range(C):
                 a, b = run_sums(x3[o, c], i0, i1, shift[c])
                 s1[c] += a
                 s2[c] += b
         nb = float((r1 - r0) * width)
-        for c in range(C):
-            mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
-            _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
+        merge_chunk_sums(n, nb, shift, s1, s2, mean, m2)
         n += nb
     return n
 
@@ -198,23 +218,14 @@ def cl_moments(x3, o0, o1, i0, i1, mean, m2):
         # Channels-last, many channels: per-channel shifted sums in register-resident groups,
         # one shift per channel for a chunk of rows, chunks merged by Chan's formula.
         rows = max(1, _SHIFT_CHUNK // C)
-        shift = np.empty(C)
-        s1 = np.empty(C)
-        s2 = np.empty(C)
-        mean[:] = 0.0
-        m2[:] = 0.0
+        shift, s1, s2 = chunk_sums(C, mean, m2)
         n = 0.0
         for r0 in range(o0, o1, rows):
             r1 = min(r0 + rows, o1)
-            for c in range(C):
-                shift[c] = finite_shift(load(flat[r0 * C + c]))
-                s1[c] = 0.0
-                s2[c] = 0.0
+            start_chunk(flat, r0 * C, 1, shift, s1, s2)
             cl_dot_sums(flat, shift, None, None, r0, r1, C, s1, s2)
             nb = float(r1 - r0)
-            for c in range(C):
-                mb, m2b = sums_to_moments(nb, shift[c], s1[c], s2[c])
-                _, mean[c], m2[c] = chan_merge(n, mean[c], m2[c], nb, mb, m2b)
+            merge_chunk_sums(n, nb, shift, s1, s2, mean, m2)
             n += nb
         return n
     # Channels-last, few channels: the block is one flat run; lane j accumulates channel j % C,
