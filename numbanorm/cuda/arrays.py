@@ -245,7 +245,13 @@ def scratch(like: DevArray, n: int, dtype: str, slot: int) -> DevArray:
     torch and CuPy inputs take it from their caching allocators. numba's ``device_array`` is a
     bare cudaMalloc, and freeing it synchronizes the device, so numba and foreign inputs (always
     launched on the default stream, so stream-ordered reuse is safe) reuse one grow-only buffer
-    per slot."""
+    per slot.
+
+    Slots (one buffer each, so arrays live at once never share one): 0-2 the normalize
+    coefficients (BatchNorm, GroupNorm), 3-5 the partial moments / partial sums, 6-7 the LN
+    backward's grad_weight partial rows, 8-11 the backward's grad_x coefficients, 12-13 GroupNorm's
+    per-(n, c) moments (forward) or grad_weight parts (backward), 14-15 the row stats the caller
+    does not get back (RMSNorm, add+LN)."""
     if like.kind in ("torch", "cupy") or SIM:
         return empty(like, (n,), dtype)
     cache = _SCRATCH.__dict__.setdefault("buffers", {})  # pragma: no cover - hardware only

@@ -364,13 +364,22 @@ def bn_grad_input_cl_kernel(acc: int, xio: str, has_x: bool, TX: int, TY: int):
 # --------------------------------------------------------------------------------------------
 # GroupNorm
 # --------------------------------------------------------------------------------------------
+@jit_device
+def _weight_or_one(w, c, ld_p, has_w):
+    """γ of channel ``c``, or 1 without a weight (float64)."""
+    wc = 1.0
+    if has_w:
+        wc = ld_p(w, c)
+    return wc
+
+
 @functools.cache
 def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
     """GroupNorm backward, one thread per (n, g), after ``bn_grad_partials_kernel`` batched over
     samples: sum each channel's P partials (Σdy, Σdy·(x - hi)) in float64, write its grad_weight /
     grad_bias contributions ``pw``/``pb`` (per (n, c); ``ln_param_reduce_kernel`` sums them over
     n) and the coefficients of ``grad_x = p·dy - q·(x - hi) + r``. With g = dy·γ and M values per
-    group: grad_x = rstd·(g - Σg/M - x̂·Σ(g·x̂)/M), as ``the CPU's group_grad_coefficients``."""
+    group: grad_x = rstd·(g - Σg/M - x̂·Σ(g·x̂)/M), as the CPU's ``group_grad_coefficients``."""
     ld_p, ld_s = loader(64, pio), loader(64, sio)
     A = np_float(acc)
 
@@ -391,9 +400,7 @@ def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
             s_dy, s_dyx = _grad_sums(part_dy, part_dyx, k, P, lo)
             pw[k] = s_dyx * s
             pb[k] = s_dy
-            wc = 1.0
-            if has_w:
-                wc = ld_p(w, c)
+            wc = _weight_or_one(w, c, ld_p, has_w)
             a += wc * s_dy
             b += wc * s_dyx
         M = count * (c1 - c0)
@@ -401,10 +408,7 @@ def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
         r = -s * a / M + q * lo  # -q·(x - mean) = -q·(x - hi) + q·lo
         for c in range(c0, c1):
             k = n * C + c
-            wc = 1.0
-            if has_w:
-                wc = ld_p(w, c)
-            cp[k] = s * wc
+            cp[k] = s * _weight_or_one(w, c, ld_p, has_w)
             chi[k] = hi
             cq[k] = q
             cr[k] = r
