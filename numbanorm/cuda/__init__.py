@@ -13,6 +13,10 @@ the same name:
   ``checks.py``: the shared check sequences on device metadata; ``launch.py``: streams and
   configured launches; ``params.py``: layer state on the device;
 * ``compat.py``: the one module that imports numba-cuda.
+
+The package's attributes ``layer_norm`` and ``batch_norm`` are the entry points (functions), which
+shadow the submodules of the same names: reach those with
+``importlib.import_module("numbanorm.cuda.layer_norm")`` (``sys.modules``), not attribute access.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ for ``compile_ptx``.
 
 What is imported here, and who uses it:
 
-* ``cuda``, ``SIM``, ``jit_device``: every kernel module;
+* ``cuda``, ``SIM``, ``jit_device``: every kernel module; ``types``: the element types of shared
+  and local arrays (``loads.numba_float``) and of the vector intrinsics;
 * ``NumbaPerformanceWarning``: ``launch.py``, which silences it for grids sized on purpose;
 * hardware only: ``devicearray`` and ``driver`` (``arrays.py``: a flat ``DeviceNDArray`` over a
   raw pointer; ``launch.py``: ``core_launch``), ``libdevice`` and ``intrinsic``/``cgutils``/
-  ``ir``/``types`` (``loads.py``: bit casts and 16-byte vector loads);
+  ``ir`` (``loads.py``: bit casts and 16-byte vector loads);
 * simulator only: ``FakeCUDAArray`` (``arrays.py``: views of the simulator's NumPy-backed arrays).
 
 It also holds the workaround for numba-cuda 0.30.4 on NumPy >= 2.5 (``patch_row_stack``, applied
@@ -24,9 +25,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
-__all__ = ["cuda", "SIM", "jit_device", "NumbaPerformanceWarning", "patch_row_stack", "core_launch"]
+__all__ = ["cuda", "types", "SIM", "jit_device", "NumbaPerformanceWarning", "patch_row_stack", "core_launch"]
 
 #: The numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1, read by numba at import): kernels run as
 #: Python, one thread per CUDA thread, with no warp shuffles and no intrinsics.
@@ -46,12 +47,11 @@ if SIM:
     __all__ += ["FakeCUDAArray"]
 else:  # pragma: no cover - hardware only
     from llvmlite import ir
-    from numba import types
     from numba.cuda import cgutils, libdevice
     from numba.cuda.cudadrv import devicearray, driver
     from numba.cuda.extending import intrinsic
 
-    __all__ += ["ir", "types", "cgutils", "libdevice", "devicearray", "driver", "intrinsic"]
+    __all__ += ["ir", "cgutils", "libdevice", "devicearray", "driver", "intrinsic"]
 
 
 def core_launch():  # pragma: no cover - hardware only

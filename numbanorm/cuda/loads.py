@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
-from .compat import SIM, jit_device
+from .compat import SIM, jit_device, types
 
 if not SIM:  # pragma: no cover - hardware only
-    from .compat import cgutils, intrinsic, ir, libdevice, types
+    from .compat import cgutils, intrinsic, ir, libdevice
 
 
 def acc_of(dtype: str) -> int:
@@ -49,10 +48,12 @@ def coeff_dtype(acc: int) -> str:
 
 
 def numba_float(acc: int):
-    return numba.float64 if acc == 64 else numba.float32
+    """The numba type of the accumulation type (shared and local arrays)."""
+    return types.float64 if acc == 64 else types.float32
 
 
 def np_float(acc: int):
+    """The NumPy scalar type of the accumulation type (casts in the kernels)."""
     return np.float64 if acc == 64 else np.float32
 
 

@@ -4,6 +4,12 @@ Each op's driver asks here how to cover its canonical ``(outer, C, inner)`` view
 so the sizing rules live once. The constants are module globals read at call time: the
 simulator tests (``tests/cuda/simtools.py``) patch them small so tiny inputs still span several
 blocks and every code path runs.
+
+What stands behind them: the hardware limits (1024 threads a block, 65535 blocks in grid.y/z,
+64K registers an SM, checked by ``benchmarks/ptx_check.py``) and the H200's 132 SMs. The block
+sizes and register budgets themselves were not tuned by a recorded GPU run: that is what
+``benchmarks/gpu_check.py`` times when a GPU is lent. Every launch size feeds a reduction order,
+so changing one changes the float results at rounding level (the simulator tests bound them).
 """
 
 from __future__ import annotations
