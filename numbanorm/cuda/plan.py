@@ -21,7 +21,7 @@ MIN_THREADS = 32
 #: Row elements a LN thread keeps in registers; longer rows re-read their tail (from L2).
 LN_REGS = 8
 #: float32 elements per wide (16-byte) load / store in the LN row kernel, used where the row
-#: allows it (length a multiple of it, x and y 16-byte aligned; see ``ln_row_launch``).
+#: allows it (length a multiple of it, x and y 16-byte aligned; see ``layer_norm.row_norm``).
 LN_VEC = 4
 #: BatchNorm block sizes: 1-D blocks for (outer, C, inner>1), (TX, TY) tiles for channels-last.
 BN_THREADS = 256
