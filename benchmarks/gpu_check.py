@@ -90,10 +90,10 @@ class Env:
             return t
         from numba import cuda
 
-        from numbanorm.cuda import _arrays
+        from numbanorm.cuda import arrays
 
         if dtype == "bfloat16":
-            d = _arrays.wrap(cuda.to_device(t.view(self.torch.int16).numpy().copy()), "x")
+            d = arrays.wrap(cuda.to_device(t.view(self.torch.int16).numpy().copy()), "x")
             d.dtype = "bfloat16"
             return d
         return cuda.to_device(t.numpy().copy())
@@ -613,9 +613,9 @@ def host_overhead(env: Env, sim: bool) -> None:
 
 
 def _set_fast_launch(on: bool) -> None:
-    from numbanorm.cuda import _launch
+    from numbanorm.cuda import launch
 
-    _launch.FAST_LAUNCH[0] = on
+    launch.FAST_LAUNCH[0] = on
 
 
 def check_fast_launch(env: Env) -> None:
@@ -681,11 +681,11 @@ def main() -> int:
     print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, numba-cuda "
           f"{nc_version}, torch {torch.__version__}, numbanorm {numbanorm.__version__}")
     if args.sim:
-        from numbanorm.cuda import _kernels  # tiny blocks, so tiny inputs span several blocks
+        from numbanorm.cuda import plan  # tiny blocks, so tiny inputs span several blocks
 
-        _kernels.MIN_THREADS, _kernels.MAX_THREADS, _kernels.LN_REGS = 2, 8, 2
-        _kernels.BN_THREADS, _kernels.BN_TX, _kernels.BN_TY = 4, 2, 2
-        _kernels.BN_TARGET_BLOCKS, _kernels.BN_MIN_PER_BLOCK = 6, 8
+        plan.MIN_THREADS, plan.MAX_THREADS, plan.LN_REGS = 2, 8, 2
+        plan.BN_THREADS, plan.BN_TX, plan.BN_TY = 4, 2, 2
+        plan.BN_TARGET_BLOCKS, plan.BN_MIN_PER_BLOCK = 6, 8
     check_correctness(env, args.sim)
     check_backward(env, args.sim)
     check_family(env, args.sim)

@@ -56,23 +56,28 @@ class FakeDev:
 
 
 def _install_fakes(record):
-    from numbanorm.cuda import _arrays, _backward, _family, _functional
+    import numbanorm.cuda  # noqa: F401 - every module of the backend, so that all are patched below
+    from numbanorm.cuda import arrays, launch
 
-    _arrays._numba_empty = lambda shape, dtype: FakeDev(shape, dtype)
+    arrays._numba_empty = lambda shape, dtype: FakeDev(shape, dtype)
 
     def permuted(buf, axes):
         return FakeDev(tuple(buf.shape[k] for k in axes), buf.dtype, tuple(buf.strides[k] for k in axes), buf.ptr)
 
-    _arrays._numba_permuted = permuted
-    _arrays.from_host = lambda like, values: _arrays.wrap(FakeDev(values.shape, values.dtype), "stats")
-    for mod in (_functional, _backward, _family):
-        mod.stream_for = lambda x: 0
-        mod.launch = record
+    arrays._numba_permuted = permuted
+    arrays.from_host = lambda like, values: arrays.wrap(FakeDev(values.shape, values.dtype), "stats")
+    real_launch, real_stream_for = launch.launch, launch.stream_for
+    for name, mod in list(sys.modules.items()):  # every module that imported launch / stream_for
+        if name.startswith("numbanorm.cuda."):
+            if getattr(mod, "launch", None) is real_launch:
+                mod.launch = record
+            if getattr(mod, "stream_for", None) is real_stream_for:
+                mod.stream_for = lambda x: 0
 
 
 def dev(shape, dtype, channels_last_of=None):
     """A fake device array; bfloat16 as the DevArray a torch bf16 tensor becomes."""
-    from numbanorm.cuda import _arrays
+    from numbanorm.cuda import arrays
 
     if channels_last_of is not None:  # NCHW logical shape stored NHWC (torch's channels_last)
         n, c, *rest = shape
@@ -81,7 +86,7 @@ def dev(shape, dtype, channels_last_of=None):
         obj = FakeDev(shape, dtype, tuple(mem.strides[k] for k in order), mem.ptr)
     else:
         obj = FakeDev(shape, dtype)
-    d = _arrays.wrap(obj, "x")
+    d = arrays.wrap(obj, "x")
     if dtype == "bfloat16":
         d.dtype = "bfloat16"
     return d
@@ -139,7 +144,7 @@ def main() -> int:
     from numba import cuda, types
     from numba.np.numpy_support import from_dtype
 
-    from numbanorm.cuda._arrays import Flat
+    from numbanorm.cuda.arrays import Flat
 
     compiled: dict = {}
     failures: list[str] = []

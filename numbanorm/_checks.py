@@ -259,7 +259,7 @@ def check_group_layout(x, channel_axis: object, num_groups: object) -> tuple[int
 # --------------------------------------------------------------------------------------------
 # The argument checks of each op, in one order with one set of messages for both backends.
 # ``chk`` says how one array argument is checked: ``HOST`` below for NumPy arrays, and
-# ``numbanorm.cuda._functional.DEVICE`` on device-array metadata (no copy to the host). ``x``
+# ``numbanorm.cuda.checks.DEVICE`` on device-array metadata (no copy to the host). ``x``
 # is already converted by the caller (an ndarray, or the CUDA backend's DevArray).
 # --------------------------------------------------------------------------------------------
 class HostArgs:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nb
-from numbanorm import _device
+from numbanorm import _backend
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
@@ -61,7 +61,7 @@ class FakeCudaArray:
 
 
 def test_missing_numba_cuda_gives_clear_error(monkeypatch):
-    monkeypatch.setattr(_device, "_BACKEND", [])
+    monkeypatch.setattr(_backend, "_DEVICE", [])
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(TypeError, match=r"numba-cuda is not installed.*numbanorm\[cuda\]"):
         nb.layer_norm(FakeCudaArray(), 3)
@@ -78,7 +78,7 @@ def test_host_layer_refuses_a_device_input():
 
 
 def test_layer_to_cuda_without_numba_cuda_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(_device, "_BACKEND", [])
+    monkeypatch.setattr(_backend, "_DEVICE", [])
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     layer = nb.BatchNorm(3)
     with pytest.raises(TypeError, match=r"numba-cuda is not installed"):
@@ -117,9 +117,9 @@ def hw():
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         pytest.skip("hardware-side code paths; this process runs the simulator")
     import numbanorm.cuda as backend
-    from numbanorm.cuda import _arrays
+    from numbanorm.cuda import arrays
 
-    return backend, _arrays
+    return backend, arrays
 
 
 def test_foreign_arrays_are_read_without_copy(hw):
@@ -127,9 +127,10 @@ def test_foreign_arrays_are_read_without_copy(hw):
     d = arrays.wrap(CAI((2, 3, 4), strides=(48, 4, 12)), "x")  # (2, 3, 4) stored as (2, 4, 3)
     assert (d.kind, d.dtype, d.itemsize, d.size) == ("cai", "float32", 4, 24)
     assert d.memory_order(1) == "moved" and d.memory_order(2) is None
-    assert arrays.canonical_dims(d, 1, "moved") == (8, 3, 1)
+    assert arrays.channel_view(d, 1) == (d, "moved", (8, 3, 1))  # read as stored: no copy
     assert arrays.wrap(CAI((2, 3)), "x").memory_order(0) == "c"
-    assert arrays.canonical_dims(arrays.wrap(CAI((2, 3, 5)), "x"), 1, "c") == (2, 3, 5)
+    c = arrays.wrap(CAI((2, 3, 5)), "x")
+    assert arrays.channel_view(c, 1) == (c, "c", (2, 3, 5))
     assert arrays.wrap(CAI((2, 3)), "x").extent() == (1 << 20, (1 << 20) + 24)
     f = arrays.flat(arrays.wrap(CAI((2, 3), "<f8"), "x"))
     assert (f.ptr, f.n, f.itemsize, f.dtype) == (1 << 20, 6, 8, np.dtype(np.float64))
@@ -166,8 +167,8 @@ def test_fast_launch_packs_arguments_as_numba_does(hw):
     from numba.cuda.args import ArgHint
     from numba.cuda.dispatcher import _Kernel
 
-    from numbanorm.cuda import _launch
-    from numbanorm.cuda._arrays import Flat
+    from numbanorm.cuda import launch
+    from numbanorm.cuda.arrays import Flat
 
     class Given(ArgHint):  # hands _prepare_args our fake device array as is
         def to_device(self, retr, stream=0):
@@ -190,7 +191,7 @@ def test_fast_launch_packs_arguments_as_numba_does(hw):
     def plain(v):
         return (type(v).__name__, v.value) if hasattr(v, "value") else ("int", int(v))
 
-    got = _launch.pack_args(args, Flat)
+    got = launch.pack_args(args, Flat)
     assert len(expected) == 7 + 1 + 1 + 7
     assert [plain(v) for v in got] == [plain(v) for v in expected]
 
@@ -201,7 +202,7 @@ def test_gpu_call_without_gpu_is_a_clear_error(hw, monkeypatch):
 
     if cuda.is_available():
         pytest.skip("a GPU is present")
-    monkeypatch.setattr(_device, "_BACKEND", [])
+    monkeypatch.setattr(_backend, "_DEVICE", [])
     with pytest.raises(RuntimeError, match="no usable GPU"):
         nb.layer_norm(CAI((2, 3)), 3)
 
@@ -212,7 +213,7 @@ def test_row_stack_shim_on_numpy_without_row_stack():
     shim imports that module with a temporary alias and leaves NumPy's namespace as it was."""
     code = ("import sys, numpy as np\n"
             "if hasattr(np, 'row_stack'): del np.row_stack  # emulate NumPy 2.5 on older NumPy\n"
-            "from numbanorm.cuda._compat import patch_row_stack\n"
+            "from numbanorm.cuda.compat import patch_row_stack\n"
             "patch_row_stack()\n"
             "assert 'numba.cuda.np.arrayobj' in sys.modules and not hasattr(np, 'row_stack')\n")
     proc = _run(["-c", code])

@@ -1,38 +1,32 @@
 """The numba.cuda backend: the public ops on GPU arrays (numba device arrays, CuPy, torch).
 
-Imported lazily by ``numbanorm._device.backend()`` when a CUDA array arrives; importing
-numbanorm itself never imports numba.cuda. Layout:
+Imported lazily by ``numbanorm._backend.device_backend()`` when a CUDA array arrives; importing
+numbanorm itself never imports numba.cuda. Each op module is the peer of the CPU's module of
+the same name:
 
-* ``_kernels.py``: the kernels (built per dtype by cached factories) and reductions;
-* ``_arrays.py``: array interop, zero-copy flat views, allocation of the caller's kind;
-* ``_launch.py``: stream selection and the cache of configured launches;
-* ``_functional.py``: argument checks (shared with the CPU path) and the host-side drivers.
+* ``layer_norm.py``, ``batch_norm.py``, ``family.py`` (RMSNorm, add+LN, GroupNorm,
+  InstanceNorm), ``backward.py`` (+ ``backward_kernels.py``): each op's kernels and driver;
+* ``moments.py``: block reductions, the one Chan merge, the partial-moment kernels;
+* ``loads.py``: element loads and stores (bfloat16 bits, 16-byte vectors); ``plan.py``: block
+  and grid sizes;
+* ``arrays.py``: array interop, canonical views, allocation of the caller's kind;
+  ``checks.py``: the shared check sequences on device metadata; ``launch.py``: streams and
+  configured launches; ``params.py``: layer state on the device;
+* ``compat.py``: the one module that imports numba-cuda.
 
-* ``_kernels_backward.py`` / ``_backward.py``: the backward kernels and their drivers;
-* ``_params.py``: layer parameters and buffers as numba device arrays (``Layer.to("cuda")``);
-* ``_kernels_family.py`` / ``_family.py``: RMSNorm, residual-add LayerNorm (the LN row kernel's
-  other modes), GroupNorm and InstanceNorm (the BN kernels batched over samples).
+The package's attributes ``layer_norm`` and ``batch_norm`` are the entry points (functions), which
+shadow the submodules of the same names: reach those with
+``importlib.import_module("numbanorm.cuda.layer_norm")`` (``sys.modules``), not attribute access.
 """
 
 from __future__ import annotations
 
-import numba
-from numba import cuda
-
-from ._compat import patch_row_stack
-
-if not numba.config.ENABLE_CUDASIM:  # pragma: no cover - hardware only
-    patch_row_stack()
-
-from ._backward import (  # noqa: E402
-    batch_norm_backward,
-    group_norm_backward,
-    layer_norm_backward,
-    rms_norm_backward,
-)
-from ._family import add_layer_norm, group_norm, instance_norm, rms_norm  # noqa: E402
-from ._functional import batch_norm, layer_norm  # noqa: E402
-from ._params import clone, dtype_name, to_device, to_host, write  # noqa: E402
+from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
+from .batch_norm import batch_norm
+from .compat import cuda
+from .family import add_layer_norm, group_norm, instance_norm, rms_norm
+from .layer_norm import layer_norm
+from .params import clone, dtype_name, to_device, to_host, write
 
 __all__ = ["batch_norm", "layer_norm", "batch_norm_backward", "layer_norm_backward", "rms_norm_backward",
            "group_norm_backward", "rms_norm", "group_norm",

@@ -14,6 +14,8 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported", allow_module_level=True)
 
+import importlib  # noqa: E402
+
 import numpy as np  # noqa: E402
 from conftest import poisoned_like  # noqa: E402
 from numba import cuda  # noqa: E402
@@ -31,7 +33,10 @@ from simtools import (  # noqa: E402, F401
 )
 
 import numbanorm as nb  # noqa: E402
-from numbanorm.cuda import _kernels  # noqa: E402
+from numbanorm.cuda import loads, plan  # noqa: E402
+
+# the module (``numbanorm.cuda.layer_norm`` as an attribute is the backend's entry point)
+ln_module = importlib.import_module("numbanorm.cuda.layer_norm")
 
 DT = [np.float32, np.float64]
 
@@ -83,14 +88,14 @@ def test_wide_loads_where_the_row_allows(rng, monkeypatch, D, mode):
     from family_reference import rms_norm_ref
 
     used = []
-    real = _kernels.layer_norm_kernel
-    monkeypatch.setattr(_kernels, "layer_norm_kernel", lambda *a: used.append(a[-1]) or real(*a))
+    real = ln_module.layer_norm_kernel
+    monkeypatch.setattr(ln_module, "layer_norm_kernel", lambda *a: used.append(a[-1]) or real(*a))
     x = (rng.standard_normal((3, D)) * 3 + 1e3).astype(np.float32)
     w, b = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
     buf = np.empty(3 * D + 1, np.float32)
     shifted = buf[1:].reshape(3, D)  # 4 bytes past a 16-byte boundary (numpy aligns buffers to 16+)
     shifted[...] = x
-    for dx, vec in ((dev(x), _kernels.LN_VEC), (cuda.to_device(buf)[1:].reshape(3, D), 1)):
+    for dx, vec in ((dev(x), plan.LN_VEC), (cuda.to_device(buf)[1:].reshape(3, D), 1)):
         out = dev(poisoned_like(x))
         if mode == "ln":
             y = nb.layer_norm(dx, D, dev(w), dev(b), out=out)
@@ -134,8 +139,8 @@ def test_bfloat16_rounding_matches_torch(rng):
     def roundtrip(src, dst_bits, dst):
         i = cuda.grid(1)
         if i < src.shape[0]:
-            _kernels.st_bf16(dst_bits, i, src[i])
-            dst[i] = _kernels.ld_bf16(dst_bits, i)
+            loads.st_bf16(dst_bits, i, src[i])
+            dst[i] = loads.ld_bf16(dst_bits, i)
 
     roundtrip[4, 32](dev(v), bits, back)
     expect = to_bf16_bits(v)
@@ -203,7 +208,10 @@ def test_batch_norm_out_in_place_and_stats_without_running(rng):
     ref_y, ref_m, ref_s, _, _ = batch_norm_ref(x, training=True)
     out = dev(poisoned_like(x))
     y, m, s = nb.batch_norm(dev(x), training=True, out=out, return_stats=True)
-    assert y is out and rel_l2(host(out), ref_y) < 1e-5 and rel_l2(host(m), ref_m) < 1e-6
+    assert y is out and rel_l2(host(out), ref_y) < 1e-5
+    # The channel means of N(0, 1) data are near 0, so their float32 error is judged on the data's
+    # scale (1), not relative to themselves (NUMBANORM_TEST_SEED=649581584 gave 1.2e-6 relative).
+    assert np.max(np.abs(host(m) - ref_m)) < 1e-6
     dx = dev(x)
     nb.batch_norm(dx, training=True, out=dx)
     assert rel_l2(host(dx), ref_y) < 1e-5
@@ -293,3 +301,21 @@ def test_zero_channels():
     assert host(y).shape == x.shape and host(m).shape == (0,)
     y = nb.batch_norm(dev(x), dev(np.zeros(0, np.float32)), dev(np.ones(0, np.float32)))
     assert host(y).shape == x.shape
+
+
+def test_every_kernel_factory_is_cached():
+    """A kernel factory builds a new ``cuda.jit`` kernel per call, which compiles again: each must
+    be ``functools.cache``d so a shape's second call reuses the compiled kernel."""
+    import inspect
+    import pkgutil
+
+    import numbanorm.cuda as package
+
+    factories = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"numbanorm.cuda.{info.name}")
+        for name, fn in vars(module).items():
+            if name.endswith("_kernel") and callable(fn) and inspect.unwrap(fn).__module__ == module.__name__:
+                factories.append(name)
+                assert hasattr(fn, "cache_info"), f"{module.__name__}.{name} is not functools.cache'd"
+    assert len(factories) >= 17, factories

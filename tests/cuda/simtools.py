@@ -13,7 +13,7 @@ import pytest
 from numba import cuda
 from reference import rel_l2
 
-from numbanorm.cuda import _arrays, _backward, _kernels
+from numbanorm.cuda import arrays, plan
 
 torch = pytest.importorskip("torch")  # bfloat16 rounding reference (CPU torch)
 
@@ -24,7 +24,7 @@ def small_blocks(monkeypatch):
     slots and the re-read tail in LN, several partials per BN channel, partial column tiles)."""
     for name, value in dict(MIN_THREADS=2, MAX_THREADS=8, LN_REGS=2, BN_THREADS=4, BN_TX=2, BN_TY=2,
                             BN_TARGET_BLOCKS=6, BN_MIN_PER_BLOCK=8).items():
-        monkeypatch.setattr(_kernels, name, value)
+        monkeypatch.setattr(plan, name, value)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def few_ln_blocks(monkeypatch):
     """Fewer LN backward blocks than rows: each block walks several rows and its partials add up;
     tiny register budgets, so rows use the cached, the register-accumulated and the global paths."""
     for name, value in dict(LN_BWD_BLOCKS=2, LN_BWD_REGS=1, LN_BWD_WREGS=2, LN_BWD_MAX_THREADS=8).items():
-        monkeypatch.setattr(_backward, name, value)
+        monkeypatch.setattr(plan, name, value)
 
 
 # ---------------------------------------------------------------------------------- arrays
@@ -57,9 +57,9 @@ def dev(a: np.ndarray):
     return cuda.to_device(np.ascontiguousarray(a))
 
 
-def bf16_dev(a: np.ndarray) -> _arrays.DevArray:
+def bf16_dev(a: np.ndarray) -> arrays.DevArray:
     """A bfloat16 GPU array as a torch bf16 tensor reaches the kernels: int16 bits."""
-    d = _arrays.wrap(dev(to_bf16_bits(a)), "x")
+    d = arrays.wrap(dev(to_bf16_bits(a)), "x")
     d.dtype = "bfloat16"
     return d
 

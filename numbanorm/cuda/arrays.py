@@ -17,12 +17,21 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 import numpy as np
-from numba import cuda
 
-from .._layout import split_shape
-from ._kernels import SIM
+from .. import _layout
+from .compat import SIM, cuda
+
+if SIM:
+    from .compat import FakeCUDAArray
+else:  # pragma: no cover - hardware only
+    from .compat import devicearray, driver
+
+#: Any CUDA array the backend accepts: a numba device array, a CuPy array, a torch CUDA tensor or
+#: another ``__cuda_array_interface__`` object (the public entry points take and return these).
+GpuArray = Any
 
 #: dtypes the CUDA kernels read and write (bfloat16 only through torch tensors).
 DEVICE_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -55,11 +64,8 @@ class DevArray:
 
     def memory_order(self, axis: int) -> str | None:
         """"c" for C-contiguous, "moved" when moving ``axis`` last is C-contiguous (an NCHW
-        array stored channels-last), else None."""
-        if _dense(self.shape, self.strides, self.itemsize):
-            return "c"
-        moved = _moveaxis(self.shape, axis), _moveaxis(self.strides, axis)
-        return "moved" if _dense(*moved, self.itemsize) else None
+        array stored channels-last), else None (``_layout.memory_order``)."""
+        return _layout.memory_order(self.shape, self.strides, self.itemsize, axis)
 
     def extent(self) -> tuple[int, int]:
         lo = hi = self.ptr
@@ -69,19 +75,6 @@ class DevArray:
             lo += min(0, s * (n - 1))
             hi += max(0, s * (n - 1))
         return lo, hi + self.itemsize
-
-
-def _moveaxis(t, axis):
-    return t[:axis] + t[axis + 1 :] + (t[axis],)
-
-
-def _dense(shape, strides, itemsize) -> bool:
-    expected = itemsize
-    for n, s in zip(reversed(shape), reversed(strides), strict=True):
-        if n != 1 and s != expected:
-            return False
-        expected *= n
-    return True
 
 
 def _c_strides(shape, itemsize):
@@ -156,15 +149,10 @@ if SIM:
         return _FakeFlat(view)
 
     def _FakeFlat(a):
-        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
         return FakeCUDAArray(a)
 
 else:  # pragma: no cover - hardware only
     from typing import NamedTuple
-
-    from numba.cuda.cudadrv import devicearray as _devicearray
-    from numba.cuda.cudadrv import driver as _driver
 
     _CTX = []
 
@@ -191,9 +179,9 @@ else:  # pragma: no cover - hardware only
     def to_numba(f: Flat):
         """A flat DeviceNDArray over the pointer, built without the interface protocol (no dict
         parsing, no stream object, no synchronization)."""
-        data = _driver.MemoryPointer(_context(), _driver.binding.CUdeviceptr(f.ptr), size=f.n * f.itemsize,
+        data = driver.MemoryPointer(_context(), driver.binding.CUdeviceptr(f.ptr), size=f.n * f.itemsize,
                                      owner=f.owner)
-        return _devicearray.DeviceNDArray(shape=(f.n,), strides=(f.itemsize,), dtype=f.dtype, gpu_data=data)
+        return devicearray.DeviceNDArray(shape=(f.n,), strides=(f.itemsize,), dtype=f.dtype, gpu_data=data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +245,13 @@ def scratch(like: DevArray, n: int, dtype: str, slot: int) -> DevArray:
     torch and CuPy inputs take it from their caching allocators. numba's ``device_array`` is a
     bare cudaMalloc, and freeing it synchronizes the device, so numba and foreign inputs (always
     launched on the default stream, so stream-ordered reuse is safe) reuse one grow-only buffer
-    per slot."""
+    per slot.
+
+    Slots (one buffer each, so arrays live at once never share one): 0-2 the normalize
+    coefficients (BatchNorm, GroupNorm), 3-5 the partial moments / partial sums, 6-7 the LN
+    backward's grad_weight partial rows, 8-11 the backward's grad_x coefficients, 12-13 GroupNorm's
+    per-(n, c) moments (forward) or grad_weight parts (backward), 14-15 the row stats the caller
+    does not get back (RMSNorm, add+LN)."""
     if like.kind in ("torch", "cupy") or SIM:
         return empty(like, (n,), dtype)
     cache = _SCRATCH.__dict__.setdefault("buffers", {})  # pragma: no cover - hardware only
@@ -339,12 +333,65 @@ def _numba_permuted(buf, axes):
     # pragma: no cover - hardware only: a permuted view over the same allocation
     strides = tuple(buf.strides[k] for k in axes)
     shape = tuple(buf.shape[k] for k in axes)
-    return _devicearray.DeviceNDArray(shape=shape, strides=strides, dtype=buf.dtype, gpu_data=buf.gpu_data)
+    return devicearray.DeviceNDArray(shape=shape, strides=strides, dtype=buf.dtype, gpu_data=buf.gpu_data)
 
 
-def canonical_dims(dev: DevArray, axis: int, order: str) -> tuple[int, int, int]:
-    """(outer, C, inner) of a dense array whose memory order is ``order`` ("c" or "moved")."""
-    if order == "c":
-        return split_shape(dev.shape, axis)
-    c = dev.shape[axis]
-    return (dev.size // c if c else 0), c, 1
+def flat_or(p: DevArray | None, placeholder):
+    """The kernel argument for an optional array. numba-cuda cannot pass None to a kernel, so an
+    absent one is compiled out of the kernel and ``placeholder`` (any flat array) fills its slot."""
+    return placeholder if p is None else flat(p)
+
+
+# --------------------------------------------------------------------------------------------
+# The canonical view of a device array (decided by ``numbanorm._layout``), and where an op's
+# result goes
+# --------------------------------------------------------------------------------------------
+def dense(dev: DevArray, name: str) -> DevArray:
+    """``dev`` itself when it is C-contiguous, else a C-contiguous copy (rows, parameters)."""
+    return dev if dev.memory_order(0) == "c" else contiguous(dev, name)
+
+
+def channel_view(dx: DevArray, axis: int) -> tuple[DevArray, str, tuple[int, int, int]]:
+    """(x to read, its memory order, its ``(outer, C, inner)`` view): x as stored when it is
+    C-contiguous or channels-last about ``axis``, else a C-contiguous copy."""
+    order = dx.memory_order(axis)
+    src = dx if order is not None else contiguous(dx, "x")
+    order = order or "c"
+    return src, order, _layout.canonical_shape(src.shape, axis, order)
+
+
+def paired_view(dx: DevArray, dg: DevArray, axis: int) -> tuple[DevArray, DevArray, str, tuple[int, int, int]]:
+    """(x, grad_out, memory order, view) laid out alike, so both are read with the same indices:
+    as stored when they agree (C-contiguous or channels-last), else both C-contiguous (one copy
+    each at most)."""
+    src, order, _ = channel_view(dx, axis)
+    gsrc = dg
+    if dg.memory_order(axis) != order or (order == "moved" and dg.strides != src.strides):
+        src = src if order == "c" else contiguous(src, "x")
+        gsrc = dense(dg, "grad_out")
+        order = "c"
+    return src, gsrc, order, _layout.canonical_shape(src.shape, axis, order)
+
+
+class Output:
+    """Where the kernels write an op's result, and the one way it reaches the caller (the CUDA
+    twin of ``_layout.Output``).
+
+    ``target`` is ``out`` itself when its memory layout is the source's (``order`` "c", or
+    "moved" about ``axis`` with the source's strides), else a new array of the source's layout;
+    ``finish()`` copies that into ``out`` (when there is one) and returns the caller's array.
+    """
+
+    __slots__ = ("result", "target")
+
+    def __init__(self, dout: DevArray | None, src: DevArray, axis: int = 0, order: str = "c") -> None:
+        if dout is not None and dout.memory_order(axis) == order and (order == "c" or dout.strides == src.strides):
+            self.result = self.target = dout
+        else:
+            self.target = empty_like(src)
+            self.result = dout if dout is not None else self.target
+
+    def finish(self) -> GpuArray:
+        if self.result is not self.target:
+            copy_into(self.result, self.target)
+        return self.result.obj

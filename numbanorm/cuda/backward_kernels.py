@@ -1,6 +1,7 @@
-"""numba.cuda backward kernels: LayerNorm (rows) and BatchNorm (per-channel sums + elementwise).
+"""The backward kernels: LayerNorm / RMSNorm (rows), BatchNorm and GroupNorm (per-channel sums +
+elementwise). Their drivers are ``backward.py`` (split from it to keep both modules short).
 
-Same conventions as ``_kernels.py`` (flat arrays, ``acc``/``xio``/``pio`` factories, shared-memory
+Same conventions as the forward kernels (flat arrays, ``acc``/``xio``/``pio`` factories, shared-memory
 reductions under the simulator, shuffles on hardware). ``sio`` is how the saved statistics are
 stored ("f" native float, "b" bfloat16 bits).
 
@@ -13,7 +14,7 @@ registers between the row reduction and the write), and each thread keeps its co
 Σdy for grad_weight/grad_bias in registers across the rows it visits. Every block then writes one
 row of float64 partials, and ``ln_param_reduce_kernel`` sums them per column (no atomics).
 
-BatchNorm (``_engine_backward.py`` has the algebra): per-block partial Σdy and Σdy·(x - hi)
+BatchNorm (the CPU's backward has the algebra): per-block partial Σdy and Σdy·(x - hi)
 (``hi`` = the mean rounded to the accumulation type; the float64 finalize adds the ``-lo·Σdy``
 correction), one thread per channel merges them in float64 and writes grad_weight/grad_bias and
 the grad_x coefficients, then one elementwise pass ``grad_x = p·dy - q·(x - hi) + r``.
@@ -24,22 +25,19 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import cuda
 
-from ._kernels import (
+from .compat import cuda, jit_device
+from .loads import loader, np_float, numba_float, storer
+from .moments import (
     SHARED_SLOTS,
-    _channel_span,
-    _jit_device,
-    _loader,
-    _np_float,
-    _numba_float,
-    _partial_slot,
-    _reduce2_columns,
-    _run_start,
-    _run_step,
-    _storer,
-    _sum2,
+    channel_span,
+    group_channels,
+    partial_slot,
     reduce2,
+    reduce2_columns,
+    run_start,
+    run_step,
+    sum2,
 )
 
 
@@ -60,8 +58,8 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
     that add into the block's partial row in global memory). Both loops over register slots have
     compile-time bounds, so the local arrays live in registers (benchmarks/ptx_check.py reports
     registers, spills and stack per kernel)."""
-    ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(acc, sio)
-    A, nbt = _np_float(acc), _numba_float(acc)
+    ld_x, st_x, ld_p, ld_s = loader(acc, xio), storer(xio), loader(acc, pio), loader(acc, sio)
+    A, nbt = np_float(acc), numba_float(acc)
     slots = SHARED_SLOTS
 
     @cuda.jit
@@ -149,14 +147,14 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
 @functools.cache
 def ln_param_reduce_kernel(pio: str):
     """grad_weight[j] = Σ_p part_w[p, j], grad_bias likewise; one thread per column (coalesced)."""
-    st_p = _storer(pio)
+    st_p = storer(pio)
 
     @cuda.jit
     def kernel(part_w, part_b, P, D, gw, gb):
         j = cuda.grid(1)
         if j >= D:
             return
-        sw, sb = _sum2(part_w, part_b, j, D, P)
+        sw, sb = sum2(part_w, part_b, j, D, P)
         st_p(gw, j, sw)
         st_p(gb, j, sb)
 
@@ -166,7 +164,7 @@ def ln_param_reduce_kernel(pio: str):
 # --------------------------------------------------------------------------------------------
 # BatchNorm
 # --------------------------------------------------------------------------------------------
-@_jit_device
+@jit_device
 def _dy_sums(g, x, gx, k, hi, sc, s1, s2, ld_x, st_x, write_gx):
     """(s1, s2) plus dy and dy·(x - hi) of element ``k``; with ``write_gx`` also ``gx = dy·sc``."""
     d = ld_x(g, k)
@@ -177,17 +175,17 @@ def _dy_sums(g, x, gx, k, hi, sc, s1, s2, ld_x, st_x, write_gx):
     return s1, s2
 
 
-@_jit_device
+@jit_device
 def _write_sums(part_dy, part_dyx, k, s1, s2):
     part_dy[k] = np.float64(s1)
     part_dyx[k] = np.float64(s2)
 
 
-@_jit_device
+@jit_device
 def _grad_sums(part_dy, part_dyx, k, P, lo):
     """Σdy and Σdy·(x - mean) of channel slot ``k`` from its P partials, in float64. The partials
     are centred on ``hi = mean - lo``: Σdy·(x - mean) = Σdy·(x - hi) - lo·Σdy."""
-    s_dy, s2 = _sum2(part_dy, part_dyx, k * P, 1, P)
+    s_dy, s2 = sum2(part_dy, part_dyx, k * P, 1, P)
     return s_dy, s2 - lo * s_dy
 
 
@@ -198,8 +196,8 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
     (eval backward with a weight) also ``gx = dy·γ·invstd`` on the way. ``N = gridDim.z``
     samples (GroupNorm; BatchNorm: 1) whose channel ``c`` uses ``mean[(n*C + c) // cpg]``
     (GroupNorm: the (n, g) mean of its group; BatchNorm: cpg = 1)."""
-    ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(64, sio)
-    A, nbt = _np_float(acc), _numba_float(acc)
+    ld_x, st_x, ld_p, ld_s = loader(acc, xio), storer(xio), loader(acc, pio), loader(64, sio)
+    A, nbt = np_float(acc), numba_float(acc)
     slots = SHARED_SLOTS
 
     @cuda.jit
@@ -210,7 +208,7 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
         T = cuda.blockDim.x
         c = cuda.blockIdx.x
         nc = cuda.blockIdx.z * C + c
-        xb, j0, j1 = _channel_span(x.shape[0], C, P)
+        xb, j0, j1 = channel_span(x.shape[0], C, P)
         hi = A(ld_s(mean, nc // cpg))
         sc = A(0.0)
         if write_gx:
@@ -218,14 +216,14 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
         s1 = A(0.0)
         s2 = A(0.0)
         j = j0 + tid
-        o, i = _run_start(j, inner)
+        o, i = run_start(j, inner)
         while j < j1:
             s1, s2 = _dy_sums(g, x, gx, xb + (o * C + c) * inner + i, hi, sc, s1, s2, ld_x, st_x, write_gx)
             j += T
-            o, i = _run_step(o, i, T, inner)
+            o, i = run_step(o, i, T, inner)
         s1, s2 = reduce2(s1, s2, sh_a, sh_b, tid, T)
         if tid == 0:
-            _write_sums(part_dy, part_dyx, _partial_slot(c, C, P), s1, s2)
+            _write_sums(part_dy, part_dyx, partial_slot(c, C, P), s1, s2)
 
     return kernel
 
@@ -234,8 +232,8 @@ def bn_grad_partials_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bo
 def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx: bool, TX: int, TY: int):
     """Channels-last (rows, C): grid (ceil(C/TX), P, N), blocks (TX, TY), as ``bn_partials_cl_kernel``;
     samples and ``cpg`` as in ``bn_grad_partials_kernel``."""
-    ld_x, st_x, ld_p, ld_s = _loader(acc, xio), _storer(xio), _loader(acc, pio), _loader(64, sio)
-    A, nbt = _np_float(acc), _numba_float(acc)
+    ld_x, st_x, ld_p, ld_s = loader(acc, xio), storer(xio), loader(acc, pio), loader(64, sio)
+    A, nbt = np_float(acc), numba_float(acc)
     slots = TX * TY
 
     @cuda.jit
@@ -246,7 +244,7 @@ def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx:
         ty = cuda.threadIdx.y
         c = cuda.blockIdx.x * TX + tx
         nc = cuda.blockIdx.z * C + c
-        xb, r0, r1 = _channel_span(x.shape[0], C, P)  # rows of the sample
+        xb, r0, r1 = channel_span(x.shape[0], C, P)  # rows of the sample
         s1 = A(0.0)
         s2 = A(0.0)
         if c < C:
@@ -258,9 +256,9 @@ def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx:
             while r < r1:
                 s1, s2 = _dy_sums(g, x, gx, xb + r * C + c, hi, sc, s1, s2, ld_x, st_x, write_gx)
                 r += TY
-        s1, s2 = _reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
+        s1, s2 = reduce2_columns(s1, s2, sh_a, sh_b, tx, ty, TX, TY)
         if ty == 0 and c < C:
-            _write_sums(part_dy, part_dyx, _partial_slot(c, C, P), s1, s2)
+            _write_sums(part_dy, part_dyx, partial_slot(c, C, P), s1, s2)
 
     return kernel
 
@@ -269,8 +267,8 @@ def bn_grad_partials_cl_kernel(acc: int, xio: str, pio: str, sio: str, write_gx:
 def bn_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool, training: bool):
     """One thread per channel: sum the P partials in float64, write grad_weight/grad_bias (with
     ``has_w``) and the grad_x coefficients ``(p, hi, q, r)`` (q = r = 0 outside training)."""
-    ld_p, st_p, ld_s = _loader(64, pio), _storer(pio), _loader(64, sio)
-    A = _np_float(acc)
+    ld_p, st_p, ld_s = loader(64, pio), storer(pio), loader(64, sio)
+    A = np_float(acc)
 
     @cuda.jit
     def kernel(part_dy, part_dyx, P, mean, invstd, w, count, gw, gb, cp, chi, cq, cr):
@@ -305,8 +303,8 @@ def bn_grad_input_kernel(acc: int, xio: str, has_x: bool):
     """(outer, C, inner > 1): ``gx = p[k]·dy - q[k]·(x - hi[k]) + r[k]`` (without ``has_x``:
     ``p[k]·dy``, x unread), ``k = n*C + c`` as in ``bn_normalize_kernel`` (BatchNorm: OC =
     outer*C, k = c); its grid too."""
-    ld_x, st_x = _loader(acc, xio), _storer(xio)
-    A = _np_float(acc)
+    ld_x, st_x = loader(acc, xio), storer(xio)
+    A = np_float(acc)
 
     @cuda.jit
     def kernel(g, x, C, inner, OC, cp, chi, cq, cr, gx):
@@ -333,8 +331,8 @@ def bn_grad_input_kernel(acc: int, xio: str, has_x: bool):
 def bn_grad_input_cl_kernel(acc: int, xio: str, has_x: bool, TX: int, TY: int):
     """Channels-last variant of ``bn_grad_input_kernel`` (the grid of ``bn_normalize_cl_kernel``;
     row r belongs to sample ``r // S``, BatchNorm: S = rows)."""
-    ld_x, st_x = _loader(acc, xio), _storer(xio)
-    A = _np_float(acc)
+    ld_x, st_x = loader(acc, xio), storer(xio)
+    A = np_float(acc)
 
     @cuda.jit
     def kernel(g, x, C, S, cp, chi, cq, cr, gx):
@@ -359,5 +357,60 @@ def bn_grad_input_cl_kernel(acc: int, xio: str, has_x: bool, TX: int, TY: int):
                 v += r - (ld_x(x, k) - h) * q
             st_x(gx, k, v)
             row += step
+
+    return kernel
+
+
+# --------------------------------------------------------------------------------------------
+# GroupNorm
+# --------------------------------------------------------------------------------------------
+@jit_device
+def _weight_or_one(w, c, ld_p, has_w):
+    """γ of channel ``c``, or 1 without a weight (float64)."""
+    wc = 1.0
+    if has_w:
+        wc = ld_p(w, c)
+    return wc
+
+
+@functools.cache
+def group_grad_finalize_kernel(acc: int, pio: str, sio: str, has_w: bool):
+    """GroupNorm backward, one thread per (n, g), after ``bn_grad_partials_kernel`` batched over
+    samples: sum each channel's P partials (Σdy, Σdy·(x - hi)) in float64, write its grad_weight /
+    grad_bias contributions ``pw``/``pb`` (per (n, c); ``ln_param_reduce_kernel`` sums them over
+    n) and the coefficients of ``grad_x = p·dy - q·(x - hi) + r``. With g = dy·γ and M values per
+    group: grad_x = rstd·(g - Σg/M - x̂·Σ(g·x̂)/M), as the CPU's ``group_grad_coefficients``."""
+    ld_p, ld_s = loader(64, pio), loader(64, sio)
+    A = np_float(acc)
+
+    @cuda.jit
+    def kernel(part_dy, part_dyx, P, C, G, mean, rstd, w, count, pw, pb, cp, chi, cq, cr):
+        t = cuda.grid(1)
+        if t >= mean.shape[0]:
+            return
+        n, c0, c1 = group_channels(t, C, G)
+        m = ld_s(mean, t)
+        hi = np.float64(A(m))
+        lo = m - hi  # the partials are centred on hi: Σdy·(x - m) = Σdy·(x - hi) - lo·Σdy
+        s = ld_s(rstd, t)
+        a = 0.0  # Σ γ·dy over the group
+        b = 0.0  # Σ γ·dy·(x - mean) over the group
+        for c in range(c0, c1):
+            k = n * C + c
+            s_dy, s_dyx = _grad_sums(part_dy, part_dyx, k, P, lo)
+            pw[k] = s_dyx * s
+            pb[k] = s_dy
+            wc = _weight_or_one(w, c, ld_p, has_w)
+            a += wc * s_dy
+            b += wc * s_dyx
+        M = count * (c1 - c0)
+        q = s * s * s * b / M
+        r = -s * a / M + q * lo  # -q·(x - mean) = -q·(x - hi) + q·lo
+        for c in range(c0, c1):
+            k = n * C + c
+            cp[k] = s * _weight_or_one(w, c, ld_p, has_w)
+            chi[k] = hi
+            cq[k] = q
+            cr[k] = r
 
     return kernel

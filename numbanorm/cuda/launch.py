@@ -21,14 +21,11 @@ import ctypes
 import os
 import warnings
 
-from numba import cuda
+from .compat import SIM, NumbaPerformanceWarning, cuda
 
-from ._kernels import SIM
-
-try:
-    from numba.cuda.core.errors import NumbaPerformanceWarning
-except ImportError:  # pragma: no cover - older numba-cuda
-    from numba.core.errors import NumbaPerformanceWarning
+if not SIM:  # pragma: no cover - hardware only
+    from .arrays import Flat, to_numba
+    from .compat import core_launch
 
 _STREAMS: dict = {}
 _CONFIGURED: dict = {}
@@ -82,13 +79,11 @@ _CORE_CONFIGS: dict = {}
 
 
 def launch(kernel, grid: tuple, block: tuple, stream, *args) -> None:
-    """Launch ``kernel`` on ``args``: flat arrays (``_arrays.Flat`` on hardware, simulator
+    """Launch ``kernel`` on ``args``: flat arrays (``arrays.Flat`` on hardware, simulator
     arrays under the simulator), Python ints (int64) and floats (float64)."""
     if SIM:
         kernel[grid, block, stream](*args)
         return
-    from ._arrays import Flat, to_numba  # pragma: no cover - hardware only
-
     if FAST_LAUNCH[0]:  # pragma: no cover - hardware only
         key = (kernel, tuple(a.dtype if isinstance(a, Flat) else type(a) for a in args))
         compiled = _FAST.get(key)
@@ -120,15 +115,12 @@ def pack_args(args, Flat) -> list:
 
 
 def _fast_launch(compiled, grid, block, stream, args, Flat) -> None:  # pragma: no cover - hardware only
-    from cuda.core import LaunchConfig
-    from cuda.core import launch as core_launch
-    from numba.cuda.cudadrv import driver
-
+    LaunchConfig, core_launch_fn, to_core_stream = core_launch()
     kargs = pack_args(args, Flat)
     core_stream = _CORE_STREAMS.get(id(stream))
     if core_stream is None:
-        core_stream = _CORE_STREAMS[id(stream)] = driver._to_core_stream(stream)
+        core_stream = _CORE_STREAMS[id(stream)] = to_core_stream(stream)
     cfg = _CORE_CONFIGS.get((grid, block))
     if cfg is None:
         cfg = _CORE_CONFIGS[(grid, block)] = LaunchConfig(grid=grid, block=block, shmem_size=0)
-    core_launch(core_stream, cfg, compiled, *kargs)
+    core_launch_fn(core_stream, cfg, compiled, *kargs)

@@ -8,7 +8,9 @@ Used by ``numbanorm.layers`` (through ``numbanorm._device.backend()``) when a la
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda
+
+from .arrays import wrap
+from .compat import cuda
 
 __all__ = ["to_device", "to_host", "clone", "write", "dtype_name"]
 
@@ -42,6 +44,4 @@ def write(d, values: np.ndarray) -> None:
 
 def dtype_name(x) -> str:
     """The dtype name of a CUDA array of any kind (numba, CuPy, torch), read from its metadata."""
-    from ._arrays import wrap
-
     return wrap(x, "x").dtype
