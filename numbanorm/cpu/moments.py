@@ -387,8 +387,10 @@ def sum_pieces(part, per):
     in row order (deterministic): what ``merge_parts`` is for moments, for plain sums (the
     backward's Σdy and Σdy·(x - mean)). Returns (pieces // per, n)."""
     N = part.shape[0] // per
-    total = np.zeros((N, part.shape[1]))
+    width = part.shape[1]
+    total = np.zeros((N, width))
     for n in range(N):
         for k in range(n * per, (n + 1) * per):
-            total[n] += part[k]
+            for j in range(width):  # (a loop: ``total[n] += part[k]`` compiled numba's broadcast
+                total[n, j] += part[k, j]  # checks and their message strings, ~3 s cold)
     return total
