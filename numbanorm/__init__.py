@@ -2,6 +2,7 @@
 residual-add LayerNorm; forward and backward) with Numba kernels for the CPU and CUDA GPUs."""
 
 from ._numba import CacheUnavailableWarning
+from ._precompile import precompile
 from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
 from .cpu.arena import arena_info, set_arena_limit
 from .family import add_layer_norm, fold_batch_norm, group_norm, instance_norm, rms_norm
@@ -16,6 +17,6 @@ __all__ = [
     "layer_norm_backward", "batch_norm_backward", "rms_norm_backward", "group_norm_backward",
     "LayerNorm", "BatchNorm", "RMSNorm", "GroupNorm",
     "Moments", "MOMENTS_DTYPE", "moments", "merge_moments", "standardize",
-    "set_arena_limit", "arena_info", "CacheUnavailableWarning",
+    "set_arena_limit", "arena_info", "CacheUnavailableWarning", "precompile",
 ]
 __version__ = "0.1.0"

@@ -200,3 +200,48 @@ try:
 except ImportError:
     cgutils = None
     SIMD = False
+
+
+# --------------------------------------------------------------------------------------------
+# Cache statistics (for ``numbanorm.precompile``)
+# --------------------------------------------------------------------------------------------
+def _dispatchers():
+    """Every jitted function of numbanorm's loaded modules."""
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    seen = set()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("numbanorm.") or module is None:
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, Dispatcher) and id(obj) not in seen:
+                seen.add(id(obj))
+                yield obj
+
+
+def cache_counts() -> tuple[int, int]:
+    """(cache hits, cache misses) summed over numbanorm's kernels in this process: the
+    specializations loaded from the disk cache, and those compiled. (0, 0) if numba does not say."""
+    hits = misses = 0
+    try:
+        for d in _dispatchers():
+            stats = d.stats
+            hits += sum(stats.cache_hits.values())
+            misses += sum(stats.cache_misses.values())
+    except (ImportError, AttributeError):
+        return 0, 0
+    return hits, misses
+
+
+def cache_location() -> str:
+    """Where this process's numbanorm kernels are cached (a folder), as numba chose it."""
+    try:
+        for d in _dispatchers():
+            path = d.stats.cache_path
+            if path:
+                return str(path)
+    except (ImportError, AttributeError):
+        pass
+    return os.environ.get("NUMBA_CACHE_DIR") or "numba's cache (no kernel cached yet)"
