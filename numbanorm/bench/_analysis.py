@@ -1,0 +1,167 @@
+"""From timings to report cells: roofline, fraction of floor, unstable cells (pure functions).
+
+A *cell* is one peer (or roofline copy) on one case. Its time is the ``stat`` (median, or min) of
+its samples. A cell is *suspect* when
+
+- its median is more than :data:`SPREAD` times its min (the samples disagree), or
+- its GB/s is more than :data:`NEIGHBOUR_FACTOR` times off the geometric mean of its own GB/s on
+  the neighbouring sizes of the same op and layout (one size off from the others), or
+- the machine was busy while it was sampled: runnable threads waited for a CPU more than
+  :data:`BUSY_STALL` of the time (Linux pressure stall information);
+
+suspect cells are measured again (:func:`to_remeasure`), after waiting for a quiet machine. A
+cell is *unstable* (``~``) when the second measurement is still spread or busy, or, for a
+neighbour outlier, disagrees with the first by more than :data:`SPREAD` (an outlier that repeats
+is a property of the peer, not noise).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._cases import Case
+from ._floors import FLOOR_SUSPECT, case_floor, fraction
+from ._registry import COPIES
+
+#: Median over min above which a cell's samples disagree. Measured on the 2-core machine while
+#: another agent's tests kept one core busy: cells of single-threaded calls spread 1.25-1.6,
+#: cells whose 2-thread parallel regions were preempted 3-60.
+SPREAD = 2.0
+#: A peer this many times faster or slower (in GB/s) than on the neighbouring sizes of the same
+#: op and layout is measured again.
+NEIGHBOUR_FACTOR = 10.0
+#: Share of a cell's sampling time during which some runnable thread waited for a CPU, above which
+#: the machine counts as busy for that cell. On the 2-core machine, with one core taken by another
+#: process, 2-thread parallel regions (torch, numba, the copies) took 5-25 ms instead of 5-400 µs
+#: and the stall share of their samples was 0.4-0.98; single-threaded cells stayed at 0-0.2.
+BUSY_STALL = 0.25
+
+
+def cell_time(entry: dict, stat: str) -> float | None:
+    return entry.get(f"{stat}_s")
+
+
+def assemble(case: Case, entries: dict[str, dict], llc_bytes: int, stat: str) -> dict[str, Any]:
+    """The JSON result of one case from its peers' and copies' entries."""
+    fl = case_floor(case, llc_bytes)
+    result: dict[str, Any] = {
+        "group": case.group, "op": case.op, "layout": case.layout, "shape": list(case.shape),
+        "dtype": case.spec.dtype, "category": case.spec.category, "x_bytes": case.x_nbytes,
+        "floor": fl.as_json(case.x_nbytes),
+        "roofline": {"copies": {p: e for p, e in entries.items() if p in COPIES}},
+        "peers": {p: e for p, e in entries.items() if p not in COPIES},
+    }
+    derive(result, stat)
+    return result
+
+
+def derive(result: dict, stat: str) -> None:
+    """(Re)compute time, GB/s, the roofline and every fraction of floor of ``result``."""
+    nbytes = result["floor"]["bytes"]
+    roof = result["roofline"]
+    for entry in [*roof["copies"].values(), *result["peers"].values()]:
+        t = cell_time(entry, stat)
+        if t:
+            entry["time_s"] = t
+            entry["gbps"] = nbytes / t / 1e9
+    timed = {p: e["time_s"] for p, e in roof["copies"].items() if "time_s" in e}
+    for key in ("used", "time_s", "gbps", "unstable"):
+        roof.pop(key, None)
+    if timed:
+        used = min(timed, key=timed.get)
+        roof.update(used=used, time_s=timed[used], gbps=nbytes / timed[used] / 1e9)
+        if roof["copies"][used].get("unstable"):
+            roof["unstable"] = True
+    for entry in result["peers"].values():
+        frac = fraction(roof.get("time_s"), entry.get("time_s"))
+        entry.pop("floor_suspect", None)
+        if frac is None:
+            entry.pop("floor_fraction", None)
+            continue
+        entry["floor_fraction"] = frac
+        if frac > FLOOR_SUSPECT:
+            entry["floor_suspect"] = True
+
+
+def cells(result: dict):
+    """(peer, entry) of every peer and copy of a result."""
+    yield from result["peers"].items()
+    yield from result["roofline"]["copies"].items()
+
+
+def spread_flag(entry: dict) -> str | None:
+    """Why a cell's samples cannot be trusted (they disagree, or the machine was busy), or None."""
+    lo, mid = entry.get("min_s"), entry.get("median_s")
+    if lo and mid and mid > SPREAD * lo:
+        return f"median {mid / lo:.1f}x the min (> {SPREAD:g}x)"
+    if entry.get("stall_share", 0.0) > BUSY_STALL:
+        return f"machine busy: threads waited for a CPU {entry['stall_share']:.0%} of the time"
+    return None
+
+
+def neighbour_flags(results: list[dict]) -> dict[tuple[str, str], str]:
+    """(group, peer) -> why, for peers more than :data:`NEIGHBOUR_FACTOR` off their GB/s on the
+    neighbouring sizes (the previous and next x size) of the same op and layout."""
+    series: dict[tuple[str, str, str], list[tuple[int, str, float]]] = {}
+    for res in results:
+        for peer, entry in res["peers"].items():
+            if entry.get("gbps"):
+                series.setdefault((res["op"], res["layout"], peer), []).append(
+                    (res["x_bytes"], res["group"], entry["gbps"]))
+    out: dict[tuple[str, str], str] = {}
+    for (_, _, peer), pts in series.items():
+        pts.sort()
+        for i, (_, group, gbps) in enumerate(pts):
+            near = [p[2] for p in pts[max(0, i - 1):i] + pts[i + 1:i + 2]]
+            if not near:
+                continue
+            ref = math.exp(sum(math.log(g) for g in near) / len(near))
+            off = max(gbps / ref, ref / gbps)
+            if off > NEIGHBOUR_FACTOR:
+                out[(group, peer)] = (f"{gbps:.3g} GB/s, {off:.0f}x off its {ref:.3g} GB/s on the "
+                                      f"neighbouring sizes")
+    return out
+
+
+def to_remeasure(results: list[dict]) -> dict[str, dict[str, str]]:
+    """group -> {peer: why} of every suspect cell."""
+    out: dict[str, dict[str, str]] = {}
+    for res in results:
+        for peer, entry in cells(res):
+            why = spread_flag(entry)
+            if why:
+                out.setdefault(res["group"], {})[peer] = why
+    for (group, peer), why in neighbour_flags(results).items():
+        out.setdefault(group, {}).setdefault(peer, why)
+    return out
+
+
+def settle(first: dict, second: dict, why: str) -> dict:
+    """The entry kept for a cell measured twice: the second measurement, marked ``unstable``
+    (with the reason) when it is still spread or, for a neighbour outlier, disagrees with the
+    first by more than :data:`SPREAD`."""
+    if "median_s" not in second:  # the re-measure failed: keep the first, unstable
+        return first | {"unstable": True, "unstable_why": f"{why}; re-measure failed"}
+    keep = dict(second, remeasured=True, first={k: first.get(k) for k in ("median_s", "min_s")},
+                suspect_why=why)
+    still = spread_flag(second)
+    m1, m2 = first.get("median_s"), second["median_s"]
+    if still:
+        keep.update(unstable=True, unstable_why=f"{why}; again: {still}")
+    elif spread_flag(first) is None and m1 and max(m1 / m2, m2 / m1) > SPREAD:
+        keep.update(unstable=True, unstable_why=f"{why}; re-measure {m2 / m1:.2f}x the first median")
+    return keep
+
+
+def merge(result: dict, second: dict[str, dict], whys: dict[str, str], stat: str) -> None:
+    """Put the re-measured cells ``second`` (peer -> entry) into ``result``."""
+    for peer, why in whys.items():
+        where = result["roofline"]["copies"] if peer in COPIES else result["peers"]
+        if peer in where:
+            where[peer] = settle(where[peer], second.get(peer, {}), why)
+    derive(result, stat)
+
+
+def unstable(entry: dict) -> bool:
+    return bool(entry.get("unstable"))
