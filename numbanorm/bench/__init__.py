@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default: %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-remeasure", action="store_true", help="do not measure suspect cells again (faster)")
+    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                   help="before each case, wait up to this long for a quiet machine (no thread waiting for a "
+                        "CPU; 6x as long before a re-measure; 0: never wait; default: %(default)s)")
     p.add_argument("--no-quiesce", action="store_true",
                    help="diagnostic: answer without waiting for a library's threads to go idle, so that "
                         "they may still spin while the next library is timed")
@@ -136,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         budget = args.budget if args.budget is not None else (0.5 if args.full else 0.2)
         report = _run.run(cases, peers, which, args.threads or default_threads(), budget, args.stat,
-                          remeasure=not args.no_remeasure, quiesce=not args.no_quiesce)
+                          remeasure=not args.no_remeasure, quiesce=not args.no_quiesce, wait_s=args.wait)
     _report.print_table(report)
     written = write_outputs(report, args.out, plot=not args.no_plot)
     print(f"wrote {', '.join(map(str, written))}")

@@ -4,8 +4,8 @@ A *cell* is one peer (or roofline copy) on one case. Its time is the ``stat`` (m
 its samples. A cell is *suspect* when
 
 - its median is more than :data:`SPREAD` times its min (the samples disagree), or
-- its GB/s is more than :data:`NEIGHBOUR_FACTOR` times off the geometric mean of its own GB/s on
-  the neighbouring sizes of the same op and layout (one size off from the others), or
+- its GB/s is more than :data:`NEIGHBOUR_FACTOR` times off the median of its own GB/s on the
+  neighbouring sizes of the same op and layout (one size off from the others), or
 - the machine was busy while it was sampled: runnable threads waited for a CPU more than
   :data:`BUSY_STALL` of the time (Linux pressure stall information);
 
@@ -17,7 +17,7 @@ is a property of the peer, not noise).
 
 from __future__ import annotations
 
-import math
+import statistics
 from typing import Any
 
 from ._cases import Case
@@ -101,8 +101,8 @@ def spread_flag(entry: dict) -> str | None:
 
 
 def neighbour_flags(results: list[dict]) -> dict[tuple[str, str], str]:
-    """(group, peer) -> why, for peers more than :data:`NEIGHBOUR_FACTOR` off their GB/s on the
-    neighbouring sizes (the previous and next x size) of the same op and layout."""
+    """(group, peer) -> why, for peers more than :data:`NEIGHBOUR_FACTOR` off the median of their
+    GB/s on the neighbouring sizes (up to two smaller and two larger x) of the same op and layout."""
     series: dict[tuple[str, str, str], list[tuple[int, str, float]]] = {}
     for res in results:
         for peer, entry in res["peers"].items():
@@ -113,10 +113,10 @@ def neighbour_flags(results: list[dict]) -> dict[tuple[str, str], str]:
     for (_, _, peer), pts in series.items():
         pts.sort()
         for i, (_, group, gbps) in enumerate(pts):
-            near = [p[2] for p in pts[max(0, i - 1):i] + pts[i + 1:i + 2]]
+            near = [p[2] for p in pts[max(0, i - 2):i] + pts[i + 1:i + 3]]
             if not near:
                 continue
-            ref = math.exp(sum(math.log(g) for g in near) / len(near))
+            ref = statistics.median(near)
             off = max(gbps / ref, ref / gbps)
             if off > NEIGHBOUR_FACTOR:
                 out[(group, peer)] = (f"{gbps:.3g} GB/s, {off:.0f}x off its {ref:.3g} GB/s on the "

@@ -359,7 +359,7 @@ FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"
 
 def machine_info(threads: int, threading_layer: str | None = None) -> dict[str, Any]:
     """CPU, caches, cores, threads, load and library versions, recorded with every result."""
-    from ._roofline import llc_bytes
+    from ._floors import llc_bytes
 
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -377,7 +377,7 @@ def machine_info(threads: int, threading_layer: str | None = None) -> dict[str, 
         "cores": os.cpu_count(),
         "cores_usable": affinity,
         "threads": threads,
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "numba_threading_layer": threading_layer,
         "python": sys.version.split()[0],
         "versions": {name: _version(name) for name in names} | {"numbanorm": _numbanorm_version()},

@@ -44,7 +44,7 @@ def wait_quiet(max_s: float) -> float:
     of work (on the 2-core machine: another agent's test run). Seconds waited; 0 without PSI."""
     t0 = time.perf_counter()
     s_prev = _worker.cpu_stall_s()
-    if s_prev is None:
+    if s_prev is None or max_s <= 0:
         return 0.0
     while time.perf_counter() - t0 < max_s:
         time.sleep(QUIET_WINDOW_S)

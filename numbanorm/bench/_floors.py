@@ -28,13 +28,36 @@ the group or row from cache: one read.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ._cases import Case, OpSpec
+
+#: Fallback last-level cache size when sysfs does not say (the 32 MB L3 of the project machines).
+DEFAULT_LLC_BYTES = 32 << 20
 
 #: A fraction of the floor above this is not a measurement but a wrong floor or roofline: copying
 #: the floor's bytes is the fastest way to move them. 5% is room for the noise of two medians.
 FLOOR_SUSPECT = 1.05
+
+
+@lru_cache(maxsize=1)
+def llc_bytes() -> int:
+    """Size of the largest CPU cache (Linux sysfs), else :data:`DEFAULT_LLC_BYTES`."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    best = 0
+    try:
+        for entry in os.listdir(base):
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            best = max(best, int(text.rstrip("KMG")) * mult)
+    except (OSError, ValueError):
+        pass
+    return best or DEFAULT_LLC_BYTES
 
 
 @dataclass(frozen=True)

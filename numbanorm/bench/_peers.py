@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _roofline
 from ._cases import MOMENTUM, Case, Data, Unsupported, channel_axis, stat_axes
-from ._floors import case_floor
+from ._floors import case_floor, llc_bytes
 from ._registry import ALL_OPS, Prepared, bn_args, register
 
 
@@ -155,7 +155,7 @@ def _copy_setup(case: Case, streaming: bool, one_thread: bool) -> Prepared:
     """A copy moving the case's floor bytes (half read, half written)."""
     if streaming and not _roofline.streaming_supported():
         raise Unsupported("no streaming-store copy on this architecture")
-    nbytes = case_floor(case, _roofline.llc_bytes()).nbytes(case.x_nbytes) // 2
+    nbytes = case_floor(case, llc_bytes()).nbytes(case.x_nbytes) // 2
     copy = _roofline.Copy(nbytes, streaming=streaming, one_thread=one_thread)
     return Prepared(copy.run, keep=[copy], self_check=lambda: 0.0 if copy.check() else float("inf"))
 

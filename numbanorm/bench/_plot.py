@@ -25,6 +25,8 @@ def plot(report: dict, path: Path) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
     except Exception as exc:  # noqa: BLE001 - matplotlib is optional
         return f"matplotlib is not installed ({type(exc).__name__}), no plot"
     results = report["results"]
@@ -33,13 +35,14 @@ def plot(report: dict, path: Path) -> str | None:
     for r in results:
         panels.setdefault(r.get("category", "other"), []).append(r)
     widest = max((len(rs) for rs in panels.values()), default=1)
-    fig = plt.figure(figsize=(2.2 + 0.62 * widest, 0.6 + 3.1 * max(len(panels), 1)), dpi=90)
-    grid = fig.add_gridspec(max(len(panels), 1), widest + 2)
+    fig = plt.figure(figsize=(2.5 + 0.62 * widest, 0.6 + 3.4 * max(len(panels), 1)), dpi=90)
+    grid = fig.add_gridspec(max(len(panels), 1), widest + 3, hspace=1.0, left=0.06, right=0.99, top=0.95,
+                            bottom=0.1)
     colours = {p: plt.cm.tab10(k) for k, p in enumerate(PEERS)}
     width = 0.8 / max(len(peers), 1)
     for row, (category, rs) in enumerate(panels.items()):
         ax = fig.add_subplot(grid[row, :max(len(rs), 2)])
-        labelled: set[str] = set()
+        drawn: list[str] = []
         for k, peer in enumerate(peers):
             for i, r in enumerate(rs):
                 e = r["peers"].get(peer, {})
@@ -49,11 +52,12 @@ def plot(report: dict, path: Path) -> str | None:
                 x = i - 0.4 + (k + 0.5) * width
                 shaky = _analysis.unstable(e) or r["roofline"].get("unstable")
                 ax.bar(x, min(f, Y_MAX), width, color=colours[peer], hatch="///" if shaky else None,
-                       edgecolor="white" if shaky else None, label=None if peer in labelled else peer)
-                labelled.add(peer)
+                       edgecolor="white" if shaky else None)
+                if peer not in drawn:
+                    drawn.append(peer)
                 if f > _floors.FLOOR_SUSPECT:
                     ax.plot(x, Y_MAX, marker="v", color="red", markersize=5)
-        ax.axhline(1.0, color="black", linewidth=1.0, label="floor at copy speed")
+        ax.axhline(1.0, color="black", linewidth=1.0)
         ax.set_ylim(0, Y_MAX)
         ax.set_xlim(-0.6, len(rs) - 0.4)
         ax.set_ylabel("fraction of floor", fontsize=8)
@@ -62,24 +66,26 @@ def plot(report: dict, path: Path) -> str | None:
         ax.set_title(CATEGORY_TITLES.get(category, category), fontsize=9, loc="left")
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(axis="y", labelsize=7)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        handles = [Patch(color=colours[p], label=p) for p in drawn]
+        handles += [Line2D([], [], color="black", label="floor at copy speed"),
+                    Patch(facecolor="grey", hatch="///", edgecolor="white", label="unstable (~)")]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     m = report["machine"]
     fig.suptitle(f"{m['cpu']}, {report['config']['threads']} threads, {m['date'][:10]} — hatched: unstable, "
-                 f"red ▼: above {_floors.FLOOR_SUSPECT:g} (wrong floor)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+                 f"red ▼: above {_floors.FLOOR_SUSPECT:g} (wrong floor)", fontsize=8, y=1.0, va="bottom")
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     _shrink(path)
     return None
 
 
 def _shrink(path: Path) -> None:
-    """A 64-colour palette keeps the PNG small enough to commit (Pillow comes with matplotlib)."""
+    """A 128-colour palette keeps the PNG small enough to commit (Pillow comes with matplotlib)."""
     try:
         from PIL import Image
 
         with Image.open(path) as img:
-            small = img.convert("RGB").quantize(colors=64)
+            small = img.convert("RGB").quantize(colors=128)
         small.save(path, optimize=True)
     except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
         pass

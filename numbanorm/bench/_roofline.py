@@ -20,34 +20,17 @@ no numbanorm internals.
 
 from __future__ import annotations
 
-import os
 import platform
-from functools import lru_cache
 
+import numba
 import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 #: Alignment of the buffers (a cache line; also what a 64-byte non-temporal store needs).
 LINE = 64
-#: Fallback last-level cache size when sysfs does not say (the 32 MB L3 of the project machines).
-DEFAULT_LLC_BYTES = 32 << 20
-
-
-@lru_cache(maxsize=1)
-def llc_bytes() -> int:
-    """Size of the largest CPU cache (Linux sysfs), else :data:`DEFAULT_LLC_BYTES`."""
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    best = 0
-    try:
-        for entry in os.listdir(base):
-            if not entry.startswith("index"):
-                continue
-            with open(os.path.join(base, entry, "size")) as f:
-                text = f.read().strip().upper()
-            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-            best = max(best, int(text.rstrip("KMG")) * mult)
-    except (OSError, ValueError):
-        pass
-    return best or DEFAULT_LLC_BYTES
 
 
 def streaming_supported() -> bool:
@@ -69,88 +52,84 @@ def aligned_bytes(nbytes: int, fill: int | None = None) -> np.ndarray:
     return buf
 
 
-@lru_cache(maxsize=1)
-def _kernels():
-    """The copy kernels by peer name, compiled on first use."""
-    import numba
-    from llvmlite import ir
-    from numba import prange, types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
+@intrinsic
+def _memcpy(typingctx, dst, src, start, stop):
+    """dst[start:stop] = src[start:stop] as one ``llvm.memcpy`` (libc's memcpy)."""
+    sig = types.none(dst, src, start, stop)
 
-    @intrinsic
-    def _memcpy(typingctx, dst, src, start, stop):
-        sig = types.none(dst, src, start, stop)
+    def codegen(context, builder, sig, args):
+        d = context.make_array(sig.args[0])(context, builder, args[0]).data
+        s = context.make_array(sig.args[1])(context, builder, args[1]).data
+        a, b = args[2], args[3]
+        cgutils.raw_memcpy(builder, builder.gep(d, [a]), builder.gep(s, [a]), builder.sub(b, a), 1)
+        return context.get_dummy_value()
 
-        def codegen(context, builder, sig, args):
-            d = context.make_array(sig.args[0])(context, builder, args[0]).data
-            s = context.make_array(sig.args[1])(context, builder, args[1]).data
-            a, b = args[2], args[3]
-            cgutils.raw_memcpy(builder, builder.gep(d, [a]), builder.gep(s, [a]), builder.sub(b, a), 1)
-            return context.get_dummy_value()
+    return sig, codegen
 
-        return sig, codegen
 
-    @intrinsic
-    def _nt_copy(typingctx, dst, src, start, stop):
-        """dst[start:stop] = src[start:stop] with non-temporal stores of whole 64-byte lines
-        (memcpy for the unaligned head and the tail), then sfence."""
-        sig = types.none(dst, src, start, stop)
+@intrinsic
+def _nt_copy(typingctx, dst, src, start, stop):
+    """dst[start:stop] = src[start:stop] with non-temporal stores of whole 64-byte lines (memcpy for
+    the unaligned head and the tail), then sfence."""
+    sig = types.none(dst, src, start, stop)
 
-        def codegen(context, builder, sig, args):
-            i64 = ir.IntType(64)
-            vty = ir.VectorType(i64, 8)
-            nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
-            d = context.make_array(sig.args[0])(context, builder, args[0]).data
-            s = context.make_array(sig.args[1])(context, builder, args[1]).data
-            a, b = args[2], args[3]
-            addr = builder.add(builder.ptrtoint(d, i64), a)
-            head = builder.and_(builder.sub(ir.Constant(i64, 0), addr), ir.Constant(i64, LINE - 1))
-            head = builder.select(builder.icmp_signed("<", head, builder.sub(b, a)), head, builder.sub(b, a))
-            cgutils.raw_memcpy(builder, builder.gep(d, [a]), builder.gep(s, [a]), head, 1)
-            a0 = builder.add(a, head)
-            lines = builder.sdiv(builder.sub(b, a0), ir.Constant(i64, LINE))
-            with cgutils.for_range(builder, lines) as loop:
-                k = builder.add(a0, builder.mul(loop.index, ir.Constant(i64, LINE)))
-                v = builder.load(builder.bitcast(builder.gep(s, [k]), vty.as_pointer()), align=1)
-                st = builder.store(v, builder.bitcast(builder.gep(d, [k]), vty.as_pointer()), align=LINE)
-                st.set_metadata("nontemporal", nt_md)
-            t0 = builder.add(a0, builder.mul(lines, ir.Constant(i64, LINE)))
-            cgutils.raw_memcpy(builder, builder.gep(d, [t0]), builder.gep(s, [t0]), builder.sub(b, t0), 1)
-            fence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                   "llvm.x86.sse.sfence")
-            builder.call(fence, [])
-            return context.get_dummy_value()
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        vty = ir.VectorType(i64, 8)
+        nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        d = context.make_array(sig.args[0])(context, builder, args[0]).data
+        s = context.make_array(sig.args[1])(context, builder, args[1]).data
+        a, b = args[2], args[3]
+        n = builder.sub(b, a)
+        addr = builder.add(builder.ptrtoint(d, i64), a)
+        head = builder.and_(builder.sub(ir.Constant(i64, 0), addr), ir.Constant(i64, LINE - 1))
+        head = builder.select(builder.icmp_signed("<", head, n), head, n)
+        cgutils.raw_memcpy(builder, builder.gep(d, [a]), builder.gep(s, [a]), head, 1)
+        a0 = builder.add(a, head)
+        lines = builder.sdiv(builder.sub(b, a0), ir.Constant(i64, LINE))
+        with cgutils.for_range(builder, lines) as loop:
+            k = builder.add(a0, builder.mul(loop.index, ir.Constant(i64, LINE)))
+            v = builder.load(builder.bitcast(builder.gep(s, [k]), vty.as_pointer()), align=1)
+            st = builder.store(v, builder.bitcast(builder.gep(d, [k]), vty.as_pointer()), align=LINE)
+            st.set_metadata("nontemporal", nt_md)
+        t0 = builder.add(a0, builder.mul(lines, ir.Constant(i64, LINE)))
+        cgutils.raw_memcpy(builder, builder.gep(d, [t0]), builder.gep(s, [t0]), builder.sub(b, t0), 1)
+        fence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                               "llvm.x86.sse.sfence")
+        builder.call(fence, [])
+        return context.get_dummy_value()
 
-        return sig, codegen
+    return sig, codegen
 
-    def _bounds(n, k, parts):  # slice k of ``parts``, boundaries on cache lines
-        lines = (n + LINE - 1) // LINE
-        return min(n, (k * lines // parts) * LINE), min(n, ((k + 1) * lines // parts) * LINE)
 
-    bounds = numba.njit(_bounds)
+@numba.njit(cache=True)
+def _bounds(n, k, parts):
+    """Slice ``k`` of ``parts`` of ``n`` bytes, its boundaries on cache lines."""
+    lines = (n + LINE - 1) // LINE
+    return min(n, (k * lines // parts) * LINE), min(n, ((k + 1) * lines // parts) * LINE)
 
-    @numba.njit(parallel=True)
-    def copy(dst, src):
-        parts = numba.get_num_threads()
-        for k in prange(parts):
-            a, b = bounds(src.size, k, parts)
-            if b > a:
-                _memcpy(dst, src, a, b)
 
-    @numba.njit(parallel=True)
-    def copy_nt(dst, src):
-        parts = numba.get_num_threads()
-        for k in prange(parts):
-            a, b = bounds(src.size, k, parts)
-            if b > a:
-                _nt_copy(dst, src, a, b)
+@numba.njit(parallel=True, cache=True)
+def copy_parallel(dst, src):
+    parts = numba.get_num_threads()
+    for k in prange(parts):
+        a, b = _bounds(src.size, k, parts)
+        if b > a:
+            _memcpy(dst, src, a, b)
 
-    @numba.njit
-    def copy_1t(dst, src):
-        _memcpy(dst, src, 0, src.size)
 
-    return {"copy": copy, "copy-nt": copy_nt, "copy-1t": copy_1t}
+@numba.njit(parallel=True, cache=True)
+def copy_streaming(dst, src):
+    parts = numba.get_num_threads()
+    for k in prange(parts):
+        a, b = _bounds(src.size, k, parts)
+        if b > a:
+            _nt_copy(dst, src, a, b)
+
+
+@numba.njit(cache=True)
+def copy_one_thread(dst, src):
+    _memcpy(dst, src, 0, src.size)
 
 
 class Copy:
@@ -163,7 +142,7 @@ class Copy:
         self.nbytes = nbytes
         self.src = aligned_bytes(nbytes)
         self.dst = aligned_bytes(nbytes, fill=0)
-        self._fn = _kernels()["copy-nt" if streaming else ("copy-1t" if one_thread else "copy")]
+        self._fn = copy_streaming if streaming else (copy_one_thread if one_thread else copy_parallel)
 
     def run(self) -> np.ndarray:
         self._fn(self.dst, self.src)

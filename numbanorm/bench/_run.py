@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _analysis, _cases, _driver, _report
+from ._floors import llc_bytes
 from ._registry import COPIES, LIBRARY, missing_module
-from ._roofline import llc_bytes
 
-#: Longest wait for a quiet machine before a case, before a re-measured case, and in all per pass.
-CASE_WAIT_S = 5.0
-REMEASURE_WAIT_S = 30.0
+#: Longest wait for a quiet machine before a re-measured case, in multiples of the wait before a
+#: case (``wait_s``), and in all per pass.
+REMEASURE_WAIT = 6.0
 RUN_WAIT_S = 600.0
 
 
@@ -56,11 +56,11 @@ def _isolation(results: list[dict], ledger: _driver.Ledger, quiesce: bool) -> di
     return {"quiesce": quiesce, "workers": ledger.summary(),
             "max_others_cores": max(others, default=0.0),
             "mean_others_cores": sum(others) / len(others) if others else 0.0,
-            "load_avg_1m_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+            "load_avg_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def run(cases: list[_cases.Case], peers: list[str], which: str, threads: int, budget: float, stat: str,
-        remeasure: bool = True, quiesce: bool = True) -> dict[str, Any]:
+        remeasure: bool = True, quiesce: bool = True, wait_s: float = 5.0) -> dict[str, Any]:
     """Measure ``cases`` on ``peers`` (+ the roofline copies); the report dict."""
     missing = {p: why for p in peers if (why := missing_module(LIBRARY[p]))}
     run_peers = [p for p in peers if p not in missing]
@@ -68,6 +68,7 @@ def run(cases: list[_cases.Case], peers: list[str], which: str, threads: int, bu
     results: list[dict] = []
     ledger = _driver.Ledger()
     layer = None
+    machine = _cases.machine_info(threads)  # at the start: the load average before the run
     waits: list[float] = []
     with _driver.Pool(threads, quiesce) as pool:
         infos = pool.start(sorted({LIBRARY[p] for p in run_peers + list(COPIES)}))
@@ -80,17 +81,18 @@ def run(cases: list[_cases.Case], peers: list[str], which: str, threads: int, bu
         with context:
             for case in cases:
                 show(f"{case.group}: waiting for a quiet machine")
-                waits.append(_driver.wait_quiet(CASE_WAIT_S if sum(waits) < RUN_WAIT_S else 0.0))
+                waits.append(_driver.wait_quiet(wait_s if sum(waits) < RUN_WAIT_S else 0.0))
                 entries, info = _driver.measure_case(pool, case, run_peers + list(COPIES), budget, ledger,
                                                      on_sample=lambda p, c=case: show(f"{c.group} {p}"))
                 layer = layer or info.get("threading_layer")
                 results.append(_analysis.assemble(case, entries, llc, stat))
                 step()
             if remeasure:
-                waits += _remeasure(pool, cases, results, budget, ledger, stat, show)
-    report = {"format": _report.FORMAT, "machine": _cases.machine_info(threads, layer),
+                waits += _remeasure(pool, cases, results, budget, ledger, stat, show, REMEASURE_WAIT * wait_s)
+    machine["numba_threading_layer"] = layer
+    report = {"format": _report.FORMAT, "machine": machine,
               "config": {"grid": which, "ops": sorted({c.op for c in cases}), "peers": peers, "threads": threads,
-                         "budget_s": budget, "stat": stat, "remeasure": remeasure,
+                         "budget_s": budget, "stat": stat, "remeasure": remeasure, "wait_s": wait_s,
                          "spread_factor": _analysis.SPREAD, "neighbour_factor": _analysis.NEIGHBOUR_FACTOR},
               "missing_peers": missing, "results": results,
               "isolation": _isolation(results, ledger, quiesce) | {"waited_for_quiet_s": sum(waits)}}
@@ -99,7 +101,7 @@ def run(cases: list[_cases.Case], peers: list[str], which: str, threads: int, bu
 
 
 def _remeasure(pool: _driver.Pool, cases: list[_cases.Case], results: list[dict], budget: float,
-               ledger: _driver.Ledger, stat: str, show: Callable[[str], None]) -> list[float]:
+               ledger: _driver.Ledger, stat: str, show: Callable[[str], None], wait_s: float) -> list[float]:
     """Measure the suspect cells of each case again (those peers only, in turn, after waiting for a
     quiet machine) and settle them. The seconds waited."""
     by_group = {c.group: c for c in cases}
@@ -108,7 +110,7 @@ def _remeasure(pool: _driver.Pool, cases: list[_cases.Case], results: list[dict]
     for group, whys in _analysis.to_remeasure(results).items():
         case = by_group[group]
         show(f"again: {group}: waiting for a quiet machine")
-        waits.append(_driver.wait_quiet(REMEASURE_WAIT_S if sum(waits) < RUN_WAIT_S else 0.0))
+        waits.append(_driver.wait_quiet(wait_s if sum(waits) < RUN_WAIT_S else 0.0))
         entries, _ = _driver.measure_case(pool, case, list(whys), budget, ledger,
                                           on_sample=lambda p, g=group: show(f"again: {g} {p}"))
         _analysis.merge(res_of[group], entries, whys, stat)
