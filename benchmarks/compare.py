@@ -40,12 +40,11 @@ def fractions(doc: dict) -> tuple[dict[tuple[str, str], float], dict[tuple[str, 
     skip: dict[tuple[str, str], str] = {}
     if doc.get("format") == FORMAT:
         for res in doc["results"]:
-            roof_shaky = res["roofline"].get("unstable")
             for peer, e in res["peers"].items():
                 if "floor_fraction" not in e:
                     continue
                 key = (res["group"], peer)
-                if e.get("unstable") or roof_shaky:
+                if e.get("unstable"):
                     skip[key] = "unstable"
                 elif e.get("floor_suspect"):
                     skip[key] = "above its floor"

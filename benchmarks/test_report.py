@@ -78,11 +78,11 @@ def test_above_the_floor_is_reported_not_printed():
     assert any("the floor or the roofline is wrong" in n for n in _report.notes(rep))
 
 
-def test_spread_and_busy_cells_are_remeasured_and_marked_when_they_stay_so():
-    res = result(peers={"numbanorm": cell(2.0, 1.5), "torch": cell(9.0, 3.0),
-                        "numpy": cell(5.0, stall_share=0.6)})
-    whys = _analysis.to_remeasure([res])[res["group"]]
-    assert set(whys) == {"torch", "numpy"} and "3.0x the min" in whys["torch"] and "busy" in whys["numpy"]
+def test_spread_cells_are_remeasured_and_marked_when_they_stay_so():
+    res = result(peers={"numbanorm": cell(2.0, 1.5), "torch": cell(9.0, 3.0), "numpy": cell(5.0, 2.0)},
+                 copies={"copy": cell(1.0, 0.1)})
+    whys = _analysis.to_remeasure([res])[res["group"]]  # the copy's spread is not re-measured
+    assert set(whys) == {"torch", "numpy"} and "3.0x the min" in whys["torch"]
     _analysis.merge(res, {"torch": cell(9.0, 2.0), "numpy": cell(5.0, 4.0)}, whys, "median")
     torch, numpy = res["peers"]["torch"], res["peers"]["numpy"]
     assert torch["unstable"] and "again" in torch["unstable_why"] and torch["first"]["min_s"] == 3.0
@@ -91,6 +91,7 @@ def test_spread_and_busy_cells_are_remeasured_and_marked_when_they_stay_so():
     header, rows = _report.table(rep)
     assert rows[0][header.index("torch/floor")].startswith(_report.UNSTABLE)
     assert rows[0][header.index("vs torch")] == "~4.50×" and rows[0][header.index("vs NumPy")] == "2.50×"
+    assert rows[0][header.index("nb/floor")] == "0.05"  # the roofline is the copy's fastest sample
     assert "| ~" in _report.markdown(rep) and any(n.startswith("unstable: torch") for n in _report.notes(rep))
 
 
@@ -107,12 +108,14 @@ def test_neighbour_outlier_that_repeats_is_kept_one_that_does_not_is_unstable():
     assert twin["peers"]["torch"]["unstable"]
 
 
-def test_unstable_roofline_marks_every_fraction_of_the_case():
-    res = result(peers={"numbanorm": cell(2.0)}, copies={"copy": cell(1.0, 0.1)})
-    _analysis.merge(res, {"copy": cell(1.0, 0.2)}, {"copy": "spread"}, "median")
-    assert res["roofline"]["unstable"]
-    header, rows = _report.table(report_of([res]))
-    assert rows[0][header.index("nb/floor")] == "~0.50" and rows[0][header.index("roof GB/s")].startswith("~")
+def test_busy_machine_is_noted_not_marked():
+    res = result(peers={"numbanorm": cell(2.0, stall_share=0.6), "torch": cell(4.0, stall_share=0.9)})
+    assert _analysis.to_remeasure([res]) == {}
+    rep = report_of([res])
+    rep["isolation"]["busy_share"] = _analysis.busy_share([res])
+    assert rep["isolation"]["busy_share"] == pytest.approx(0.75)
+    assert any("a busy machine" in n for n in _report.notes(rep))
+    assert "~" not in _report.markdown(rep).split("\n\n")[0]
 
 
 def test_columns_fit_the_width_least_important_dropped_first():

@@ -67,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default: %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-remeasure", action="store_true", help="do not measure suspect cells again (faster)")
-    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
                    help="before each case, wait up to this long for a quiet machine (no thread waiting for a "
-                        "CPU; 6x as long before a re-measure; 0: never wait; default: %(default)s)")
+                        "CPU; 3x as long before a re-measure, a minute in all per pass; 0: never wait; "
+                        "default: %(default)s)")
     p.add_argument("--no-quiesce", action="store_true",
                    help="diagnostic: answer without waiting for a library's threads to go idle, so that "
                         "they may still spin while the next library is timed")

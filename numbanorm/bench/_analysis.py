@@ -5,14 +5,17 @@ its samples. A cell is *suspect* when
 
 - its median is more than :data:`SPREAD` times its min (the samples disagree), or
 - its GB/s is more than :data:`NEIGHBOUR_FACTOR` times off the median of its own GB/s on the
-  neighbouring sizes of the same op and layout (one size off from the others), or
-- the machine was busy while it was sampled: runnable threads waited for a CPU more than
-  :data:`BUSY_STALL` of the time (Linux pressure stall information);
+  neighbouring sizes of the same op and layout (one size off from the others);
 
 suspect cells are measured again (:func:`to_remeasure`), after waiting for a quiet machine. A
-cell is *unstable* (``~``) when the second measurement is still spread or busy, or, for a
-neighbour outlier, disagrees with the first by more than :data:`SPREAD` (an outlier that repeats
-is a property of the peer, not noise).
+cell is *unstable* (``~``) when the second measurement is still spread, or, for a neighbour
+outlier, disagrees with the first by more than :data:`SPREAD` (an outlier that repeats is a
+property of the peer, not noise).
+
+The roofline of a case is the fastest sample of its fastest copy (the copies' ``min_s``): a floor
+time is the least time in which this machine moved those bytes during the run, so noise in the
+copies' samples cannot make an op look faster than its floor. Copies are neither re-measured
+nor marked.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ SPREAD = 2.0
 #: A peer this many times faster or slower (in GB/s) than on the neighbouring sizes of the same
 #: op and layout is measured again.
 NEIGHBOUR_FACTOR = 10.0
-#: Share of a cell's sampling time during which some runnable thread waited for a CPU, above which
-#: the machine counts as busy for that cell. On the 2-core machine, with one core taken by another
-#: process, 2-thread parallel regions (torch, numba, the copies) took 5-25 ms instead of 5-400 µs
-#: and the stall share of their samples was 0.4-0.98; single-threaded cells stayed at 0-0.2.
+#: Share of the sampling time during which some runnable thread waited for a CPU above which the
+#: notes call the machine busy (recorded per cell as ``stall_share``; it does not mark cells: on a
+#: 2-core machine with one other runnable process it is 0.4-1.0 for every 2-thread cell).
 BUSY_STALL = 0.25
 
 
@@ -65,14 +67,12 @@ def derive(result: dict, stat: str) -> None:
         if t:
             entry["time_s"] = t
             entry["gbps"] = nbytes / t / 1e9
-    timed = {p: e["time_s"] for p, e in roof["copies"].items() if "time_s" in e}
+    timed = {p: e["min_s"] for p, e in roof["copies"].items() if e.get("min_s")}
     for key in ("used", "time_s", "gbps", "unstable"):
         roof.pop(key, None)
     if timed:
         used = min(timed, key=timed.get)
         roof.update(used=used, time_s=timed[used], gbps=nbytes / timed[used] / 1e9)
-        if roof["copies"][used].get("unstable"):
-            roof["unstable"] = True
     for entry in result["peers"].values():
         frac = fraction(roof.get("time_s"), entry.get("time_s"))
         entry.pop("floor_suspect", None)
@@ -90,13 +90,17 @@ def cells(result: dict):
     yield from result["roofline"]["copies"].items()
 
 
+def busy_share(results: list[dict]) -> float | None:
+    """Median over the peers' cells of the share of time threads waited for a CPU."""
+    shares = sorted(e["stall_share"] for r in results for e in r["peers"].values() if "stall_share" in e)
+    return statistics.median(shares) if shares else None
+
+
 def spread_flag(entry: dict) -> str | None:
-    """Why a cell's samples cannot be trusted (they disagree, or the machine was busy), or None."""
+    """Why a cell's samples disagree, or None."""
     lo, mid = entry.get("min_s"), entry.get("median_s")
     if lo and mid and mid > SPREAD * lo:
         return f"median {mid / lo:.1f}x the min (> {SPREAD:g}x)"
-    if entry.get("stall_share", 0.0) > BUSY_STALL:
-        return f"machine busy: threads waited for a CPU {entry['stall_share']:.0%} of the time"
     return None
 
 
@@ -125,10 +129,10 @@ def neighbour_flags(results: list[dict]) -> dict[tuple[str, str], str]:
 
 
 def to_remeasure(results: list[dict]) -> dict[str, dict[str, str]]:
-    """group -> {peer: why} of every suspect cell."""
+    """group -> {peer: why} of every suspect peer cell (not the copies)."""
     out: dict[str, dict[str, str]] = {}
     for res in results:
-        for peer, entry in cells(res):
+        for peer, entry in res["peers"].items():
             why = spread_flag(entry)
             if why:
                 out.setdefault(res["group"], {})[peer] = why
@@ -157,9 +161,8 @@ def settle(first: dict, second: dict, why: str) -> dict:
 def merge(result: dict, second: dict[str, dict], whys: dict[str, str], stat: str) -> None:
     """Put the re-measured cells ``second`` (peer -> entry) into ``result``."""
     for peer, why in whys.items():
-        where = result["roofline"]["copies"] if peer in COPIES else result["peers"]
-        if peer in where:
-            where[peer] = settle(where[peer], second.get(peer, {}), why)
+        if peer in result["peers"]:
+            result["peers"][peer] = settle(result["peers"][peer], second.get(peer, {}), why)
     derive(result, stat)
 
 

@@ -102,8 +102,7 @@ def _trusted_time(res: dict, peer: str) -> bool:
 
 def _trusted_fraction(res: dict) -> bool:
     e = res["peers"].get("numbanorm", {})
-    return ("floor_fraction" in e and not e.get("floor_suspect") and not _analysis.unstable(e)
-            and not res["roofline"].get("unstable"))
+    return "floor_fraction" in e and not e.get("floor_suspect") and not _analysis.unstable(e)
 
 
 def readme_summary(report: dict) -> str:

@@ -25,8 +25,6 @@ def plot(report: dict, path: Path) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import Patch
     except Exception as exc:  # noqa: BLE001 - matplotlib is optional
         return f"matplotlib is not installed ({type(exc).__name__}), no plot"
     results = report["results"]
@@ -39,37 +37,9 @@ def plot(report: dict, path: Path) -> str | None:
     grid = fig.add_gridspec(max(len(panels), 1), widest + 3, hspace=1.0, left=0.06, right=0.99, top=0.95,
                             bottom=0.1)
     colours = {p: plt.cm.tab10(k) for k, p in enumerate(PEERS)}
-    width = 0.8 / max(len(peers), 1)
     for row, (category, rs) in enumerate(panels.items()):
-        ax = fig.add_subplot(grid[row, :max(len(rs), 2)])
-        drawn: list[str] = []
-        for k, peer in enumerate(peers):
-            for i, r in enumerate(rs):
-                e = r["peers"].get(peer, {})
-                f = e.get("floor_fraction")
-                if f is None:
-                    continue
-                x = i - 0.4 + (k + 0.5) * width
-                shaky = _analysis.unstable(e) or r["roofline"].get("unstable")
-                ax.bar(x, min(f, Y_MAX), width, color=colours[peer], hatch="///" if shaky else None,
-                       edgecolor="white" if shaky else None)
-                if peer not in drawn:
-                    drawn.append(peer)
-                if f > _floors.FLOOR_SUSPECT:
-                    ax.plot(x, Y_MAX, marker="v", color="red", markersize=5)
-        ax.axhline(1.0, color="black", linewidth=1.0)
-        ax.set_ylim(0, Y_MAX)
-        ax.set_xlim(-0.6, len(rs) - 0.4)
-        ax.set_ylabel("fraction of floor", fontsize=8)
-        ax.set_xticks(range(len(rs)))
-        ax.set_xticklabels([_short(r["group"]) for r in rs], rotation=55, ha="right", fontsize=7)
-        ax.set_title(CATEGORY_TITLES.get(category, category), fontsize=9, loc="left")
-        ax.grid(axis="y", alpha=0.3)
-        ax.tick_params(axis="y", labelsize=7)
-        handles = [Patch(color=colours[p], label=p) for p in drawn]
-        handles += [Line2D([], [], color="black", label="floor at copy speed"),
-                    Patch(facecolor="grey", hatch="///", edgecolor="white", label="unstable (~)")]
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        _panel(fig.add_subplot(grid[row, :max(len(rs), 2)]), CATEGORY_TITLES.get(category, category), rs,
+               peers, colours)
     m = report["machine"]
     fig.suptitle(f"{m['cpu']}, {report['config']['threads']} threads, {m['date'][:10]} — hatched: unstable, "
                  f"red ▼: above {_floors.FLOOR_SUSPECT:g} (wrong floor)", fontsize=8, y=1.0, va="bottom")
@@ -77,6 +47,42 @@ def plot(report: dict, path: Path) -> str | None:
     plt.close(fig)
     _shrink(path)
     return None
+
+
+def _panel(ax, title: str, rs: list[dict], peers: list[str], colours: dict) -> None:
+    """One op family: a group of bars (one per peer) per case, clipped at :data:`Y_MAX`."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    width = 0.8 / max(len(peers), 1)
+    drawn: list[str] = []
+    for k, peer in enumerate(peers):
+        for i, r in enumerate(rs):
+            e = r["peers"].get(peer, {})
+            f = e.get("floor_fraction")
+            if f is None:
+                continue
+            x = i - 0.4 + (k + 0.5) * width
+            shaky = _analysis.unstable(e)
+            ax.bar(x, min(f, Y_MAX), width, color=colours[peer], hatch="///" if shaky else None,
+                   edgecolor="white" if shaky else None)
+            if peer not in drawn:
+                drawn.append(peer)
+            if f > _floors.FLOOR_SUSPECT:
+                ax.plot(x, Y_MAX, marker="v", color="red", markersize=5)
+    ax.axhline(1.0, color="black", linewidth=1.0)
+    ax.set_ylim(0, Y_MAX)
+    ax.set_xlim(-0.6, len(rs) - 0.4)
+    ax.set_ylabel("fraction of floor", fontsize=8)
+    ax.set_xticks(range(len(rs)))
+    ax.set_xticklabels([_short(r["group"]) for r in rs], rotation=55, ha="right", fontsize=7)
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.grid(axis="y", alpha=0.3)
+    ax.tick_params(axis="y", labelsize=7)
+    handles = [Patch(color=colours[p], label=p) for p in drawn]
+    handles += [Line2D([], [], color="black", label="floor at copy speed"),
+                Patch(facecolor="grey", hatch="///", edgecolor="white", label="unstable (~)")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _shrink(path: Path) -> None:

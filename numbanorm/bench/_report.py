@@ -39,8 +39,7 @@ def _frac(peer: str) -> Callable[[dict], str]:
         f = e.get("floor_fraction")
         if f is None:
             return "err" if "error" in e else "—"
-        shaky = _analysis.unstable(e) or res["roofline"].get("unstable")
-        return (UNSTABLE if shaky else "") + f"{f:.2f}"
+        return _mark(e, f"{f:.2f}")
     return cell
 
 
@@ -65,8 +64,7 @@ def _roof(res: dict) -> str:
     roof = res["roofline"]
     if "gbps" not in roof:
         return "—"
-    text = f"{roof['gbps']:.1f}{COPY_TAGS.get(roof['used'], '')}"
-    return UNSTABLE + text if roof.get("unstable") else text
+    return f"{roof['gbps']:.1f}{COPY_TAGS.get(roof['used'], '')}"
 
 
 def _float32_twin(res: dict) -> str | None:
@@ -137,13 +135,14 @@ def legend(report: dict) -> str:
         f"{m['cpu']}, {m['cores']} cores, {cfg['threads']} threads, {m['date'][:10]}. "
         f"MB = size of x. floor = bytes the op must move, in copies of x: "
         + "; ".join(_floors.legend_lines())
-        + f". roof GB/s = the fastest copy of the floor's bytes in the same run: {cfg['threads']}-thread "
-        f"memcpy slices (numba prange), the same with streaming stores ('nt'), or one-thread memcpy ('1t'). "
+        + f". roof GB/s = the fastest copy of the floor's bytes in the same run (its fastest sample): "
+        f"{cfg['threads']}-thread memcpy slices (numba prange), the same with streaming stores ('nt'), or "
+        f"one-thread memcpy ('1t'). "
         f"P/floor = fraction of floor = roofline time / P's time (1 = moving only the floor's bytes at copy "
         f"speed); '{SUSPECT}' = above {_floors.FLOOR_SUSPECT:g}: the floor or the roofline is wrong for that "
         f"case. vs P = P's time / numbanorm's (> 1: numbanorm faster). nb = numbanorm, out= = numbanorm "
         f"writing into out= buffers. '{UNSTABLE}' = unstable: median > {_analysis.SPREAD:g}x the min (or "
-        f"> {_analysis.NEIGHBOUR_FACTOR:g}x off the neighbouring sizes) in two measurements. Times are the "
+        f"> {_analysis.NEIGHBOUR_FACTOR:g}x off the neighbouring sizes) in two measurements. Op times are the "
         f"{cfg['stat']} of samples taken in turn, each library in its own process.")
 
 
@@ -153,7 +152,11 @@ def _isolation_note(report: dict) -> list[str]:
         return []
     worst = iso.get("max_others_cores", 0.0)
     idle = ", ".join(f"{lib} {v['idle_cores']:.4f}" for lib, v in sorted(iso.get("workers", {}).items()))
-    return [f"isolation: while a cell was sampled, the other libraries' processes used at most "
+    busy = iso.get("busy_share")
+    load = ([f"machine load: threads waited for a CPU {busy:.0%} of a cell's sampling time (median over the "
+             f"cells){'; a busy machine, other processes ran' if busy > _analysis.BUSY_STALL else ''}"]
+            if busy is not None else [])
+    return load + [f"isolation: while a cell was sampled, the other libraries' processes used at most "
             f"{worst:.3f} cores (mean {iso.get('mean_others_cores', 0.0):.4f}); idle CPU of each worker, in "
             f"cores: {idle}; machine load (1 min) {report['machine'].get('load_avg_1m')} at the start, "
             f"{iso.get('load_avg_1m_end')} at the end"]

@@ -110,8 +110,7 @@ def _bounds(n, k, parts):
 
 
 @numba.njit(parallel=True, cache=True)
-def copy_parallel(dst, src):
-    parts = numba.get_num_threads()
+def copy_parallel(dst, src, parts):
     for k in prange(parts):
         a, b = _bounds(src.size, k, parts)
         if b > a:
@@ -119,8 +118,7 @@ def copy_parallel(dst, src):
 
 
 @numba.njit(parallel=True, cache=True)
-def copy_streaming(dst, src):
-    parts = numba.get_num_threads()
+def copy_streaming(dst, src, parts):
     for k in prange(parts):
         a, b = _bounds(src.size, k, parts)
         if b > a:
@@ -128,7 +126,7 @@ def copy_streaming(dst, src):
 
 
 @numba.njit(cache=True)
-def copy_one_thread(dst, src):
+def copy_one_thread(dst, src, parts):
     _memcpy(dst, src, 0, src.size)
 
 
@@ -143,9 +141,11 @@ class Copy:
         self.src = aligned_bytes(nbytes)
         self.dst = aligned_bytes(nbytes, fill=0)
         self._fn = copy_streaming if streaming else (copy_one_thread if one_thread else copy_parallel)
+        self._parts = numba.get_num_threads()  # one slice per thread of the run (get_num_threads
+        # inside the kernel would make it uncacheable)
 
     def run(self) -> np.ndarray:
-        self._fn(self.dst, self.src)
+        self._fn(self.dst, self.src, self._parts)
         return self.dst
 
     def check(self) -> bool:

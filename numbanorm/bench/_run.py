@@ -15,23 +15,26 @@ from ._registry import COPIES, LIBRARY, missing_module
 
 #: Longest wait for a quiet machine before a re-measured case, in multiples of the wait before a
 #: case (``wait_s``), and in all per pass.
-REMEASURE_WAIT = 6.0
-RUN_WAIT_S = 600.0
+REMEASURE_WAIT = 3.0
+RUN_WAIT_S = 60.0
 
 
 def _progress(total: int) -> tuple[Any, Callable[[str], None], Callable[[], None]]:
-    """(context, show(label), step()) with a rich progress bar when installed, else plain lines."""
+    """(context, show(label), step()) with a rich progress bar on a terminal (rich installed), else
+    one line per case on stderr."""
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if not sys.stderr.isatty():
+            raise ImportError("not a terminal")
     except Exception:  # noqa: BLE001 - rich is optional
-        count = [0]
+        count, last = [0], [""]
 
         def show_plain(label: str) -> None:
-            pass
+            last[0] = label
 
         def step_plain() -> None:
             count[0] += 1
-            print(f"[{count[0]}/{total}]", file=sys.stderr, flush=True)
+            print(f"[{count[0]}/{total}] {last[0].rsplit(' ', 1)[0]}", file=sys.stderr, flush=True)
 
         return contextlib.nullcontext(), show_plain, step_plain
     progress = Progress(TextColumn("{task.description:<56}"), BarColumn(), MofNCompleteColumn(),
@@ -56,11 +59,12 @@ def _isolation(results: list[dict], ledger: _driver.Ledger, quiesce: bool) -> di
     return {"quiesce": quiesce, "workers": ledger.summary(),
             "max_others_cores": max(others, default=0.0),
             "mean_others_cores": sum(others) / len(others) if others else 0.0,
+            "busy_share": _analysis.busy_share(results),
             "load_avg_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
 def run(cases: list[_cases.Case], peers: list[str], which: str, threads: int, budget: float, stat: str,
-        remeasure: bool = True, quiesce: bool = True, wait_s: float = 5.0) -> dict[str, Any]:
+        remeasure: bool = True, quiesce: bool = True, wait_s: float = 2.0) -> dict[str, Any]:
     """Measure ``cases`` on ``peers`` (+ the roofline copies); the report dict."""
     missing = {p: why for p in peers if (why := missing_module(LIBRARY[p]))}
     run_peers = [p for p in peers if p not in missing]

@@ -227,11 +227,10 @@ def main(conn, library: str, threads: int, quiesce: bool = True) -> None:
     """Serve the driver's requests on ``conn`` until ``exit`` (or the pipe closes)."""
     _pin(threads)
     try:
-        info = _init_library(library, threads)
-        broken = None
+        state: dict[str, Any] = {"info": _init_library(library, threads), "broken": None}
     except _cases.Unsupported as exc:
-        info, broken = {"pid": os.getpid(), "library": library}, str(exc)
-    current: _Case | None = None
+        state = {"info": {"pid": os.getpid(), "library": library}, "broken": str(exc)}
+    state.update(library=library, threads=threads, case=None)
     last_w, last_c = time.perf_counter(), time.process_time()
     while True:
         try:
@@ -240,32 +239,37 @@ def main(conn, library: str, threads: int, quiesce: bool = True) -> None:
             return
         w, c = time.perf_counter(), time.process_time()
         reply: dict[str, Any] = {"idle_wall_s": w - last_w, "idle_cpu_s": c - last_c}
-        kind = msg[0]
-        if kind == "exit":
+        if msg[0] == "exit":
             conn.send(reply)
             return
         try:
-            if kind == "hello":
-                reply.update(info, broken=broken)
-            elif kind == "setup":
-                case, peers, ref_path, sample_s = msg[1:]
-                if broken:
-                    reply["entries"] = {p: {"skipped": broken} for p in peers}
-                else:
-                    current = _Case(case, peers, threads, ref_path, sample_s)
-                    reply["entries"] = current.entries
-                    reply["threading_layer"] = _threading_layer(library)
-            elif kind == "sample":
-                reply.update(current.sample(msg[1]))
-            elif kind == "drop":
-                current = None
-                gc.collect()
+            reply.update(_handle(msg, state))
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which goes on
             reply["error"] = f"{type(exc).__name__}: {exc}"
         if quiesce:
             reply["quiesce_s"], reply["quiet"] = _quiesce()
         last_w, last_c = time.perf_counter(), time.process_time()
         conn.send(reply)
+
+
+def _handle(msg: tuple, state: dict[str, Any]) -> dict[str, Any]:
+    """The answer to one request (``hello``, ``setup``, ``sample`` or ``drop``)."""
+    kind = msg[0]
+    if kind == "hello":
+        return state["info"] | {"broken": state["broken"]}
+    if kind == "setup":
+        case, peers, ref_path, sample_s = msg[1:]
+        if state["broken"]:
+            return {"entries": {p: {"skipped": state["broken"]} for p in peers}}
+        state["case"] = _Case(case, peers, state["threads"], ref_path, sample_s)
+        return {"entries": state["case"].entries, "threading_layer": _threading_layer(state["library"])}
+    if kind == "sample":
+        return state["case"].sample(msg[1])
+    if kind == "drop":
+        state["case"] = None
+        gc.collect()
+        return {}
+    raise ValueError(f"unknown request {kind!r}")
 
 
 def _threading_layer(library: str) -> str | None:
