@@ -197,8 +197,8 @@ def _ref_folder() -> str:
 
 def _setup(pool: Pool, case: _cases.Case, peers: list[str], folder: str, sample_s: float,
            ledger: Ledger) -> tuple[dict[str, dict], dict[str, Worker], list[Worker], dict[str, Any]]:
-    """Every worker builds its peers at once (untimed). (entries, worker of each ready peer, the
-    workers that hold the case, info)."""
+    """Every worker builds its peers at once (untimed), then each peer is calibrated alone.
+    (entries, worker of each ready peer, the workers that hold the case, info)."""
     by_lib: dict[str, list[str]] = {}
     for p in peers:
         by_lib.setdefault(_registry.LIBRARY[p], []).append(p)
@@ -209,7 +209,7 @@ def _setup(pool: Pool, case: _cases.Case, peers: list[str], folder: str, sample_
     for lib, ps in by_lib.items():
         try:
             w = pool.get(lib)
-            w.send(("setup", case, ps, folder, sample_s))
+            w.send(("setup", case, ps, folder))
             started.append((w, ps))
         except (WorkerDied, OSError) as exc:
             entries.update({p: {"error": str(exc)} for p in ps})
@@ -227,18 +227,30 @@ def _setup(pool: Pool, case: _cases.Case, peers: list[str], folder: str, sample_
         for p in ps:
             e = rep.get("entries", {}).get(p) or {"error": rep.get("error", "no answer")}
             entries[p] = e
-            if "inner_loops" in e:
+            if "rel_l2_error" in e:
                 ready[p] = w
+    for p, w in list(ready.items()):
+        try:
+            rep = w.call(("calibrate", p, sample_s))
+        except WorkerDied as exc:
+            rep = {"error": str(exc)}
+        ledger.reply(w.library, rep)
+        if "error" in rep:
+            entries[p]["error"] = rep["error"]
+            del ready[p]
+        else:
+            entries[p]["inner_loops"] = rep["inner_loops"]
     return entries, ready, holding, info
 
 
-def _alternate(ready: dict[str, Worker], budget_s: float, ledger: Ledger,
+def _alternate(ready: dict[str, Worker], holding: list[Worker], budget_s: float, ledger: Ledger,
                on_sample: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
     """Samples of every ready peer, one of each in turn per round (the first one rotating), until
-    each has :data:`MIN_REPEATS` samples and its budget."""
+    each has :data:`MIN_REPEATS` samples and its budget. ``holding``: every worker that holds the
+    case (the ledger watches them all)."""
     samples: dict[str, list[dict]] = {p: [] for p in ready}
     spent = dict.fromkeys(ready, 0.0)
-    libraries = {w.library for w in ready.values()}
+    libraries = {w.library for w in holding}
     alive = dict(ready)
     rnd = 0
 
@@ -308,7 +320,7 @@ def measure_case(pool: Pool, case: _cases.Case, peers: list[str], budget_s: floa
             return {p: {"skipped": why} for p in peers}, {}
         sample_s = max(MIN_SAMPLE_S, budget_s / TARGET_SAMPLES)
         entries, ready, holding, info = _setup(pool, case, peers, folder, sample_s, ledger)
-        timed = _alternate(ready, budget_s, ledger, on_sample)
+        timed = _alternate(ready, holding, budget_s, ledger, on_sample)
         for w in holding:
             try:
                 ledger.reply(w.library, w.call(("drop",)))

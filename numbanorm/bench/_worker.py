@@ -2,8 +2,9 @@
 
 Each library (numbanorm, torch, ONNX Runtime, JAX, OpenVINO, NumPy, and the roofline copies) runs
 in its own process, so their thread pools never share one: the driver (:mod:`._driver`) sends
-``setup`` (build the case's peers, warm up, check against the float64 reference), then ``sample``
-requests for one peer at a time, alternating between workers, then ``drop``.
+``setup`` (build the case's peers, warm up, check against the float64 reference; every worker at
+once), ``calibrate`` (calls per sample; one peer at a time), then ``sample`` requests for one peer
+at a time, alternating between workers, then ``drop``.
 
 After each request the worker waits until its own threads have gone idle before it answers
 (:func:`_quiesce`): OpenMP and ONNX Runtime pools spin for a while after a call (measured on the
@@ -126,22 +127,20 @@ def _quiesce() -> tuple[float, bool]:
 class _Case:
     """The peers of one case, built and checked."""
 
-    def __init__(self, case: _cases.Case, peers: list[str], threads: int, ref_path: str | None,
-                 sample_s: float):
+    def __init__(self, case: _cases.Case, peers: list[str], threads: int, ref_path: str | None):
         self.case = case
         self.ready: dict[str, tuple[_registry.Prepared, int, bool]] = {}
         self.entries: dict[str, dict] = {}
         data = _cases.make_data(case)
         ref = _load_ref(ref_path) if ref_path else None
         for peer in peers:
-            self.entries[peer] = self._prepare(peer, data, ref, threads, sample_s)
+            self.entries[peer] = self._prepare(peer, data, ref, threads)
 
-    def _prepare(self, peer: str, data: _cases.Data, ref: Any, threads: int, sample_s: float) -> dict:
+    def _prepare(self, peer: str, data: _cases.Data, ref: Any, threads: int) -> dict:
         case = self.case
         try:
             prepared = _registry.prepare(peer, case, data, threads)
             err = _registry.agreement(peer, prepared, case, data, prepared.run(), ref)  # warm-up + check
-            single = _calibrate(prepared.run)
         except _cases.Unsupported as exc:
             return {"skipped": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a peer's failure must not end the report
@@ -152,10 +151,19 @@ class _Case:
             entry["note"] = f"disagrees with the float64 reference: rel L2 error {err:.2e} > {tol:.1e}"
         if prepared.caveat:
             entry["caveat"] = prepared.caveat
-        inner = max(1, math.ceil(sample_s / max(single, 1e-9)))
-        entry["inner_loops"] = inner
-        self.ready[peer] = (prepared, inner, single < WAKE_BELOW_S)
+        self.ready[peer] = (prepared, 0, False)
         return entry
+
+    def calibrate(self, peer: str, sample_s: float) -> dict[str, Any]:
+        """Calls per sample of ``peer`` (a sample lasts about ``sample_s``). Asked by the driver
+        once every worker has built its case, one peer at a time: on a machine where other workers
+        still compile, one call of a parallel op takes a scheduler slice, and the samples of a
+        µs-sized op would shrink to one call each."""
+        prepared = self.ready[peer][0]
+        single = _calibrate(prepared.run)
+        inner = max(1, math.ceil(sample_s / max(single, 1e-9)))
+        self.ready[peer] = (prepared, inner, single < WAKE_BELOW_S)
+        return {"inner_loops": inner, "single_s": single}
 
     def sample(self, peer: str) -> dict[str, float]:
         """One sample: seconds per call over ``inner`` calls, and the CPU the process used."""
@@ -253,16 +261,18 @@ def main(conn, library: str, threads: int, quiesce: bool = True) -> None:
 
 
 def _handle(msg: tuple, state: dict[str, Any]) -> dict[str, Any]:
-    """The answer to one request (``hello``, ``setup``, ``sample`` or ``drop``)."""
+    """The answer to one request (``hello``, ``setup``, ``calibrate``, ``sample`` or ``drop``)."""
     kind = msg[0]
     if kind == "hello":
         return state["info"] | {"broken": state["broken"]}
     if kind == "setup":
-        case, peers, ref_path, sample_s = msg[1:]
+        case, peers, ref_path = msg[1:]
         if state["broken"]:
             return {"entries": {p: {"skipped": state["broken"]} for p in peers}}
-        state["case"] = _Case(case, peers, state["threads"], ref_path, sample_s)
+        state["case"] = _Case(case, peers, state["threads"], ref_path)
         return {"entries": state["case"].entries, "threading_layer": _threading_layer(state["library"])}
+    if kind == "calibrate":
+        return state["case"].calibrate(msg[1], msg[2])
     if kind == "sample":
         return state["case"].sample(msg[1])
     if kind == "drop":
