@@ -98,14 +98,19 @@ def test_spread_cells_are_remeasured_and_marked_when_they_stay_so():
 def test_neighbour_outlier_that_repeats_is_kept_one_that_does_not_is_unstable():
     sizes = [(4, 8, 16), (8, 8, 16), (16, 8, 16)]
     rs = [result(shape=s, peers={"torch": cell(t)}) for s, t in zip(sizes, (1.0, 200.0, 4.0), strict=True)]
+    first = copy.deepcopy(rs[1])
     flags = _analysis.neighbour_flags(rs)
     assert list(flags) == [(rs[1]["group"], "torch")] and "off its" in flags[(rs[1]["group"], "torch")]
-    twin = copy.deepcopy(rs[1])
+    twin = copy.deepcopy(first)
     whys = {"torch": flags[(rs[1]["group"], "torch")]}
     _analysis.merge(rs[1], {"torch": cell(210.0)}, whys, "median")
     assert rs[1]["peers"]["torch"]["remeasured"] and not rs[1]["peers"]["torch"].get("unstable")
     _analysis.merge(twin, {"torch": cell(20.0)}, whys, "median")
     assert twin["peers"]["torch"]["unstable"]
+    busy = copy.deepcopy(first)  # repeated, but both times on a busy machine: contention not ruled out
+    busy["peers"]["torch"]["stall_share"] = 0.6
+    _analysis.merge(busy, {"torch": cell(205.0, stall_share=0.7)}, whys, "median")
+    assert busy["peers"]["torch"]["unstable"] and "busy machine" in busy["peers"]["torch"]["unstable_why"]
 
 
 def test_busy_machine_is_noted_not_marked():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,14 @@ def write_outputs(report: dict, out: Path, plot: bool = True) -> list[Path]:
     return written
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: the workers are stopped and the temporary files removed."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    except ValueError:  # not the main thread
+        pass
+
+
 def _readme(args: argparse.Namespace) -> int:
     report = json.loads(args.readme.read_text())
     try:
@@ -139,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: unknown peers {sorted(unknown)}; expected some of {list(PEERS)}", file=sys.stderr)
             return 2
         budget = args.budget if args.budget is not None else (0.5 if args.full else 0.2)
+        _exit_on_sigterm()
         report = _run.run(cases, peers, which, args.threads or default_threads(), budget, args.stat,
                           remeasure=not args.no_remeasure, quiesce=not args.no_quiesce, wait_s=args.wait)
     _report.print_table(report)

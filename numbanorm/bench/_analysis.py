@@ -9,8 +9,11 @@ its samples. A cell is *suspect* when
 
 suspect cells are measured again (:func:`to_remeasure`), after waiting for a quiet machine. A
 cell is *unstable* (``~``) when the second measurement is still spread, or, for a neighbour
-outlier, disagrees with the first by more than :data:`SPREAD` (an outlier that repeats is a
-property of the peer, not noise).
+outlier, disagrees with the first by more than :data:`SPREAD`, or repeats only on a busy machine
+(both measurements with threads waiting for a CPU more than :data:`BUSY_STALL` of the time: on
+2 cores, torch's per-channel parallel regions then took 8-24 ms a call for a 12 KB BatchNorm, in
+every sample, where they take 12-18 µs with a free core). An outlier that repeats on a quiet
+machine is a property of the peer, not noise.
 
 The roofline of a case is the fastest sample of its fastest copy (the copies' ``min_s``): a floor
 time is the least time in which this machine moved those bytes during the run, so noise in the
@@ -35,8 +38,9 @@ SPREAD = 2.0
 #: op and layout is measured again.
 NEIGHBOUR_FACTOR = 10.0
 #: Share of the sampling time during which some runnable thread waited for a CPU above which the
-#: notes call the machine busy (recorded per cell as ``stall_share``; it does not mark cells: on a
-#: 2-core machine with one other runnable process it is 0.4-1.0 for every 2-thread cell).
+#: machine counts as busy (``stall_share`` of a cell). It marks only repeated neighbour outliers:
+#: on a 2-core machine with one other runnable process it is 0.4-1.0 for every 2-thread cell, most
+#: of which are fine.
 BUSY_STALL = 0.25
 
 
@@ -155,6 +159,9 @@ def settle(first: dict, second: dict, why: str) -> dict:
         keep.update(unstable=True, unstable_why=f"{why}; again: {still}")
     elif spread_flag(first) is None and m1 and max(m1 / m2, m2 / m1) > SPREAD:
         keep.update(unstable=True, unstable_why=f"{why}; re-measure {m2 / m1:.2f}x the first median")
+    elif spread_flag(first) is None and min(first.get("stall_share", 0.0), second.get("stall_share", 0.0)) > BUSY_STALL:
+        keep.update(unstable=True, unstable_why=f"{why}; repeated, but on a busy machine (threads waited for a "
+                                                f"CPU {second['stall_share']:.0%} of the time)")
     return keep
 
 
