@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _cases, _export, _report, _run
+from . import _analysis, _cases, _export, _report, _run
 from ._registry import PEERS
 
 __all__ = ["main"]
@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-quiesce", action="store_true",
                    help="diagnostic: answer without waiting for a library's threads to go idle, so that "
                         "they may still spin while the next library is timed")
-    p.add_argument("--render", type=Path, metavar="JSON", help="write the outputs from this bench.json, run nothing")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="write the outputs from this bench.json (roofline and fractions derived again), run nothing")
     p.add_argument("--readme", type=Path, metavar="JSON",
                    help="update the results summary in README.md (--readme-file) from this bench.json, run nothing")
     p.add_argument("--readme-file", type=Path, default=Path("README.md"), help="(default: %(default)s)")
@@ -134,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _readme(args)
     if args.render:
         report = json.loads(args.render.read_text())
+        for res in report["results"]:  # roofline, GB/s, fractions and suspect marks by this version's rules
+            _analysis.derive(res, report["config"]["stat"])
     else:
         which = "smoke" if args.smoke else ("full" if args.full else "quick")
         try:

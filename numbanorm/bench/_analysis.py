@@ -4,8 +4,9 @@ A *cell* is one peer (or roofline copy) on one case. Its time is the ``stat`` (m
 its samples. A cell is *suspect* when
 
 - its median is more than :data:`SPREAD` times its min (the samples disagree), or
-- its GB/s is more than :data:`NEIGHBOUR_FACTOR` times off the median of its own GB/s on the
-  neighbouring sizes of the same op and layout (one size off from the others);
+- its GB/s is more than :data:`NEIGHBOUR_FACTOR` times below the median of its own GB/s on the
+  neighbouring sizes of the same op and layout (only below: noise makes a cell slower, and a
+  larger size is often much faster per byte than a µs-sized one, which is no outlier);
 
 suspect cells are measured again (:func:`to_remeasure`), after waiting for a quiet machine. A
 cell is *unstable* (``~``) when the second measurement is still spread, or, for a neighbour
@@ -15,10 +16,12 @@ outlier, disagrees with the first by more than :data:`SPREAD`, or repeats only o
 every sample, where they take 12-18 µs with a free core). An outlier that repeats on a quiet
 machine is a property of the peer, not noise.
 
-The roofline of a case is the fastest sample of its fastest copy (the copies' ``min_s``): a floor
-time is the least time in which this machine moved those bytes during the run, so noise in the
-copies' samples cannot make an op look faster than its floor. Copies are neither re-measured
-nor marked.
+The roofline of a case is its fastest copy by the same statistic as the ops (median by
+default), sampled in the same rounds: load that slows every library slows the copies alike and
+cancels in the fraction of floor. (The copies' min would not cancel: under a load average of 6
+on 2 cores it put numbanorm at 0.01-0.4 of its floor where median over median gave 0.01-0.7.)
+Copies are not re-measured; when the copy used is spread (median > :data:`SPREAD` x min), the
+roofline is marked unstable, and so is every fraction of floor of that case.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from ._registry import COPIES
 #: another agent's tests kept one core busy: cells of single-threaded calls spread 1.25-1.6,
 #: cells whose 2-thread parallel regions were preempted 3-60.
 SPREAD = 2.0
-#: A peer this many times faster or slower (in GB/s) than on the neighbouring sizes of the same
-#: op and layout is measured again.
+#: A peer this many times slower (in GB/s) than on the neighbouring sizes of the same op and
+#: layout is measured again.
 NEIGHBOUR_FACTOR = 10.0
 #: Share of the sampling time during which some runnable thread waited for a CPU above which the
 #: machine counts as busy (``stall_share`` of a cell). It marks only repeated neighbour outliers:
@@ -71,12 +74,14 @@ def derive(result: dict, stat: str) -> None:
         if t:
             entry["time_s"] = t
             entry["gbps"] = nbytes / t / 1e9
-    timed = {p: e["min_s"] for p, e in roof["copies"].items() if e.get("min_s")}
+    timed = {p: e["time_s"] for p, e in roof["copies"].items() if e.get("time_s")}
     for key in ("used", "time_s", "gbps", "unstable"):
         roof.pop(key, None)
     if timed:
         used = min(timed, key=timed.get)
         roof.update(used=used, time_s=timed[used], gbps=nbytes / timed[used] / 1e9)
+        if spread_flag(roof["copies"][used]):
+            roof["unstable"] = True
     for entry in result["peers"].values():
         frac = fraction(roof.get("time_s"), entry.get("time_s"))
         entry.pop("floor_suspect", None)
@@ -109,8 +114,9 @@ def spread_flag(entry: dict) -> str | None:
 
 
 def neighbour_flags(results: list[dict]) -> dict[tuple[str, str], str]:
-    """(group, peer) -> why, for peers more than :data:`NEIGHBOUR_FACTOR` off the median of their
-    GB/s on the neighbouring sizes (up to two smaller and two larger x) of the same op and layout."""
+    """(group, peer) -> why, for peers more than :data:`NEIGHBOUR_FACTOR` times below the median of
+    their GB/s on the neighbouring sizes (up to two smaller and two larger x) of the same op and
+    layout."""
     series: dict[tuple[str, str, str], list[tuple[int, str, float]]] = {}
     for res in results:
         for peer, entry in res["peers"].items():
@@ -125,9 +131,8 @@ def neighbour_flags(results: list[dict]) -> dict[tuple[str, str], str]:
             if not near:
                 continue
             ref = statistics.median(near)
-            off = max(gbps / ref, ref / gbps)
-            if off > NEIGHBOUR_FACTOR:
-                out[(group, peer)] = (f"{gbps:.3g} GB/s, {off:.0f}x off its {ref:.3g} GB/s on the "
+            if ref > NEIGHBOUR_FACTOR * gbps:
+                out[(group, peer)] = (f"{gbps:.3g} GB/s, {ref / gbps:.0f}x below its {ref:.3g} GB/s on the "
                                       f"neighbouring sizes")
     return out
 

@@ -102,7 +102,8 @@ def _trusted_time(res: dict, peer: str) -> bool:
 
 def _trusted_fraction(res: dict) -> bool:
     e = res["peers"].get("numbanorm", {})
-    return "floor_fraction" in e and not e.get("floor_suspect") and not _analysis.unstable(e)
+    return ("floor_fraction" in e and not e.get("floor_suspect") and not _analysis.unstable(e)
+            and not res["roofline"].get("unstable"))
 
 
 def readme_summary(report: dict) -> str:

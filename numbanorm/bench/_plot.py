@@ -63,7 +63,7 @@ def _panel(ax, title: str, rs: list[dict], peers: list[str], colours: dict) -> N
             if f is None:
                 continue
             x = i - 0.4 + (k + 0.5) * width
-            shaky = _analysis.unstable(e)
+            shaky = _analysis.unstable(e) or r["roofline"].get("unstable")
             ax.bar(x, min(f, Y_MAX), width, color=colours[peer], hatch="///" if shaky else None,
                    edgecolor="white" if shaky else None)
             if peer not in drawn:

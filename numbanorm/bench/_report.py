@@ -39,7 +39,7 @@ def _frac(peer: str) -> Callable[[dict], str]:
         f = e.get("floor_fraction")
         if f is None:
             return "err" if "error" in e else "—"
-        return _mark(e, f"{f:.2f}")
+        return (UNSTABLE if _analysis.unstable(e) or res["roofline"].get("unstable") else "") + f"{f:.2f}"
     return cell
 
 
@@ -64,7 +64,8 @@ def _roof(res: dict) -> str:
     roof = res["roofline"]
     if "gbps" not in roof:
         return "—"
-    return f"{roof['gbps']:.1f}{COPY_TAGS.get(roof['used'], '')}"
+    text = f"{roof['gbps']:.1f}{COPY_TAGS.get(roof['used'], '')}"
+    return UNSTABLE + text if roof.get("unstable") else text
 
 
 def _float32_twin(res: dict) -> str | None:
@@ -135,14 +136,16 @@ def legend(report: dict) -> str:
         f"{m['cpu']}, {m['cores']} cores, {cfg['threads']} threads, {m['date'][:10]}. "
         f"MB = size of x. floor = bytes the op must move, in copies of x: "
         + "; ".join(_floors.legend_lines())
-        + f". roof GB/s = the fastest copy of the floor's bytes in the same run (its fastest sample): "
+        + f". roof GB/s = the fastest copy of the floor's bytes in the same run: "
         f"{cfg['threads']}-thread memcpy slices (numba prange), the same with streaming stores ('nt'), or "
         f"one-thread memcpy ('1t'). "
         f"P/floor = fraction of floor = roofline time / P's time (1 = moving only the floor's bytes at copy "
         f"speed); '{SUSPECT}' = above {_floors.FLOOR_SUSPECT:g}: the floor or the roofline is wrong for that "
         f"case. vs P = P's time / numbanorm's (> 1: numbanorm faster). nb = numbanorm, out= = numbanorm "
-        f"writing into out= buffers. '{UNSTABLE}' = unstable: median > {_analysis.SPREAD:g}x the min (or "
-        f"> {_analysis.NEIGHBOUR_FACTOR:g}x off the neighbouring sizes) in two measurements. Op times are the "
+        f"writing into out= buffers. '{UNSTABLE}' = unstable: median > {_analysis.SPREAD:g}x the min in two "
+        f"measurements, or > {_analysis.NEIGHBOUR_FACTOR:g}x below its GB/s on the neighbouring sizes and not "
+        f"repeated, or "
+        f"repeated only on a busy machine. Op times are the "
         f"{cfg['stat']} of samples taken in turn, each library in its own process.")
 
 
@@ -182,6 +185,10 @@ def notes(report: dict) -> list[str]:
                            f"({res['floor']['moves']}): the floor or the roofline is wrong for this case")
             if _analysis.unstable(entry):
                 out.append(f"unstable: {peer} on {res['group']}: {entry.get('unstable_why', '')}")
+        if res["roofline"].get("unstable"):
+            used = res["roofline"]["copies"][res["roofline"]["used"]]
+            out.append(f"unstable roofline on {res['group']}: {res['roofline']['used']}: "
+                       f"{_analysis.spread_flag(used)}; its fractions of floor are marked too")
     return out + _isolation_note(report)
 
 

@@ -1,12 +1,12 @@
 """JSON Schemas (draft 2020-12) of the two files ``python -m numbanorm.bench`` writes.
 
 - :data:`SCHEMA`: ``bench.json``, format ``numbanorm-bench/2``. Per case: the traffic ``floor``
-  (reads, writes, bytes, what in words), the ``roofline`` (every copy timed, the one ``used``, its
-  fastest sample's time and GB/s), and per peer its samples' statistics, ``time_s`` (the configured statistic),
-  ``gbps`` (floor bytes / time), ``floor_fraction`` (roofline time / time), and the marks:
-  ``floor_suspect`` (fraction above 1.05: a wrong floor), ``unstable`` with ``unstable_why``,
-  ``remeasured`` with the ``first`` measurement. ``isolation`` holds the evidence that no library
-  ran while another was timed.
+  (reads, writes, bytes, what in words), the ``roofline`` (every copy timed, the one ``used``,
+  its time and GB/s, ``unstable`` when that copy's samples disagree), and per peer its samples'
+  statistics, ``time_s`` (the configured statistic), ``gbps`` (floor bytes / time),
+  ``floor_fraction`` (roofline time / time), and the marks: ``floor_suspect`` (fraction above
+  1.05: a wrong floor), ``unstable`` with ``unstable_why``, ``remeasured`` with the ``first``
+  measurement. ``isolation`` holds the evidence that no library ran while another was timed.
 - :data:`DASHBOARD_SCHEMA`: ``dashboard.json``, github-action-benchmark's ``customBiggerIsBetter``
   input.
 
@@ -40,7 +40,8 @@ _FLOOR = {"type": "object", "required": ["reads", "writes", "arrays", "bytes", "
                          "copies_of_x": _NUM, "moves": {"type": "string"}}}
 _ROOFLINE = {"type": "object", "required": ["copies"],
              "properties": {"copies": {"type": "object", "additionalProperties": _CELL},
-                            "used": {"enum": ["copy", "copy-nt", "copy-1t"]}, "time_s": _NUM, "gbps": _NUM},
+                            "used": {"enum": ["copy", "copy-nt", "copy-1t"]}, "time_s": _NUM, "gbps": _NUM,
+                            "unstable": {"type": "boolean"}},
              "dependentRequired": {"used": ["time_s", "gbps"]}}
 _RESULT = {"type": "object",
            "required": ["group", "op", "layout", "shape", "dtype", "category", "x_bytes", "floor", "roofline", "peers"],
