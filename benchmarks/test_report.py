@@ -87,6 +87,13 @@ def test_spread_cells_are_remeasured_and_marked_when_they_stay_so():
     torch, numpy = res["peers"]["torch"], res["peers"]["numpy"]
     assert torch["unstable"] and "again" in torch["unstable_why"] and torch["first"]["min_s"] == 3.0
     assert numpy["remeasured"] and not numpy.get("unstable")
+    slow = result(peers={"torch": cell(2.0, 0.5)})  # clean the second time, but 20x slower: unstable
+    _analysis.merge(slow, {"torch": cell(40.0, 38.0)}, {"torch": "spread"}, "median")
+    assert slow["peers"]["torch"]["unstable"] and "20.00x the first" in slow["peers"]["torch"]["unstable_why"]
+    again = copy.deepcopy(slow["peers"]["torch"])
+    again.pop("unstable"), again.pop("unstable_why")
+    _analysis.recheck(again)  # derived from the stored entry alone: --render marks it the same way
+    assert again["unstable"]
     rep = report_of([res])
     header, rows = _report.table(rep)
     assert rows[0][header.index("torch/floor")].startswith(_report.UNSTABLE)

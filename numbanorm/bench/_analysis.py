@@ -66,9 +66,12 @@ def assemble(case: Case, entries: dict[str, dict], llc_bytes: int, stat: str) ->
 
 
 def derive(result: dict, stat: str) -> None:
-    """(Re)compute time, GB/s, the roofline and every fraction of floor of ``result``."""
+    """(Re)compute time, GB/s, the roofline, every fraction of floor and the marks of re-measured
+    cells (:func:`recheck`) of ``result``."""
     nbytes = result["floor"]["bytes"]
     roof = result["roofline"]
+    for entry in result["peers"].values():
+        recheck(entry)
     for entry in [*roof["copies"].values(), *result["peers"].values()]:
         t = cell_time(entry, stat)
         if t:
@@ -151,23 +154,33 @@ def to_remeasure(results: list[dict]) -> dict[str, dict[str, str]]:
 
 
 def settle(first: dict, second: dict, why: str) -> dict:
-    """The entry kept for a cell measured twice: the second measurement, marked ``unstable``
-    (with the reason) when it is still spread or, for a neighbour outlier, disagrees with the
-    first by more than :data:`SPREAD`."""
+    """The entry kept for a cell measured twice: the second measurement (the first kept as
+    ``first``), marked ``unstable`` (with the reason) by :func:`recheck`."""
     if "median_s" not in second:  # the re-measure failed: keep the first, unstable
         return first | {"unstable": True, "unstable_why": f"{why}; re-measure failed"}
-    keep = dict(second, remeasured=True, first={k: first.get(k) for k in ("median_s", "min_s")},
-                suspect_why=why)
-    still = spread_flag(second)
-    m1, m2 = first.get("median_s"), second["median_s"]
-    if still:
-        keep.update(unstable=True, unstable_why=f"{why}; again: {still}")
-    elif spread_flag(first) is None and m1 and max(m1 / m2, m2 / m1) > SPREAD:
-        keep.update(unstable=True, unstable_why=f"{why}; re-measure {m2 / m1:.2f}x the first median")
-    elif spread_flag(first) is None and min(first.get("stall_share", 0.0), second.get("stall_share", 0.0)) > BUSY_STALL:
-        keep.update(unstable=True, unstable_why=f"{why}; repeated, but on a busy machine (threads waited for a "
-                                                f"CPU {second['stall_share']:.0%} of the time)")
+    keep = dict(second, remeasured=True, suspect_why=why,
+                first={k: first.get(k) for k in ("median_s", "min_s", "stall_share")})
+    recheck(keep)
     return keep
+
+
+def recheck(entry: dict) -> None:
+    """Mark a re-measured cell ``unstable`` when the second measurement is still spread, when its
+    median is more than :data:`SPREAD` times off the first's, or when a neighbour outlier repeated
+    only on a busy machine (both measurements with ``stall_share`` above :data:`BUSY_STALL`).
+    Pure: derived from what the entry stores."""
+    if not entry.get("remeasured") or entry.get("unstable"):
+        return
+    first, why = entry["first"], entry.get("suspect_why", "")
+    m1, m2 = first.get("median_s"), entry["median_s"]
+    still = spread_flag(entry)
+    if still:
+        entry.update(unstable=True, unstable_why=f"{why}; again: {still}")
+    elif m1 and max(m1 / m2, m2 / m1) > SPREAD:
+        entry.update(unstable=True, unstable_why=f"{why}; re-measure {m2 / m1:.2f}x the first median")
+    elif "below its" in why and min(first.get("stall_share") or 0.0, entry.get("stall_share", 0.0)) > BUSY_STALL:
+        entry.update(unstable=True, unstable_why=f"{why}; repeated, but on a busy machine (threads waited for "
+                                                 f"a CPU {entry['stall_share']:.0%} of the time)")
 
 
 def merge(result: dict, second: dict[str, dict], whys: dict[str, str], stat: str) -> None:
