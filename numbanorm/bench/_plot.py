@@ -34,7 +34,7 @@ def plot(report: dict, path: Path) -> str | None:
         panels.setdefault(r.get("category", "other"), []).append(r)
     widest = max((len(rs) for rs in panels.values()), default=1)
     fig = plt.figure(figsize=(2.5 + 0.62 * widest, 0.6 + 3.4 * max(len(panels), 1)), dpi=90)
-    grid = fig.add_gridspec(max(len(panels), 1), widest + 3, hspace=1.0, left=0.06, right=0.99, top=0.95,
+    grid = fig.add_gridspec(max(len(panels), 1), widest + 3, hspace=1.35, left=0.06, right=0.99, top=0.95,
                             bottom=0.1)
     colours = {p: plt.cm.tab10(k) for k, p in enumerate(PEERS)}
     for row, (category, rs) in enumerate(panels.items()):
