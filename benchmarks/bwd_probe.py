@@ -7,9 +7,9 @@ One thread for every peer (``--threads N``: N, and wall time), thread CPU time (
 machine barely disturbs it), the contenders of a case sampled round-robin; prints the min and the
 median. ``--base`` imports a
 copy of another checkout's package under another name (``cp -r /work/main/numbanorm
-/tmp/x/nbmain`` then ``--base /tmp/x:nbmain``). ``--phases``: also times the two passes of the BN
-backward (``channel_grad_sums``, ``channel_grad_input``) and LN's row kernel alone, against the
-read floor of two tensors (a float64 sum over x and dy) and the copy.
+/tmp/x/nbmain`` then ``--base /tmp/x:nbmain``). ``--phases``: also times the read floor of two
+tensors (a float64 sum over x and dy) next to the copy. Only numbanorm's public API is used (the
+timing of the backward's internal passes went with the move of the kernels to numbanorm/cpu/).
 """
 
 from __future__ import annotations
@@ -82,21 +82,6 @@ def bn_case(mods, shape, axis, rng, phases):
         fns["torch"] = torch_bn_backward(x, g, w, b, axis)
     if phases:
         fns["read2"] = lambda: read2(x.reshape(-1), g.reshape(-1))
-        m64 = mean.astype(np.float64)
-        sc = (w * invstd).astype(np.float64)
-        q = sc * 0.01
-        r = sc * 0.02
-        nt = numba.get_num_threads()
-        for name, m in mods.items():
-            k = importlib.import_module(m.__name__ + "._engine_backward")
-            lay = importlib.import_module(m.__name__ + "._layout")
-            view = lay.input_view(x, axis % x.ndim)
-            x3 = view.x3
-            g3 = g.reshape(x3.shape)
-            o3 = out.reshape(x3.shape)
-            fns[name + ":sums"] = (lambda k=k, x3=x3, g3=g3: k.channel_grad_sums(g3, x3, m64, sc, None, nt))
-            fns[name + ":input"] = (lambda k=k, x3=x3, g3=g3, o3=o3: k.channel_grad_input(g3, x3, m64, sc, q, r,
-                                                                                         o3, nt))
     return x, fns
 
 

@@ -1,4 +1,5 @@
-"""pytest-benchmark suite options and fixtures; the grid and peers live in numbanorm.bench._cases.
+"""pytest-benchmark suite options and fixtures; the grid lives in numbanorm.bench._cases, the peers
+in numbanorm.bench._registry.
 
 By default (``--benchmark-disable``, set in pyproject) every case runs once on a small shape and
 asserts that the peers agree with a float64 reference: a smoke test. ``--benchmark-enable`` times
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from numbanorm.bench import _cases
+from numbanorm.bench import _cases, _registry
 
 
 def pytest_addoption(parser):
@@ -18,7 +19,8 @@ def pytest_addoption(parser):
                     help="cases to run (default: smoke with --benchmark-disable, else quick)")
     group.addoption("--bench-threads", type=int, default=None,
                     help="threads for numbanorm, torch and ONNX Runtime (default: numba's default)")
-    group.addoption("--bench-peers", default=None, help="comma-separated peers (default: all)")
+    group.addoption("--bench-peers", default=None,
+                    help="comma-separated peers (default: all, and the roofline copies copy, copy-nt, copy-1t)")
     group.addoption("--bench-ops", default=None,
                     help="comma-separated ops or aliases (forward, backward, half, family; default: all)")
 
@@ -41,7 +43,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("case", cases, ids=[c.group for c in cases])
     if "peer" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--bench-peers")
-        peers = chosen.split(",") if chosen else _cases.PEERS
+        peers = chosen.split(",") if chosen else _registry.PEERS + _registry.COPIES
         metafunc.parametrize("peer", peers)
 
 

@@ -6,8 +6,8 @@ Usage: PYTHONPATH=$PWD python benchmarks/ln_stream_probe.py --threads 2 [--root 
 
 ``--root``: a second numbanorm source tree, imported under another name (a copy of its package
 in a temporary folder), so both run in this process. ``out=`` is timed into an ``np.empty``
-buffer (16 bytes past a page boundary, as glibc's mmap gives it) and into a page-aligned arena
-block; the copy roofline is ``np.copyto`` into the same two buffers. ``--bn``: BatchNorm
+buffer (16 bytes past a page boundary, as glibc's mmap gives it) and into a page-aligned
+buffer (as the arena's blocks); the copy roofline is ``np.copyto`` into the same two buffers. ``--bn``: BatchNorm
 training forward on ≥64 MB tensors (NCHW and channels-last) against the copy, for the record.
 """
 
@@ -56,13 +56,19 @@ def report(title: str, t: dict, nbytes: int) -> None:
               f"  copy/this {copy / med[k]:6.1%}  GB/s {2 * nbytes / med[k] / 1e9:5.1f}", flush=True)
 
 
+def page_aligned(np, shape, dtype):
+    """An empty array starting on a page boundary (like numbanorm's arena blocks), every page touched."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + 4096, np.uint8)
+    off = (-raw.ctypes.data) % 4096
+    return raw[off:off + nbytes].view(dtype).reshape(shape)
+
+
 def ln_case(nb, other, np, F, torch, x, w, b) -> dict:
     """Contenders for one LayerNorm shape (closures over this call's arrays)."""
-    from numbanorm import _arena
-
     D = x.shape[-1]
     buf = np.empty(x.shape, np.float32)  # np.empty: 16 bytes past a page (glibc mmap)
-    blk = _arena.empty(x.shape, np.dtype(np.float32))  # page aligned
+    blk = page_aligned(np, x.shape, np.float32)  # as the arena's blocks
     xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
     keep = {}
 
@@ -88,15 +94,13 @@ def ln_case(nb, other, np, F, torch, x, w, b) -> dict:
 
 def bn_case(nb, other, np, F, torch, x, axis) -> dict:
     """Contenders for BatchNorm training forward (channel ``axis`` 1: NCHW, -1: NHWC storage)."""
-    from numbanorm import _arena
-
     C = x.shape[axis]
     rng = np.random.default_rng(1)
     w = rng.standard_normal(C, dtype=np.float32)
     b = rng.standard_normal(C, dtype=np.float32)
     rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
     buf = np.empty(x.shape, np.float32)
-    blk = _arena.empty(x.shape, np.dtype(np.float32))
+    blk = page_aligned(np, x.shape, np.float32)
     xt = torch.from_numpy(x)
     if axis == -1:
         xt = xt.permute(0, 3, 1, 2)  # NHWC storage: torch's channels_last

@@ -1,166 +1,160 @@
-"""Benchmark report: ``python -m numbanorm.bench [--full] [--ops ...] [--threads N] [--out DIR]``.
+"""Benchmark report: ``python -m numbanorm.bench`` (``--help`` for the options).
 
-Times numbanorm (allocating and ``out=``) against torch CPU, ONNX Runtime, plain NumPy and an
-``np.copyto`` roofline of x, on the grid in :mod:`numbanorm.bench._cases` (the same one the
-pytest-benchmark suite in ``benchmarks/`` uses): float32 forward and backward LayerNorm and
-BatchNorm, float16 / bfloat16 forward, RMSNorm, GroupNorm and residual-add LayerNorm. Needs only
-numba and numpy: a missing peer is a missing column with a note. Timing: one untimed warm-up call
-(which is also checked against a float64 reference), then the median of repeated samples within
-``--budget`` seconds per case and peer (at least 3 samples; fast calls are looped within a
-sample). ``--interleave`` samples the peers of a case in turn instead of one after the other, so
-that load from other processes hits them alike (for side-by-side ratios on a busy machine).
+Times numbanorm against torch, ONNX Runtime, JAX, OpenVINO and NumPy (each when installed) and a
+roofline copy, on the grid of :mod:`numbanorm.bench._cases` (shared with the pytest-benchmark
+suite in ``benchmarks/``). Every library runs in its own worker process (:mod:`._worker`); the
+driver (:mod:`._driver`) alternates them sample by sample. Each op is credited with its traffic
+floor (:mod:`._floors`) and measured as a fraction of it against the fastest copy of the same
+bytes (:mod:`._roofline`). Suspect cells are measured again and marked unstable if they stay so
+(:mod:`._analysis`).
 
-Writes to ``--out`` (default ``bench-results/``): ``bench.json``, ``bench.md``, ``bench.png``.
-
-JSON format ``numbanorm-bench/1``::
-
-    {"format": "numbanorm-bench/1",
-     "machine": {"date", "cpu", "machine", "system", "cores", "cores_usable", "threads",
-                 "numba_threading_layer", "python", "versions": {package: version or null}},
-     "config": {"grid": "quick" | "full" | "smoke", "ops": [...], "peers": [...],
-                "threads": int, "budget_s": float, "stat": "median" | "min", "interleave": bool},
-     "missing_peers": {peer: reason},               # peers not installed here
-     "results": [{"group": "op|layout|shape", "op", "layout", "shape": [logical dims, NCHW for BN],
-                  "dtype": "float32" | "float16" | "bfloat16",
-                  "traffic": int,                    # x-sized arrays the op must read + write
-                  "x_bytes": int,                    # x.nbytes
-                  "bytes": int,                      # traffic * x_bytes (copy moves 2 * x_bytes)
-                  "peers": {peer: {"median_s", "min_s", "max_s", "repeats", "inner_loops",
-                                   "time_s",         # median_s or min_s, as config.stat says
-                                   "gbps",           # bytes / time_s / 1e9
-                                   "roofline_fraction",  # gbps / copy's gbps
-                                   "rel_l2_error",   # vs the float64 reference (max over results)
-                                   "note"?,          # it disagrees with the reference
-                                   "caveat"?}        # how the peer differs (NumPy on half: float32)
-                                | {"skipped": reason} | {"error": message}}}]}
-
-``benchmarks/compare.py`` reads this format (and pytest-benchmark's ``--benchmark-json``).
+Writes ``bench.json`` (format ``numbanorm-bench/2``, :data:`SCHEMA` in :mod:`._schema`),
+``bench.md``, ``bench.png`` and ``dashboard.json`` (github-action-benchmark's
+``customBiggerIsBetter`` input). ``benchmarks/compare.py`` gates CI on the fraction of floor.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import _cases, _report, _run
+from . import _analysis, _cases, _export, _report, _run
+from ._registry import PEERS
 
 __all__ = ["main"]
 
+DESCRIPTION = """\
+Time numbanorm against torch, ONNX Runtime, JAX, OpenVINO and NumPy (those that are installed;
+the others are missing columns, with a note) and against a roofline copy measured in the same run.
+
+Every library runs in its own process, with the same thread count; the driver takes one sample
+of each in turn. Each op is credited with the bytes it must move (its traffic floor); "fraction
+of floor" is the time of the fastest copy of those bytes divided by the op's time. Cells whose
+samples disagree are measured again and marked "~" if they still do.
+
+Writes bench.json, bench.md, bench.png and dashboard.json (for github-action-benchmark) to --out.
+"""
+
+EPILOG = """\
+examples:
+  python -m numbanorm.bench                      quick grid, all cores
+  python -m numbanorm.bench --full --threads 2   every case, 2 threads
+  python -m numbanorm.bench --ops backward --peers numbanorm,torch
+  python -m numbanorm.bench --render bench.json  table, markdown, PNG, dashboard from a JSON file
+  python -m numbanorm.bench --readme docs/bench/bench.json   update the summary in README.md
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m numbanorm.bench", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="python -m numbanorm.bench", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="run the whole grid (default: the quick subset)")
-    p.add_argument("--smoke", action="store_true", help="the whole grid on tiny shapes (a functional check)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--full", action="store_true", help="run the whole grid (default: the quick subset)")
+    grid.add_argument("--smoke", action="store_true", help="the whole grid on tiny shapes (a functional check)")
     p.add_argument("--ops", default="all",
                    help=f"comma-separated ops or aliases (default: all): {', '.join(_cases.OPS)}; "
                         f"aliases: {', '.join(_cases.CATEGORIES)}")
-    p.add_argument("--peers", default=",".join(_cases.PEERS), help="comma-separated peers (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="threads for every peer (default: all cores)")
+    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every library (default: all usable cores)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timing per case and peer (default: 0.2, or 0.5 with --full)")
+                   help="seconds of samples per case and peer (default: 0.2, or 0.5 with --full)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
-                   help="statistic of the repeats reported (default: %(default)s; min resists a busy machine)")
-    p.add_argument("--interleave", action="store_true",
-                   help="sample a case's peers in turn (noise hits all alike; holds all their buffers at once)")
+                   help="statistic of the samples reported (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default: %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--no-remeasure", action="store_true", help="do not measure suspect cells again (faster)")
+    p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                   help="before each case, wait up to this long for a quiet machine (no thread waiting for a "
+                        "CPU; 3x as long before a re-measure, a minute in all per pass; 0: never wait; "
+                        "default: %(default)s)")
+    p.add_argument("--no-quiesce", action="store_true",
+                   help="diagnostic: answer without waiting for a library's threads to go idle, so that "
+                        "they may still spin while the next library is timed")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="write the outputs from this bench.json (roofline and fractions derived again), run nothing")
+    p.add_argument("--readme", type=Path, metavar="JSON",
+                   help="update the results summary in README.md (--readme-file) from this bench.json, run nothing")
+    p.add_argument("--readme-file", type=Path, default=Path("README.md"), help="(default: %(default)s)")
     return p
 
 
-def _progress(total: int):
-    """(context, advance(label)) with a rich progress bar when installed, else plain lines."""
+def default_threads() -> int:
     try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    except Exception:  # noqa: BLE001 - rich is optional
-        count = [0]
-
-        def advance(label: str) -> None:
-            count[0] += 1
-            print(f"[{count[0]}/{total}] {label}", file=sys.stderr, flush=True)
-
-        return contextlib.nullcontext(), advance
-    progress = Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), transient=True)
-    task = progress.add_task("starting", total=total)
-    started = [False]
-
-    def advance(label: str) -> None:  # called before each step: the bar shows what runs now
-        if started[0]:
-            progress.advance(task)
-        started[0] = True
-        progress.update(task, description=label)
-
-    return progress, advance
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
-def _header(which: str, cases: list, peers: list[str], threads: int, budget: float) -> str:
-    """What runs where: grid, peers, the thread count each library really uses, and the machine."""
-    import numba
+def write_outputs(report: dict, out: Path, plot: bool = True) -> list[Path]:
+    """bench.json, bench.md, dashboard.json and (``plot``, matplotlib installed) bench.png."""
+    from . import _plot
 
-    used = [f"numba {numba.get_num_threads()}"]
-    if "torch" in peers:
-        import torch
+    out.mkdir(parents=True, exist_ok=True)
+    _report.write_json(report, out / "bench.json")
+    (out / "bench.md").write_text(_report.markdown(report))
+    (out / "dashboard.json").write_text(json.dumps(_export.dashboard(report), indent=1) + "\n")
+    written = [out / n for n in ("bench.json", "bench.md", "dashboard.json")]
+    if plot:
+        why = _plot.plot(report, out / "bench.png")
+        if why:
+            print(f"note: {why}")
+        else:
+            written.append(out / "bench.png")
+    return written
 
-        used.append(f"torch {torch.get_num_threads()}")
-    if "onnxruntime" in peers:
-        used.append(f"onnxruntime {threads} (per session)")
-    m = _cases.machine_info(threads)
-    return (f"numbanorm.bench: {which} grid, {len(cases)} cases x {len(peers)} peers ({', '.join(peers)}), "
-            f"{budget:g} s per case and peer\n"
-            f"threads: {threads} ({', '.join(used)})\n"
-            f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['system']}, "
-            f"Python {m['python']}, numba {m['versions']['numba']}, numpy {m['versions']['numpy']}"
-            + (f", torch {m['versions']['torch']}" if "torch" in peers else ""))
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: the workers are stopped and the temporary files removed."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    except ValueError:  # not the main thread
+        pass
+
+
+def _readme(args: argparse.Namespace) -> int:
+    report = json.loads(args.readme.read_text())
+    try:
+        changed = _export.update_readme(args.readme_file, report)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(_export.readme_summary(report))
+    print(f"{args.readme_file}: {'updated' if changed else 'already up to date'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the report; returns the exit status (2 for bad arguments, else 0)."""
     args = _parser().parse_args(argv)
-    which = "smoke" if args.smoke else ("full" if args.full else "quick")
-    try:
-        ops = tuple(o for o in args.ops.split(",") if o and o != "all")
-        cases = _cases.grid(which, ops)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    peers = [p for p in args.peers.split(",") if p]
-    unknown = set(peers) - set(_cases.PEERS)
-    if unknown:
-        print(f"error: unknown peers {sorted(unknown)}; expected some of {list(_cases.PEERS)}", file=sys.stderr)
-        return 2
-    threads = _cases.set_threads(args.threads or _cases.default_threads())
-    budget = args.budget if args.budget is not None else (0.5 if args.full else 0.2)
-    avail = _cases.availability()
-    missing = {p: avail[p] for p in peers if avail[p]}
-    run_peers = [p for p in peers if p not in missing]
-    print(_header(which, cases, run_peers, threads, budget), flush=True)
-
-    results = []
-    context, advance = _progress(len(cases) * len(run_peers))
-    with context:
-        for case in cases:
-            results.append(_run.run_case(case, run_peers, threads, budget, args.stat,
-                                         on_peer=lambda p, c=case: advance(f"{c.group} {p}"),
-                                         interleave=args.interleave))
-    report = {"format": _report.FORMAT, "machine": _cases.machine_info(threads),
-              "config": {"grid": which, "ops": sorted({c.op for c in cases}), "peers": peers,
-                         "threads": threads, "budget_s": budget, "stat": args.stat,
-                         "interleave": args.interleave},
-              "missing_peers": missing, "results": results}
+    if args.readme:
+        return _readme(args)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        for res in report["results"]:  # roofline, GB/s, fractions and suspect marks by this version's rules
+            _analysis.derive(res, report["config"]["stat"])
+    else:
+        which = "smoke" if args.smoke else ("full" if args.full else "quick")
+        try:
+            ops = tuple(o for o in args.ops.split(",") if o and o != "all")
+            cases = _cases.grid(which, ops)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        peers = [p for p in args.peers.split(",") if p]
+        unknown = set(peers) - set(PEERS)
+        if unknown:
+            print(f"error: unknown peers {sorted(unknown)}; expected some of {list(PEERS)}", file=sys.stderr)
+            return 2
+        budget = args.budget if args.budget is not None else (0.5 if args.full else 0.2)
+        _exit_on_sigterm()
+        report = _run.run(cases, peers, which, args.threads or default_threads(), budget, args.stat,
+                          remeasure=not args.no_remeasure, quiesce=not args.no_quiesce, wait_s=args.wait)
     _report.print_table(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _report.write_json(report, args.out / "bench.json")
-    (args.out / "bench.md").write_text(_report.markdown(report))
-    written = ["bench.json", "bench.md"]
-    if not args.no_plot:
-        why = _report.plot(report, args.out / "bench.png")
-        if why:
-            print(f"note: {why}")
-        else:
-            written.append("bench.png")
-    print(f"wrote {', '.join(str(args.out / w) for w in written)}")
+    written = write_outputs(report, args.out, plot=not args.no_plot)
+    print(f"wrote {', '.join(map(str, written))}")
     return 0

@@ -1,30 +1,16 @@
-"""The benchmark grid and its peers, shared by ``benchmarks/`` (pytest-benchmark) and
-``python -m numbanorm.bench``, so both time exactly the same calls.
+"""The benchmark grid, shared by ``benchmarks/`` (pytest-benchmark) and ``python -m numbanorm.bench``,
+so both time exactly the same calls: ops, layouts, shapes, inputs and a float64 reference.
 
-A *case* is one op on one layout and shape. A *peer* is one implementation of it. Peers are
-registered per op in :data:`IMPLS` (numbagg's ``COMPARISONS`` pattern): a setup function builds
-everything a peer needs (tensors, autograd graphs, ONNX sessions, output buffers) and returns a
-:class:`Prepared` whose ``run`` is the only thing timed. New ops and peers (GPU) are new entries:
-add an :class:`OpSpec` to :data:`OPS`, a :func:`reference` branch, and ``@register(peer, op)``
-setups; a GPU peer's ``run`` must synchronize before it returns, and its availability check goes
-in :func:`availability`.
+A *case* is one op on one layout and shape. A *peer* is one implementation of it, registered in
+:mod:`numbanorm.bench._registry` (numbagg's ``COMPARISONS`` pattern). What each op must move (its
+traffic floor) is in :mod:`numbanorm.bench._floors`, the copies it is measured against in
+:mod:`numbanorm.bench._roofline`.
 
 Ops: float32 forward (``layer_norm``, ``batch_norm_train``, ``batch_norm_eval``), float32
-backward (``layer_norm_backward``, ``batch_norm_train_backward``: the torch peer times only
-``torch.autograd.grad`` of a graph built in setup), float16 / bfloat16 forward
+backward (``layer_norm_backward``, ``batch_norm_train_backward``), float16 / bfloat16 forward
 (``layer_norm_f16``, ``batch_norm_train_bf16``, ...; float32 parameters) and the family
-(``rms_norm``, ``group_norm``, ``add_layer_norm``, float32).
-
-The ``copy`` peer is the roofline: ``np.copyto`` of x in the same run. Every peer is credited with
-the same traffic, the bytes the op must read and write (``OpSpec.traffic`` x-sized arrays in the
-case's dtype, described by ``OpSpec.moves``): 2 for a forward (x read once, y written once; the
-few parameter bytes are left out), 3 for a backward (x and dy read, dx written), 4 for
-``add_layer_norm``. So GB/s is effective bandwidth, and the fraction of the roofline is
-``peer GB/s / copy GB/s`` (= ``t_copy / t_peer`` when the op moves 2 arrays, like the copy).
-Half cases count 2 bytes per element: GB/s of the useful data, not of a float32 equivalent.
-This is the compulsory traffic: an op that needs per-channel statistics before it can write
-(BatchNorm train, GroupNorm over large groups, BatchNorm backward) must read x (and dy) a second
-time once they no longer fit in cache, which caps its fraction of the roofline below 1 there.
+(``rms_norm``, ``group_norm``, ``add_layer_norm``, float32). New ops are an :class:`OpSpec` in
+:data:`OPS`, a :func:`reference` branch, a floor and the peers' setups.
 """
 
 from __future__ import annotations
@@ -33,16 +19,12 @@ import importlib
 import os
 import platform
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-#: Peer names in display order. ``copy`` is the roofline, not a competitor.
-PEERS = ("numbanorm", "numbanorm-out", "torch", "onnxruntime", "numpy", "copy")
 EPS = 1e-5
 MOMENTUM = 0.1
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -55,10 +37,7 @@ class Unsupported(Exception):
 @dataclass(frozen=True)
 class OpSpec:
     """An op of the grid: its layouts, shapes (logical) and which shapes are in the quick subset.
-
-    ``traffic`` is how many x-sized arrays the op must read + write (its compulsory memory traffic,
-    described in ``moves``); GB/s and the roofline fraction are computed from it, in ``dtype``.
-    """
+    What it must move is :func:`numbanorm.bench._floors.floor`."""
 
     name: str
     kind: str  # layer_norm | batch_norm | rms_norm | group_norm | add_layer_norm: what is computed
@@ -69,8 +48,6 @@ class OpSpec:
     training: bool = False
     backward: bool = False
     dtype: str = "float32"
-    traffic: int = 2
-    moves: str = "x read, y written"
     groups: int = 0  # group_norm's num_groups
 
     @property
@@ -109,16 +86,6 @@ class Case:
     def x_nbytes(self) -> int:
         return ITEMSIZE[self.spec.dtype] * int(np.prod(self.shape))
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes the op must read + write: ``traffic`` x-sized arrays (forward: x once, y once)."""
-        return self.spec.traffic * self.x_nbytes
-
-    @property
-    def copy_nbytes(self) -> int:
-        """Bytes the ``copy`` roofline moves: x read once, written once."""
-        return 2 * self.x_nbytes
-
     def smoke(self) -> Case:
         """Same case on a small shape that still spans several parallel tasks: CI-cheap."""
         if self.spec.rows:
@@ -133,7 +100,6 @@ _BN_SHAPES = ((32, 64, 56, 56), (64, 256, 14, 14), (8, 3, 224, 224), (256, 64, 8
 _LN_QUICK = (_LN_SHAPES[0], _LN_SHAPES[4])
 _BN_QUICK = (_BN_SHAPES[0], _BN_SHAPES[4])
 _BN_LAYOUTS = ("NCHW", "NHWC")
-_BACKWARD = "x and dy read, dx written (dweight/dbias are parameter-sized)"
 _RMS_SHAPES = ((8, 128, 4096), (32, 512, 768), (1, 16, 4096))  # LLaMA-7B hidden size, BERT, latency
 _GN_SHAPES = ((32, 64, 56, 56), (4, 256, 64, 64))  # ResNet-like, diffusion U-Net-like; 32 groups
 _ADD_LN_SHAPES = ((32, 512, 768), (8, 128, 4096), (1, 16, 768))
@@ -145,9 +111,9 @@ def _ops() -> dict[str, OpSpec]:
         OpSpec("batch_norm_train", "batch_norm", "forward", _BN_LAYOUTS, _BN_SHAPES, _BN_QUICK, training=True),
         OpSpec("batch_norm_eval", "batch_norm", "forward", _BN_LAYOUTS, _BN_SHAPES, _BN_QUICK),
         OpSpec("layer_norm_backward", "layer_norm", "backward", ("NLC",), _LN_SHAPES, _LN_QUICK,
-               backward=True, traffic=3, moves=_BACKWARD),
+               backward=True),
         OpSpec("batch_norm_train_backward", "batch_norm", "backward", _BN_LAYOUTS, _BN_SHAPES, _BN_QUICK,
-               training=True, backward=True, traffic=3, moves=_BACKWARD),
+               training=True, backward=True),
     ]
     for dtype, suffix in (("float16", "f16"), ("bfloat16", "bf16")):
         ops += [
@@ -158,8 +124,7 @@ def _ops() -> dict[str, OpSpec]:
     ops += [
         OpSpec("rms_norm", "rms_norm", "family", ("NLC",), _RMS_SHAPES, _RMS_SHAPES[:1]),
         OpSpec("group_norm", "group_norm", "family", _BN_LAYOUTS, _GN_SHAPES, _GN_SHAPES[:1], groups=32),
-        OpSpec("add_layer_norm", "add_layer_norm", "family", ("NLC",), _ADD_LN_SHAPES, _ADD_LN_SHAPES[:1],
-               traffic=4, moves="x and residual read, y and x + residual written"),
+        OpSpec("add_layer_norm", "add_layer_norm", "family", ("NLC",), _ADD_LN_SHAPES, _ADD_LN_SHAPES[:1]),
     ]
     return {op.name: op for op in ops}
 
@@ -210,7 +175,7 @@ def grid(which: str = "quick", ops: tuple[str, ...] | None = None) -> list[Case]
 def numpy_dtype(name: str) -> np.dtype:
     """The NumPy dtype of a case; bfloat16 needs ml_dtypes (else the case is skipped)."""
     if name == "bfloat16":
-        return np.dtype(_module("ml_dtypes").bfloat16)
+        return np.dtype(require("ml_dtypes").bfloat16)
     return np.dtype(name)
 
 
@@ -259,7 +224,7 @@ def channel_axis(case: Case) -> int:
     return -1 if case.layout == "NHWC" else 1
 
 
-def _stat_axes(case: Case, ndim: int) -> tuple[tuple[int, ...], list[int]]:
+def stat_axes(case: Case, ndim: int) -> tuple[tuple[int, ...], list[int]]:
     """(axes the statistics reduce over, broadcast shape of a per-feature parameter)."""
     if case.spec.rows:
         return (ndim - 1,), [-1]
@@ -277,7 +242,7 @@ def reference(case: Case, data: Data) -> np.ndarray | tuple[np.ndarray, ...]:
     """
     spec = case.spec
     x = data.x.astype(np.float64)
-    axes, bshape = _stat_axes(case, x.ndim)
+    axes, bshape = stat_axes(case, x.ndim)
     w = data.weight.astype(np.float64).reshape(bshape)
     b = data.bias.astype(np.float64).reshape(bshape)
     if spec.kind == "add_layer_norm":
@@ -334,389 +299,13 @@ def agree_tol(case: Case) -> float:
     return HALF_TOL.get(case.spec.dtype, AGREE_TOL)
 
 
-# ---------------------------------------------------------------------------------- peers
-
-
-@dataclass
-class Prepared:
-    """A peer ready to run one case. ``run()`` is timed; ``stored(result)`` maps its result to a
-    NumPy array (or tuple of arrays, like :func:`reference`) in the stored layout, for the agreement
-    check (not timed). ``caveat`` says how the peer differs from the op, if it does."""
-
-    run: Callable[[], Any]
-    stored: Callable[[Any], Any] = lambda r: r if isinstance(r, tuple) else np.asarray(r)  # noqa: E731
-    keep: list = field(default_factory=list)  # keeps buffers and sessions alive
-    caveat: str | None = None
-
-
-Setup = Callable[[Case, Data, int], Prepared]
-IMPLS: dict[str, dict[str, Setup]] = {}
-
-
-def register(peer: str, *ops: str) -> Callable[[Setup], Setup]:
-    """Register ``setup(case, data, threads) -> Prepared`` for ``peer`` on ``ops``."""
-
-    def deco(fn: Setup) -> Setup:
-        for op in ops:
-            IMPLS.setdefault(op, {})[peer] = fn
-        return fn
-
-    return deco
-
-
-def _module(name: str):
+def require(name: str):
+    """``importlib.import_module(name)``, a failure raised as :class:`Unsupported` (a broken
+    install is as missing as an absent one)."""
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 - a broken install is as missing as an absent one
+    except Exception as exc:  # noqa: BLE001
         raise Unsupported(f"{name} is not installed ({type(exc).__name__}: {exc})") from None
-
-
-def availability() -> dict[str, str | None]:
-    """peer -> None if usable here, else the reason it is skipped."""
-    needs = {"torch": "torch", "onnxruntime": "onnxruntime"}
-    out: dict[str, str | None] = {}
-    for peer in PEERS:
-        try:
-            if peer in needs:
-                _module(needs[peer])
-                if peer == "onnxruntime":
-                    _module("onnx")
-            out[peer] = None
-        except Unsupported as exc:
-            out[peer] = str(exc)
-    return out
-
-
-def prepare(peer: str, case: Case, data: Data, threads: int) -> Prepared:
-    """Build ``peer`` for ``case`` (untimed). Raises :class:`Unsupported` with a reason."""
-    try:
-        setup = IMPLS[case.op][peer]
-    except KeyError:
-        raise Unsupported(f"{peer} has no {case.op}") from None
-    return setup(case, data, threads)
-
-
-def _bn_args(case: Case, data: Data):
-    training = case.spec.training
-    rm = data.running_mean.copy()  # each peer updates its own running stats
-    rv = data.running_var.copy()
-    return training, rm, rv
-
-
-_ALL = tuple(OPS)
-
-
-@register("numbanorm", *_ALL)
-def _numbanorm(case: Case, data: Data, threads: int) -> Prepared:
-    return _numbanorm_setup(case, data, out=None)
-
-
-@register("numbanorm-out", *_ALL)
-def _numbanorm_out(case: Case, data: Data, threads: int) -> Prepared:
-    return _numbanorm_setup(case, data, out=np.empty_like(data.x))
-
-
-def _numbanorm_setup(case: Case, data: Data, out: np.ndarray | None) -> Prepared:
-    import numbanorm as nb
-
-    spec = case.spec
-    x, w, b, eps = data.x, data.weight, data.bias, data.eps
-    d, axis = x.shape[-1], channel_axis(case)
-    if spec.backward:  # stats from the forward, computed here (untimed) as a training step would
-        dy = data.dy
-        if spec.kind == "layer_norm":
-            _, mean, rstd = nb.layer_norm(x, d, w, b, eps, return_stats=True)
-            return Prepared(lambda: nb.layer_norm_backward(dy, x, d, mean, rstd, w, out=out), keep=[out])
-        _, mean, invstd = nb.batch_norm(x, None, None, w, b, True, MOMENTUM, eps, channel_axis=axis,
-                                        return_stats=True)
-        return Prepared(lambda: nb.batch_norm_backward(dy, x, mean, invstd, w, True, channel_axis=axis, out=out),
-                        keep=[out])
-    if spec.kind == "layer_norm":
-        return Prepared(lambda: nb.layer_norm(x, d, w, b, eps, out=out), keep=[out])
-    if spec.kind == "rms_norm":
-        return Prepared(lambda: nb.rms_norm(x, d, w, eps, out=out), keep=[out])
-    if spec.kind == "add_layer_norm":
-        r, r_out = data.residual, None if out is None else np.empty_like(x)
-        return Prepared(lambda: nb.add_layer_norm(x, r, d, w, b, eps, out=out, residual_out=r_out),
-                        keep=[out, r_out])
-    if spec.kind == "group_norm":
-        return Prepared(lambda: nb.group_norm(x, spec.groups, w, b, eps, channel_axis=axis, out=out), keep=[out])
-    training, rm, rv = _bn_args(case, data)
-    return Prepared(lambda: nb.batch_norm(x, rm, rv, w, b, training, MOMENTUM, eps, channel_axis=axis, out=out),
-                    keep=[out, rm, rv])
-
-
-def _to_torch(torch, a: np.ndarray):
-    """A tensor sharing ``a``'s memory; bfloat16 goes through its 16-bit pattern (torch.from_numpy
-    does not know ml_dtypes)."""
-    if a.dtype.kind == "V" and a.dtype.itemsize == 2:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
-def _from_torch(torch, t, dtype: np.dtype) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(dtype)
-    return t.numpy()
-
-
-@register("torch", *_ALL)
-def _torch(case: Case, data: Data, threads: int) -> Prepared:
-    """torch.nn.functional on the same memory; channels-last cases as channels_last tensors (torch's
-    NHWC kernels). Forward in ``inference_mode``; a backward builds the graph here and times only
-    ``torch.autograd.grad`` of it (``retain_graph``, so it can be run again)."""
-    torch = _module("torch")
-    F = torch.nn.functional
-    torch.set_num_threads(threads)
-    spec = case.spec
-    nhwc = case.layout == "NHWC"
-
-    def logical(a):  # stored -> logical (NCHW) tensor
-        t = _to_torch(torch, a)
-        return t.permute(0, 3, 1, 2) if nhwc else t
-
-    def stored(result):
-        def one(t):
-            a = _from_torch(torch, t, data.x.dtype)
-            return a.transpose(0, 2, 3, 1) if nhwc and a.ndim == 4 else a
-
-        return tuple(one(t) for t in result) if isinstance(result, tuple) else one(result)
-
-    xt = logical(data.x)
-    w, b, eps = torch.from_numpy(data.weight), torch.from_numpy(data.bias), data.eps
-    shape = (data.x.shape[-1],)
-    if spec.backward:
-        tx = xt.detach().requires_grad_(True)
-        tw, tb = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
-        if spec.kind == "layer_norm":
-            ty = F.layer_norm(tx, shape, tw, tb, eps)
-        else:
-            ty = F.batch_norm(tx, None, None, tw, tb, True, MOMENTUM, eps)
-        tg = logical(data.dy)
-        return Prepared(lambda: torch.autograd.grad(ty, (tx, tw, tb), tg, retain_graph=True), stored,
-                        keep=[tx, tw, tb, ty, tg])
-    if spec.kind == "layer_norm":
-        fn = lambda: F.layer_norm(xt, shape, w, b, eps)  # noqa: E731
-    elif spec.kind == "rms_norm":
-        fn = lambda: F.rms_norm(xt, shape, w, eps)  # noqa: E731
-    elif spec.kind == "add_layer_norm":
-        rt = logical(data.residual)
-
-        def fn():  # the unfused ops: what a torch model runs
-            s = xt + rt
-            return F.layer_norm(s, shape, w, b, eps), s
-    elif spec.kind == "group_norm":
-        fn = lambda: F.group_norm(xt, spec.groups, w, b, eps)  # noqa: E731
-    else:
-        training, rm, rv = _bn_args(case, data)
-        rmt, rvt = torch.from_numpy(rm), torch.from_numpy(rv)
-        fn = lambda: F.batch_norm(xt, rmt, rvt, w, b, training, MOMENTUM, eps)  # noqa: E731
-
-    def run():
-        with torch.inference_mode():
-            return fn()
-
-    return Prepared(run, stored, keep=[xt])
-
-
-_ORT_OPS = ("layer_norm", "batch_norm_eval", "layer_norm_f16", "rms_norm", "group_norm", "add_layer_norm")
-
-
-@register("onnxruntime", *_ORT_OPS)
-def _onnxruntime(case: Case, data: Data, threads: int) -> Prepared:
-    """One-node ONNX models: LayerNormalization (float32, and float16 with float16 weight/bias, as
-    its type constraint requires), BatchNormalization, RMSNormalization (opset 23),
-    GroupNormalization (opset 21, per-channel scale) and ONNX Runtime's SkipLayerNormalization
-    (com.microsoft; outputs y and x + residual). Channels-first only."""
-    ort = _module("onnxruntime")
-    onnx = _module("onnx")
-    _module("onnx.numpy_helper")
-    spec = case.spec
-    if case.layout == "NHWC":
-        raise Unsupported(f"ONNX {spec.kind} is channels-first only (NHWC would add two transposes)")
-    h = onnx.helper
-    elem = onnx.TensorProto.FLOAT16 if data.x.dtype == np.float16 else onnx.TensorProto.FLOAT
-    pdtype = data.x.dtype  # ONNX wants the parameters in x's type
-    eps, xs = data.eps, list(data.x.shape)
-
-    def tensor(a: np.ndarray, name: str):
-        return onnx.numpy_helper.from_array(a.astype(pdtype), name)
-
-    def vi(name: str):
-        return h.make_tensor_value_info(name, elem, xs)
-
-    inputs, outputs, domain_opsets = ["X"], ["Y"], []
-    init = [tensor(data.weight, "scale"), tensor(data.bias, "B")]
-    if spec.kind == "layer_norm":
-        node = h.make_node("LayerNormalization", ["X", "scale", "B"], ["Y"], axis=-1, epsilon=eps)
-        opset = 17
-    elif spec.kind == "rms_norm":
-        init = init[:1]
-        node = h.make_node("RMSNormalization", ["X", "scale"], ["Y"], axis=-1, epsilon=eps)
-        opset = 23
-    elif spec.kind == "group_norm":
-        node = h.make_node("GroupNormalization", ["X", "scale", "B"], ["Y"], epsilon=eps, num_groups=spec.groups)
-        opset = 21
-    elif spec.kind == "add_layer_norm":
-        inputs, outputs = ["X", "R"], ["Y", "S"]
-        node = h.make_node("SkipLayerNormalization", ["X", "R", "scale", "B"], ["Y", "", "", "S"],
-                           domain="com.microsoft", epsilon=eps)
-        opset, domain_opsets = 17, [h.make_opsetid("com.microsoft", 1)]
-    else:
-        init += [tensor(data.running_mean, "mean"), tensor(data.running_var, "var")]
-        node = h.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], ["Y"], epsilon=eps)
-        opset = 15
-    graph = h.make_graph([node], case.op, [vi(n) for n in inputs], [vi(n) for n in outputs], init)
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset), *domain_opsets])
-    # the oldest IR that carries the opset: loadable by the oldest onnxruntime that has the op
-    model.ir_version = 8 if opset <= 17 else 10
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - an older onnxruntime without the op or opset
-        raise Unsupported(f"this onnxruntime cannot run {node.op_type} (opset {opset}): {exc}") from None
-    feed = {"X": data.x} | ({"R": data.residual} if "R" in inputs else {})
-    if len(outputs) == 1:
-        return Prepared(lambda: sess.run(None, feed)[0], keep=[sess])
-    return Prepared(lambda: tuple(sess.run(None, feed)), keep=[sess])
-
-
-@register("onnxruntime", *(op for op in _ALL if op not in _ORT_OPS))
-def _onnxruntime_unsupported(case: Case, data: Data, threads: int) -> Prepared:
-    spec = case.spec
-    if spec.backward or spec.training:
-        raise Unsupported("ONNX Runtime is inference-only: no training-mode BatchNorm, no backward")
-    raise Unsupported("onnxruntime's Python API takes no bfloat16 arrays")
-
-
-@register("numpy", *_ALL)
-def _numpy(case: Case, data: Data, threads: int) -> Prepared:
-    """Plain NumPy, float32. Half inputs are converted to float32 and the result rounded back (NumPy
-    has no bfloat16 arithmetic, and float16 sums lose precision); the conversions are timed."""
-    spec = case.spec
-    x, w, b, eps = data.x, data.weight, data.bias, np.float32(data.eps)
-    half = x.dtype != np.float32
-    axes, bshape = _stat_axes(case, x.ndim)
-    w, b = w.reshape(bshape), b.reshape(bshape)
-    keep: list = []
-
-    def standardize(a):
-        mean = a.mean(axes, keepdims=True)
-        ac = a - mean
-        var = np.mean(ac * ac, axes, keepdims=True)
-        ac *= 1.0 / np.sqrt(var + eps)
-        return ac
-
-    if spec.backward:
-        dy = data.dy
-        mean = x.mean(axes, keepdims=True)  # stats from the forward (untimed), as a training step has them
-        rstd = 1.0 / np.sqrt(x.var(axes, keepdims=True) + eps)
-        param_axes = tuple(range(x.ndim - 1)) if spec.rows else axes
-
-        def fn(x):
-            xhat = (x - mean) * rstd
-            dw = (dy * xhat).sum(param_axes)
-            db = dy.sum(param_axes)
-            g = dy * w
-            dx = g - g.mean(axes, keepdims=True)
-            dx -= xhat * np.mean(g * xhat, axes, keepdims=True)
-            dx *= rstd
-            return dx, dw, db
-    elif spec.kind == "rms_norm":
-
-        def fn(x):
-            return x * (1.0 / np.sqrt(np.mean(x * x, axes, keepdims=True) + eps)) * w
-    elif spec.kind == "add_layer_norm":
-        r = data.residual.astype(np.float32) if half else data.residual
-
-        def fn(x):
-            s = x + r
-            y = standardize(s)
-            y *= w
-            y += b
-            return y, s
-    elif spec.kind == "group_norm":
-        n, c = case.shape[:2]
-        g = spec.groups
-        # NCHW: (N, G, C/G * HW), reduced over 2; NHWC: (N, HW, G, C/G), reduced over 1 and 3
-        gshape, gaxes = ((n, g, -1), (2,)) if case.layout == "NCHW" else ((n, -1, g, c // g), (1, 3))
-
-        def fn(x):
-            xg = x.reshape(gshape)
-            mean = xg.mean(gaxes, keepdims=True)
-            xc = xg - mean
-            xc *= 1.0 / np.sqrt(np.mean(xc * xc, gaxes, keepdims=True) + eps)
-            y = xc.reshape(x.shape)
-            y *= w
-            y += b
-            return y
-    elif spec.kind == "layer_norm":
-
-        def fn(x):
-            y = standardize(x)
-            y *= w
-            y += b
-            return y
-    else:
-        training, rm, rv = _bn_args(case, data)
-        keep += [rm, rv]
-        count = x.size // x.shape[channel_axis(case)]
-        rm, rv = rm.reshape(bshape), rv.reshape(bshape)
-
-        def fn(x):
-            if training:
-                mean = x.mean(axes, keepdims=True)
-                var = x.var(axes, keepdims=True)
-                rm[...] = (1 - MOMENTUM) * rm + MOMENTUM * mean
-                rv[...] = (1 - MOMENTUM) * rv + MOMENTUM * var * (count / (count - 1))
-            else:
-                mean, var = rm, rv
-            scale = w / np.sqrt(var + eps)
-            shift = b - mean * scale
-            y = x * scale
-            y += shift
-            return y
-
-    if not half:
-        return Prepared(lambda: fn(x), keep=keep)
-
-    def run():
-        out = fn(x.astype(np.float32))
-        return tuple(o.astype(x.dtype) for o in out) if isinstance(out, tuple) else out.astype(x.dtype)
-
-    return Prepared(run, keep=keep, caveat="half input computed in float32 and rounded back (conversions timed)")
-
-
-@register("copy", *_ALL)
-def _copy(case: Case, data: Data, threads: int) -> Prepared:
-    dst = np.empty_like(data.x)
-    x = data.x
-
-    def run():
-        np.copyto(dst, x)
-        return dst
-
-    return Prepared(run, keep=[dst])
-
-
-def agreement(peer: str, prepared: Prepared, case: Case, data: Data, result: Any,
-              ref: Any = None) -> float:
-    """Largest relative L2 error of a peer's results against the float64 reference (``copy``:
-    against x). Compare with :func:`agree_tol`."""
-    got = prepared.stored(result)
-    got = got if isinstance(got, tuple) else (got,)
-    if got[0].shape != data.x.shape:
-        raise AssertionError(f"{peer} on {case.group}: shape {got[0].shape}, expected {data.x.shape}")
-    if peer == "copy":
-        return 0.0 if np.array_equal(got[0], data.x) else float("inf")
-    ref = reference(case, data) if ref is None else ref
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    if len(got) != len(refs):
-        raise AssertionError(f"{peer} on {case.group}: {len(got)} results, expected {len(refs)}")
-    return max(rel_l2(g, r) for g, r in zip(got, refs, strict=True))
 
 
 def set_threads(threads: int) -> int:
@@ -753,43 +342,43 @@ def _numbanorm_version() -> str:
     return numbanorm.__version__
 
 
-def _cpu_name() -> str:
+def _cpuinfo(key: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
-@lru_cache(maxsize=1)
-def _threading_layer() -> str | None:
-    import numba
-
-    try:
-        return numba.threading_layer()
-    except Exception:  # noqa: BLE001 - only known after a parallel kernel ran
-        return None
+#: CPU features that matter to these kernels, recorded when the CPU has them.
+FLAGS_OF_INTEREST = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16")
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU, cores, threads and library versions, recorded with every result."""
+def machine_info(threads: int, threading_layer: str | None = None) -> dict[str, Any]:
+    """CPU, caches, cores, threads, load and library versions, recorded with every result."""
+    from ._floors import llc_bytes
+
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
+    flags = set((_cpuinfo("flags") or "").split())
+    names = ("numbanorm", "numba", "numpy", "torch", "onnxruntime", "onnx", "jax", "jaxlib", "openvino")
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_name(),
+        "cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
+        "cpu_flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+        "llc_bytes": llc_bytes(),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
         "cores": os.cpu_count(),
         "cores_usable": affinity,
         "threads": threads,
-        "numba_threading_layer": _threading_layer(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "numba_threading_layer": threading_layer,
         "python": sys.version.split()[0],
-        "versions": {name: _version(name) for name in ("numbanorm", "numba", "numpy", "torch", "onnxruntime", "onnx")}
-        | {"numbanorm": _numbanorm_version()},
+        "versions": {name: _version(name) for name in names} | {"numbanorm": _numbanorm_version()},
     }

@@ -1,148 +1,121 @@
-"""Timing for ``python -m numbanorm.bench``: warm up, then the median of repeats within a budget."""
+"""One run of ``python -m numbanorm.bench``: the grid through the worker pool, suspect cells measured
+again, and the report dict (format ``numbanorm-bench/2``)."""
 
 from __future__ import annotations
 
-import gc
-import math
-import time
-from collections.abc import Callable, Iterable
+import contextlib
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
-from . import _cases
+from . import _analysis, _cases, _driver, _report
+from ._floors import llc_bytes
+from ._registry import COPIES, LIBRARY, missing_module
 
-#: Shortest timed sample; calls faster than this are looped so timer resolution does not matter.
-MIN_SAMPLE_S = 2e-4
-
-
-def _calibrate(fn: Callable[[], Any]) -> tuple[int, float]:
-    """(calls per sample, seconds of one call): one timed call of the warm ``fn``."""
-    t0 = time.perf_counter()
-    fn()
-    single = time.perf_counter() - t0
-    return max(1, math.ceil(MIN_SAMPLE_S / max(single, 1e-9))), single
+#: Longest wait for a quiet machine before a re-measured case, in multiples of the wait before a
+#: case (``wait_s``), and in all per pass.
+REMEASURE_WAIT = 3.0
+RUN_WAIT_S = 60.0
 
 
-def _sample(fn: Callable[[], Any], inner: int) -> float:
-    t = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - t) / inner
-
-
-def _stats(samples: list[float], inner: int) -> dict:
-    samples = sorted(samples)
-    n = len(samples)
-    median = samples[n // 2] if n % 2 else 0.5 * (samples[n // 2 - 1] + samples[n // 2])
-    return {"median_s": median, "min_s": samples[0], "max_s": samples[-1], "repeats": n, "inner_loops": inner}
-
-
-class _NoGC:
-    def __enter__(self):
-        self.was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc):
-        if self.was_enabled:
-            gc.enable()
-
-
-def measure(fn: Callable[[], Any], budget_s: float, min_repeats: int = 3, max_repeats: int = 1000) -> dict:
-    """Median seconds per call of ``fn`` (already warm), sampling until ``budget_s`` is spent.
-
-    Each sample loops ``inner`` calls so that it lasts at least :data:`MIN_SAMPLE_S`; at least
-    ``min_repeats`` samples are taken whatever the budget (a slow call's calibration call counts as
-    the first). GC is off while sampling.
-    """
-    inner, single = _calibrate(fn)
-    samples = [single] if inner == 1 else []
-    with _NoGC():
-        deadline = time.perf_counter() + budget_s
-        while len(samples) < min_repeats or (time.perf_counter() < deadline and len(samples) < max_repeats):
-            samples.append(_sample(fn, inner))
-    return _stats(samples, inner)
-
-
-def measure_interleaved(fns: dict[str, Callable[[], Any]], budget_s: float, min_repeats: int = 3,
-                        max_repeats: int = 1000) -> dict[str, dict]:
-    """Like :func:`measure` for several peers at once, taking one sample of each in turn, so that
-    a burst of load from other processes hits every peer alike. ``budget_s`` is per peer."""
-    calib = {name: _calibrate(fn) for name, fn in fns.items()}
-    samples = {name: ([single] if inner == 1 else []) for name, (inner, single) in calib.items()}
-    with _NoGC():
-        deadline = time.perf_counter() + budget_s * len(fns)
-        rounds = 0
-        while rounds < min_repeats or (time.perf_counter() < deadline and rounds < max_repeats):
-            for name, fn in fns.items():
-                if len(samples[name]) <= rounds:
-                    samples[name].append(_sample(fn, calib[name][0]))
-            rounds += 1
-    return {name: _stats(samples[name], calib[name][0]) for name in fns}
-
-
-def run_case(case: _cases.Case, peers: Iterable[str], threads: int, budget_s: float, stat: str = "median",
-             on_peer: Callable[[str], None] | None = None, interleave: bool = False) -> dict:
-    """Time every peer on one case (``stat``: ``median`` or ``min`` of the samples).
-
-    Never raises for a peer: failures are recorded as ``error``, unsupported cases as ``skipped``.
-    With ``interleave``, all peers are prepared first and sampled in turn (more memory at once).
-    """
-    spec = case.spec
-    result: dict[str, Any] = {"group": case.group, "op": case.op, "layout": case.layout,
-                              "shape": list(case.shape), "dtype": spec.dtype, "traffic": spec.traffic,
-                              "x_bytes": case.x_nbytes, "bytes": case.nbytes, "peers": {}}
-    peers = list(peers)
+def _progress(total: int) -> tuple[Any, Callable[[str], None], Callable[[], None]]:
+    """(context, show(label), step()) with a rich progress bar on a terminal (rich installed), else
+    one line per case on stderr."""
     try:
-        data = _cases.make_data(case)
-    except _cases.Unsupported as exc:  # the dtype itself is not available here
-        for peer in peers:
-            if on_peer:
-                on_peer(peer)
-            result["peers"][peer] = {"skipped": str(exc)}
-        return result
-    ref = _cases.reference(case, data)
-    tol = _cases.agree_tol(case)
-    ready: dict[str, _cases.Prepared] = {}
-    for peer in peers:
-        if on_peer:
-            on_peer(peer)
-        entry: dict[str, Any]
-        try:
-            prepared = _cases.prepare(peer, case, data, threads)
-            err = _cases.agreement(peer, prepared, case, data, prepared.run(), ref)  # warm-up + check
-            entry = {"rel_l2_error": err}
-            if not err <= tol:
-                entry["note"] = f"disagrees with the float64 reference: rel L2 error {err:.2e} > {tol:.1e}"
-            if prepared.caveat:
-                entry["caveat"] = prepared.caveat
-            if interleave:
-                ready[peer] = prepared
-            else:
-                entry.update(measure(prepared.run, budget_s))
-            del prepared
-        except _cases.Unsupported as exc:
-            entry = {"skipped": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a peer's failure must not end the report
-            entry = {"error": f"{type(exc).__name__}: {exc}"}
-        result["peers"][peer] = entry
-    if ready:
-        try:
-            timed = measure_interleaved({p: r.run for p, r in ready.items()}, budget_s)
-        except Exception as exc:  # noqa: BLE001
-            timed = {}
-            for peer in ready:
-                result["peers"][peer] = {"error": f"{type(exc).__name__}: {exc}"}
-        for peer, stats in timed.items():
-            result["peers"][peer].update(stats)
-        ready.clear()
-    for peer, entry in result["peers"].items():
-        if f"{stat}_s" in entry:
-            entry["time_s"] = entry[f"{stat}_s"]
-            entry["gbps"] = (case.copy_nbytes if peer == "copy" else case.nbytes) / entry["time_s"] / 1e9
-    copy = result["peers"].get("copy", {}).get("gbps")
-    for entry in result["peers"].values():
-        if copy and "gbps" in entry:
-            entry["roofline_fraction"] = entry["gbps"] / copy
-    del data, ref
-    if case.x_nbytes > 1 << 25:  # give big inputs back before the next case; small ones are not worth a full GC
-        gc.collect()
-    return result
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if not sys.stderr.isatty():
+            raise ImportError("not a terminal")
+    except Exception:  # noqa: BLE001 - rich is optional
+        count, last = [0], [""]
+
+        def show_plain(label: str) -> None:
+            last[0] = label
+
+        def step_plain() -> None:
+            count[0] += 1
+            print(f"[{count[0]}/{total}] {last[0].rsplit(' ', 1)[0]}", file=sys.stderr, flush=True)
+
+        return contextlib.nullcontext(), show_plain, step_plain
+    progress = Progress(TextColumn("{task.description:<56}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), transient=True)
+    task = progress.add_task("starting", total=total)
+    return (progress, lambda label: progress.update(task, description=label),
+            lambda: progress.advance(task))
+
+
+def _header(which: str, cases: list, peers: list[str], threads: int, budget: float, infos: dict) -> str:
+    m = _cases.machine_info(threads)
+    used = ", ".join(f"{lib} {info.get('threads')}" for lib, info in infos.items())
+    return (f"numbanorm.bench: {which} grid, {len(cases)} cases x {len(peers)} peers ({', '.join(peers)}) + "
+            f"roofline copies, {budget:g} s per case and peer, one process per library\n"
+            f"threads: {threads} ({used})\n"
+            f"machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['cores']} cores ({m['cores_usable']} usable), "
+            f"LLC {m['llc_bytes'] >> 20} MiB, load {m['load_avg_1m']}, {m['system']}, Python {m['python']}")
+
+
+def _isolation(results: list[dict], ledger: _driver.Ledger, quiesce: bool) -> dict[str, Any]:
+    others = [e["others_cores"] for r in results for _, e in _analysis.cells(r) if "others_cores" in e]
+    return {"quiesce": quiesce, "workers": ledger.summary(),
+            "max_others_cores": max(others, default=0.0),
+            "mean_others_cores": sum(others) / len(others) if others else 0.0,
+            "busy_share": _analysis.busy_share(results),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
+def run(cases: list[_cases.Case], peers: list[str], which: str, threads: int, budget: float, stat: str,
+        remeasure: bool = True, quiesce: bool = True, wait_s: float = 2.0) -> dict[str, Any]:
+    """Measure ``cases`` on ``peers`` (+ the roofline copies); the report dict."""
+    missing = {p: why for p in peers if (why := missing_module(LIBRARY[p]))}
+    run_peers = [p for p in peers if p not in missing]
+    llc = llc_bytes()
+    results: list[dict] = []
+    ledger = _driver.Ledger()
+    layer = None
+    machine = _cases.machine_info(threads)  # at the start: the load average before the run
+    waits: list[float] = []
+    with _driver.Pool(threads, quiesce) as pool:
+        infos = pool.start(sorted({LIBRARY[p] for p in run_peers + list(COPIES)}))
+        for lib, info in infos.items():
+            if info.get("broken"):
+                missing.update({p: info["broken"] for p in run_peers if LIBRARY[p] == lib})
+        run_peers = [p for p in run_peers if p not in missing]
+        print(_header(which, cases, run_peers, threads, budget, infos), flush=True)
+        context, show, step = _progress(len(cases))
+        with context:
+            for case in cases:
+                show(f"{case.group}: waiting for a quiet machine")
+                waits.append(_driver.wait_quiet(wait_s if sum(waits) < RUN_WAIT_S else 0.0))
+                entries, info = _driver.measure_case(pool, case, run_peers + list(COPIES), budget, ledger,
+                                                     on_sample=lambda p, c=case: show(f"{c.group} {p}"))
+                layer = layer or info.get("threading_layer")
+                results.append(_analysis.assemble(case, entries, llc, stat))
+                step()
+            if remeasure:
+                waits += _remeasure(pool, cases, results, budget, ledger, stat, show, REMEASURE_WAIT * wait_s)
+    machine["numba_threading_layer"] = layer
+    report = {"format": _report.FORMAT, "machine": machine,
+              "config": {"grid": which, "ops": sorted({c.op for c in cases}), "peers": peers, "threads": threads,
+                         "budget_s": budget, "stat": stat, "remeasure": remeasure, "wait_s": wait_s,
+                         "spread_factor": _analysis.SPREAD, "neighbour_factor": _analysis.NEIGHBOUR_FACTOR},
+              "missing_peers": missing, "results": results,
+              "isolation": _isolation(results, ledger, quiesce) | {"waited_for_quiet_s": sum(waits)}}
+    report["machine"]["threads_reported"] = {lib: info.get("threads") for lib, info in infos.items()}
+    return report
+
+
+def _remeasure(pool: _driver.Pool, cases: list[_cases.Case], results: list[dict], budget: float,
+               ledger: _driver.Ledger, stat: str, show: Callable[[str], None], wait_s: float) -> list[float]:
+    """Measure the suspect cells of each case again (those peers only, in turn, after waiting for a
+    quiet machine) and settle them. The seconds waited."""
+    by_group = {c.group: c for c in cases}
+    res_of = {r["group"]: r for r in results}
+    waits: list[float] = []
+    for group, whys in _analysis.to_remeasure(results).items():
+        case = by_group[group]
+        show(f"again: {group}: waiting for a quiet machine")
+        waits.append(_driver.wait_quiet(wait_s if sum(waits) < RUN_WAIT_S else 0.0))
+        entries, _ = _driver.measure_case(pool, case, list(whys), budget, ledger,
+                                          on_sample=lambda p, g=group: show(f"again: {g} {p}"))
+        _analysis.merge(res_of[group], entries, whys, stat)
+    return waits
