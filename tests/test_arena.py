@@ -29,6 +29,17 @@ from numbanorm.cpu import arena as _arena
 BIG = (8, 40, 30, 30)  # 288,000 float32 = 1.15 MB: over the arena threshold, odd sizes
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _young_gc():
+    """The objects alive before this module are frozen out of the garbage collector
+    (``gc.freeze``), so the collections here (``_free``) scan only what its tests made: ~1 ms
+    instead of ~0.5 s with torch, dask and numba loaded."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture
 def arena(monkeypatch):
     """An emptied arena with a 64 MiB limit, taking outputs from 1 MiB up (the default threshold

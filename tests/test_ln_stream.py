@@ -17,6 +17,7 @@ import pytest
 from reference import TOL, layer_norm_ref, rel_l2
 
 import numbanorm as nb
+from numbanorm._numba import jit
 from numbanorm.cpu import layer_norm as _ln
 from numbanorm.cpu.plan import block_bounds
 
@@ -120,7 +121,7 @@ def test_strided_rows_fall_back_to_the_plain_loop(rng):
     assert rel_l2(out, layer_norm_ref(x, (D,), w, b)[0]) <= 1e-6
 
 
-@numba.njit(parallel=True)
+@jit(parallel=True)  # numbanorm's disk cache (stamped with the package): compiled once, not per run
 def _parallel_streamed(x2, w, b, out2, mean, rstd, nblocks):
     """Like ``cpu.layer_norm.parallel_layer_norm_pipelined``, but always streaming (each task fences its stores)."""
     R = x2.shape[0]
