@@ -12,6 +12,7 @@ fails, whichever thread got it.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +36,13 @@ BOUND = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 def test_threading_layer_is_thread_safe_or_guarded():
     nb.layer_norm(np.ones((64, 2048), np.float32), 2048)  # initializes the layer with a parallel launch
     assert plan.NEEDS_CALL_LOCK or numba.threading_layer() in ("tbb", "omp")
+
+
+def test_suite_settings_leave_numbas_thread_count():
+    """tests/conftest.py gives BLAS and torch one thread; numba keeps its default count."""
+    if "NUMBA_NUM_THREADS" not in os.environ:
+        assert numba.config.NUMBA_NUM_THREADS == numba.config.NUMBA_DEFAULT_NUM_THREADS
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
 
 
 def _inputs(rng, shape, dtype):
