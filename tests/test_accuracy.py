@@ -7,6 +7,7 @@ import pytest
 from reference import batch_norm_ref, layer_norm_ref, rel_l2
 
 import numbanorm as nb
+from numbanorm.cpu.layer_norm import LN_PIPELINE_ELEMENTS
 
 # (dtype, offset, bound) from the core issue's table.
 BOUNDS = [
@@ -65,6 +66,19 @@ def test_constant_input_gives_exactly_bias(rng, dtype, value):
     np.testing.assert_array_equal(y, np.broadcast_to(bias, x.shape))
 
 
+@pytest.mark.parametrize("dtype,bound", [(np.float32, 1e-5), (np.float64, 1e-10)])
+def test_one_row_past_the_pipeline_threshold(rng, dtype, bound):
+    """One row just over ``LN_PIPELINE_ELEMENTS`` is one task: the serial pipelined entry (the
+    default loop's share of the 4-million row below), at a 1e4 offset."""
+    n = LN_PIPELINE_ELEMENTS + 7
+    x = (1e4 + rng.standard_normal((1, n))).astype(dtype)
+    y, mean, rstd = nb.layer_norm(x, n, return_stats=True)
+    ry, rmean, rrstd = layer_norm_ref(x, (n,))
+    assert rel_l2(y, ry) <= bound and rel_l2(mean, rmean) <= bound
+    assert abs(float(rstd[0]) - rrstd[0]) / rrstd[0] <= bound
+
+
+@pytest.mark.slow  # 3 s; its kernels (one pipelined row, BN with C = 1) run in the tests above too
 @pytest.mark.parametrize("dtype,bound", [(np.float32, 1e-6), (np.float64, 1e-12)])
 def test_row_of_4_million(rng, dtype, bound):
     n = 1 << 22

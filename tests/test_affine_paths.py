@@ -12,6 +12,7 @@ from family_reference import group_norm_ref
 from reference import batch_norm_ref, rel_l2
 
 import numbanorm as nb
+from numbanorm._numba import jit
 from numbanorm.cpu import affine
 from numbanorm.cpu.simd import affine_rows
 
@@ -52,7 +53,7 @@ def _check_affine_rows(rng, dtype, lanes, stream, width):
     assert np.allclose(got, ref, rtol=1e-5 if f32 else 1e-12, atol=1e-3 if f32 else 1e-9)
 
 
-@numba.njit
+@jit()  # numbanorm's disk cache (stamped with the package): compiled once, not per run
 def _affine_rows_jit(src, dst, base, nrows, width, h, s, o, stream):
     affine_rows(src, dst, base, nrows, width, h, s, o, stream)
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import pytest
+from backward_reference import bn_backward_ref, rows_backward_ref
 from conftest import poisoned_like
 from reference import rel_l2
 
@@ -258,45 +259,49 @@ def test_batch_norm_backward_finite_differences(rng, shape, axis, training):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_norm_backward_out_poisoned_strided_and_in_place(rng, dtype):
-    x = rng.standard_normal((37, 300)).astype(dtype)
+    x = (rng.standard_normal((37, 300)) + 1e3).astype(dtype)
     w = rng.standard_normal(300).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     _, mean, rstd = nb.layer_norm(x, 300, w, return_stats=True)
-    expected, ew, eb = nb.layer_norm_backward(g, x, 300, mean, rstd, w)
+    # closed form with the forward's statistics: torch recomputes them, and float32 ones at this
+    # offset differ from those by more than the float32 bound
+    tgx, tgw, tgb = rows_backward_ref(g, x, w, 1, mean, rstd)
+    tol = GRAD_TOL[np.dtype(dtype)]
     out = poisoned_like(x)
     gx, gw, gb = nb.layer_norm_backward(g, x, 300, mean, rstd, w, out=out)
     assert gx is out
-    np.testing.assert_array_equal(out, expected)
+    assert rel_l2(out, tgx) <= tol and rel_l2(gw, tgw) <= tol and rel_l2(gb, tgb) <= tol
     strided = np.full((37, 600), np.nan, dtype)[:, 1::2]
     assert nb.layer_norm_backward(g, x, 300, mean, rstd, w, out=strided)[0] is strided
-    np.testing.assert_array_equal(strided, expected)
+    assert rel_l2(strided, tgx) <= tol
     g2 = g.copy()
     assert nb.layer_norm_backward(g2, x, 300, mean, rstd, w, out=g2)[0] is g2  # in place over grad_out
-    np.testing.assert_array_equal(g2, expected)
-    np.testing.assert_array_equal(gw, ew)
-    np.testing.assert_array_equal(gb, eb)
+    assert rel_l2(g2, tgx) <= tol
 
 
 @pytest.mark.parametrize("shape,axis", [((8, 3, 61, 67), 1), ((8, 61, 67, 3), -1), ((4, 7, 13), 1)])
 @pytest.mark.parametrize("training,affine", [(True, True), (False, True), (False, False), (True, False)])
 def test_batch_norm_backward_out_poisoned_and_in_place(rng, shape, axis, training, affine):
+    """grad_x into a poisoned out=, into the other memory layout (written via scratch) and over
+    grad_out, each against the closed-form float64 gradient with the forward's statistics."""
     C = shape[axis]
-    x = rng.standard_normal(shape).astype(np.float32)
+    x = (rng.standard_normal(shape) * 2 + 1e2).astype(np.float32)
     g = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal(C).astype(np.float32) if affine else None
-    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
-    _, mean, invstd = nb.batch_norm(x, rm, rv, w, training=training, channel_axis=axis, return_stats=True)
-    expected = nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis)[0]
-    assert not np.isnan(expected).any()
+    rm, rv = rng.standard_normal(C).astype(np.float32) + 1e2, (rng.random(C) + 0.5).astype(np.float32)
+    _, mean, invstd = nb.batch_norm(x, rm.copy(), rv.copy(), w, training=training, channel_axis=axis,
+                                    return_stats=True)
+    tgx = bn_backward_ref(g, x, w, axis, mean, invstd, training)[0]
+    tol = GRAD_TOL[np.dtype(np.float32)]
     out = poisoned_like(x)
     assert nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis, out=out)[0] is out
-    np.testing.assert_array_equal(out, expected)
+    assert rel_l2(out, tgx) <= tol
     moved = np.moveaxis(np.full(np.moveaxis(x, axis, -1 if axis == 1 else 1).shape, np.nan, np.float32),
                         -1 if axis == 1 else 1, axis)  # the other memory layout: written via scratch
     assert nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis, out=moved)[0] is moved
-    np.testing.assert_array_equal(moved, expected)
+    assert rel_l2(moved, tgx) <= tol
     assert nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis, out=g)[0] is g
-    np.testing.assert_array_equal(g, expected)
+    assert rel_l2(g, tgx) <= tol
 
 
 # --------------------------------------------------------------------------------------------

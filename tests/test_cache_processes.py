@@ -14,6 +14,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh processes
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _SCRIPT = """

@@ -41,6 +41,7 @@ def test_merge_op_on_raw_buffers(rng):
     assert np.allclose(got.mean, whole.mean, rtol=1e-14) and np.allclose(got.m2, whole.m2, rtol=1e-11)
 
 
+@pytest.mark.slow  # spawns processes
 def test_simulated_sync_batch_norm_over_processes(monkeypatch):
     # Spawned ranks get this process's sys.path and re-import the example by module name.
     monkeypatch.syspath_prepend(str(EXAMPLE.parent))
@@ -66,6 +67,7 @@ def _mpiexec():
     return exe
 
 
+@pytest.mark.slow  # mpiexec starts processes
 def test_mpiexec_two_ranks():
     exe = _mpiexec()
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout

@@ -169,6 +169,9 @@ def test_instance_norm_eval_and_no_running_stats(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,k", [((7, 3), 1), ((3, 13, 37), 1), ((2, 3, 4, 5), 2), ((4, 65, 769), 1)])
 def test_add_layer_norm_equals_unfused(rng, dtype, shape, k):
+    """add_layer_norm is documented to equal the unfused ops (the sum rounded to the dtype, then
+    layer_norm): the same bits as ``x + r`` and as ``layer_norm(x + r)``; and the float64
+    reference of LN of that rounded sum, and torch's."""
     x = rng.standard_normal(shape).astype(dtype)
     r = (rng.standard_normal(shape) * 5 + 1e3).astype(dtype)
     w, b = rng.standard_normal(shape[-k:]).astype(dtype), rng.standard_normal(shape[-k:]).astype(dtype)
@@ -184,10 +187,13 @@ def test_add_layer_norm_equals_unfused(rng, dtype, shape, k):
 
 
 def test_add_layer_norm_in_place_and_noncontiguous(rng):
+    """In place and strided: the unfused result, bit for bit (as documented, see above), which
+    is the float64 reference of LN of the rounded sum."""
     x = rng.standard_normal((9, 31)).astype(np.float32)
-    r = rng.standard_normal((9, 31)).astype(np.float32)
+    r = (rng.standard_normal((9, 31)) * 3 + 1e3).astype(np.float32)
     want_s = x + r
     want_y = nb.layer_norm(want_s, 31)
+    assert rel_l2(want_y, layer_norm_ref(want_s, (31,))[0]) <= _tol(np.float32)
     out, res_out = poisoned_like(x), poisoned_like(x)
     y, s = nb.add_layer_norm(x, r, 31, out=out, residual_out=res_out)
     assert y is out and s is res_out

@@ -108,11 +108,40 @@ def test_accepts_array_likes_and_tuple_or_list_shapes(rng):
     assert rel_l2(nb.layer_norm(x, (np.int64(4), 5)), ref) <= 1e-12
 
 
-def test_zero_rows_and_zero_width():
-    y = nb.layer_norm(np.empty((0, 4), np.float32), 4)
-    assert y.shape == (0, 4) and y.dtype == np.float32
-    y, mean, rstd = nb.layer_norm(np.empty((3, 0), np.float32), 0, return_stats=True)
-    assert y.shape == (3, 0) and mean.shape == (3,)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_rows(dtype):
+    """No rows: empty y and empty stats, of the dtypes a non-empty call returns."""
+    y, mean, rstd = nb.layer_norm(np.empty((0, 4), dtype), 4, return_stats=True)
+    assert y.shape == (0, 4) and y.dtype == dtype
+    assert mean.shape == rstd.shape == (0,) and mean.dtype == rstd.dtype == dtype
+    assert nb.layer_norm(np.empty((2, 0, 3), dtype), (3,)).shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,norm_shape", [((3, 0), 0), ((2, 3, 0), (3, 0)), ((4, 0), (0,))])
+def test_zero_width_rows(dtype, shape, norm_shape):
+    """Rows of zero elements: y is empty; the mean of no values is 0/0 = NaN (NumPy's ``mean`` of
+    an empty axis) and so is the variance, hence rstd = NaN, for every row, weight or not.
+
+    torch's ``native_layer_norm`` (CPU, 2.13) agrees on y and rstd (NaN) but returns a mean of
+    0 for such rows (``test_zero_width_rows_mean_like_torch`` records that difference)."""
+    batch = shape[: len(shape) - (1 if isinstance(norm_shape, int) else len(norm_shape))]
+    w = np.ones(shape[len(batch):], dtype)
+    for args in ((), (w, w)):
+        y, mean, rstd = nb.layer_norm(np.empty(shape, dtype), norm_shape, *args, return_stats=True)
+        assert y.shape == shape and y.dtype == dtype and y.size == 0
+        assert mean.shape == rstd.shape == batch and mean.dtype == rstd.dtype == dtype
+        assert mean.size == rstd.size == int(np.prod(batch)) > 0
+        assert np.isnan(mean).all() and np.isnan(rstd).all()
+
+
+@pytest.mark.xfail(strict=True, reason="numbanorm returns mean = NaN for a zero-width row, torch 0")
+def test_zero_width_rows_mean_like_torch():
+    torch = pytest.importorskip("torch")
+    _, tmean, trstd = torch.native_layer_norm(torch.empty(3, 0), [0], None, None, 1e-5)
+    _, mean, rstd = nb.layer_norm(np.empty((3, 0), np.float32), 0, return_stats=True)
+    assert np.isnan(trstd.numpy()).all() and np.isnan(rstd).all()  # they agree on rstd
+    np.testing.assert_array_equal(mean, tmean.numpy().reshape(3))
 
 
 def test_nan_and_inf_propagate_to_their_row_only():

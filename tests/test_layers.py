@@ -18,10 +18,14 @@ def _bn_state(layer):
 # --------------------------------------------------------------------------------------------
 # Side by side: 10 training steps then eval
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("momentum", [0.1, 0.0, 1.0, None])
-@pytest.mark.parametrize("shape,axis,torch_cls", [((6, 4, 5, 7), 1, "BatchNorm2d"), ((9, 5), 1, "BatchNorm1d"),
-                                                  ((4, 5, 6, 3), -1, "BatchNorm2d"),
-                                                  ((2, 3, 4, 5, 3), 1, "BatchNorm3d")])
+_BN_LAYOUTS = [((6, 4, 5, 7), 1, "BatchNorm2d"), ((9, 5), 1, "BatchNorm1d"), ((4, 5, 6, 3), -1, "BatchNorm2d"),
+               ((2, 3, 4, 5, 3), 1, "BatchNorm3d")]
+
+
+# Every momentum (a scalar of the same kernels: 0 and 1 are its edges, None the cumulative
+# average) on NCHW, and every layout with the default momentum.
+@pytest.mark.parametrize("momentum,shape,axis,torch_cls", [(m, *_BN_LAYOUTS[0]) for m in (0.1, 0.0, 1.0, None)]
+                         + [(0.1, *layout) for layout in _BN_LAYOUTS[1:]])
 def test_batch_norm_layer_trains_like_torch(rng, momentum, shape, axis, torch_cls):
     C = shape[axis]
     layer = nb.BatchNorm(C, momentum=momentum, channel_axis=axis)

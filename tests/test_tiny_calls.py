@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from backward_reference import bn_backward_ref, rows_backward_ref
 from reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2
 
 import numbanorm as nb
@@ -107,23 +108,33 @@ def test_tiny_read_only_input(rng, op):
 
 
 def test_tiny_calls_from_threads(rng):
-    """Concurrent tiny calls (nogil kernels; LN shares its write-only stats scratch) stay exact."""
+    """Concurrent tiny calls (nogil kernels; LN shares its write-only stats scratch) from four
+    threads released together: every result is the float64 reference of its own thread's input,
+    and the same bits as that input's single-threaded result (a call's result depends on its
+    arguments only: no shared state leaks between concurrent calls)."""
     xs = [_data(rng, (3, 16, 64), np.float32) for _ in range(4)]
     w = rng.standard_normal(64).astype(np.float32)
-    expected = [nb.layer_norm(x, 64, w) for x in xs]
-    stats = [nb.layer_norm(x, 64, w, return_stats=True)[1:] for x in xs]
+    refs = [layer_norm_ref(x, (64,), w) for x in xs]
+    tol = 10 * TOL[np.dtype(np.float32)]
+    expected = [nb.layer_norm(x, 64, w, return_stats=True) for x in xs]
+    for got, ref in zip(expected, refs, strict=True):
+        assert rel_l2(got[0], ref[0]) < tol
+        np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
+        np.testing.assert_allclose(got[2], ref[2], rtol=1e-4)
     errors = []
+    start = threading.Barrier(4, timeout=300)
 
     def work(i):
+        start.wait()
         for _ in range(200):
             if i % 2:  # statistics not wanted: written to the shared scratch
-                ok = np.array_equal(nb.layer_norm(xs[i], 64, w), expected[i])
+                y = nb.layer_norm(xs[i], 64, w)
+                ok = np.array_equal(y, expected[i][0])
             else:
                 y, mean, rstd = nb.layer_norm(xs[i], 64, w, return_stats=True)
-                ok = (np.array_equal(y, expected[i]) and np.array_equal(mean, stats[i][0])
-                      and np.array_equal(rstd, stats[i][1]))
+                ok = all(np.array_equal(a, b) for a, b in zip((y, mean, rstd), expected[i], strict=True))
             if not ok:
-                errors.append(i)
+                errors.append((i, rel_l2(y, refs[i][0])))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -133,31 +144,44 @@ def test_tiny_calls_from_threads(rng):
     assert not errors
 
 
+def _bn_grads_close(got, ref, affine, dtype, C):
+    gx, gw, gb = got
+    rx, rw, rb = ref
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    assert gx.dtype == np.dtype(dtype) and not np.isnan(gx).any() and rel_l2(gx, rx) <= tol
+    if affine:
+        assert gw.dtype == np.dtype(dtype) and gb.dtype == np.dtype(dtype) and gw.shape == gb.shape == (C,)
+        assert rel_l2(gw, rw) <= tol and rel_l2(gb, rb) <= tol
+    else:
+        assert gw is None and gb is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", [((2, 5, 3, 7), 1), ((2, 3, 7, 5), -1), ((2, 3, 7, 20), -1), ((2, 3, 5, 7), 2),
                                     ((6, 5), 1)])
 @pytest.mark.parametrize("affine", [True, False])
-def test_batch_norm_backward_tiny_matches_general_path(rng, dtype, layout, affine):
-    """The one-dispatch training backward of tiny inputs gives what the general path (taken with
-    ``out=``; checked against references in test_backward.py) gives, grads of weight included."""
+def test_batch_norm_backward_tiny_matches_reference(rng, dtype, layout, affine):
+    """The one-dispatch training backward of tiny inputs (allocating, and with a C-contiguous
+    poisoned ``out=``) and the general path (a strided ``out=`` is not the common form) against
+    the closed-form float64 gradients, given the forward's statistics."""
     shape, axis = layout
     x = _data(rng, shape, dtype)
     g = rng.standard_normal(shape).astype(dtype)
     C = shape[axis]
     w = rng.standard_normal(C).astype(dtype) if affine else None
     _, mean, invstd = nb.batch_norm(x, None, None, w, None, True, channel_axis=axis, return_stats=True)
-    gx, gw, gb = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis)
+    ref = bn_backward_ref(g, x, w, axis, mean, invstd)
+    tiny = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis)
+    assert tiny[0].shape == shape
+    _bn_grads_close(tiny, ref, affine, dtype, C)
     out = np.full(shape, np.nan, dtype)
-    ref = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=out)
-    assert gx.shape == shape and gx.dtype == np.dtype(dtype)
-    rtol = 1e-4 if dtype == np.float32 else 1e-10
-    np.testing.assert_allclose(gx, ref[0], rtol=rtol, atol=rtol * np.abs(ref[0]).max())
-    if affine:
-        assert gw.dtype == np.dtype(dtype) and gb.dtype == np.dtype(dtype) and gw.shape == (C,)
-        np.testing.assert_allclose(gw, ref[1], rtol=rtol, atol=rtol * np.abs(ref[1]).max())
-        np.testing.assert_allclose(gb, ref[2], rtol=rtol, atol=rtol * np.abs(ref[2]).max())
-    else:
-        assert gw is None and gb is None and ref[1] is None
+    got = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=out)
+    assert got[0] is out
+    _bn_grads_close(got, ref, affine, dtype, C)
+    strided = np.full((*shape[:-1], 2 * shape[-1]), np.nan, dtype)[..., 1::2]
+    got = nb.batch_norm_backward(g, x, mean, invstd, w, True, channel_axis=axis, out=strided)
+    assert got[0] is strided
+    _bn_grads_close(got, ref, affine, dtype, C)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -166,23 +190,28 @@ def test_batch_norm_backward_tiny_matches_general_path(rng, dtype, layout, affin
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
 def test_rows_backward_common_path_matches_general_path(rng, dtype, shape, affine, op):
     """layer_norm_backward / rms_norm_backward with the common arguments (checked in a few tests,
-    no conversions) give what the general path (taken with ``out=``) gives, bit for bit."""
+    no conversions) and through the full check (``normalized_shape`` as a list is not the common
+    form) run the one kernel on the same operands, so they give the same bits; both are the
+    closed-form float64 gradients."""
     x = _data(rng, shape, dtype)
     g = rng.standard_normal(shape).astype(dtype)
     D = shape[-1]
     w = rng.standard_normal(D).astype(dtype) if affine else None
-    out = np.full(shape, np.nan, dtype)
     if op == "layer_norm":
         _, mean, rstd = nb.layer_norm(x, D, w, return_stats=True)
         fast = nb.layer_norm_backward(g, x, (D,), mean, rstd, w)
-        ref = nb.layer_norm_backward(g, x, (D,), mean, rstd, w, out=out)
+        general = nb.layer_norm_backward(g, x, [D], mean, rstd, w)
     else:
+        mean = None
         _, rstd = nb.rms_norm(x, D, w, return_stats=True)
         fast = nb.rms_norm_backward(g, x, D, rstd, w)
-        ref = nb.rms_norm_backward(g, x, D, rstd, w, out=out)
-    for a, b in zip(fast, ref, strict=True):
+        general = nb.rms_norm_backward(g, x, [D], rstd, w)
+    ref = rows_backward_ref(g, x, w, 1, mean, rstd, centered=op == "layer_norm")
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    for a, b, r in zip(fast, general, ref, strict=False):
         if b is None:
-            assert a is None
+            assert a is None and not affine
         else:
-            assert a.shape == b.shape and a.dtype == b.dtype
+            assert a.shape == b.shape and a.dtype == b.dtype == np.dtype(dtype)
             np.testing.assert_array_equal(a, b)
+            assert rel_l2(a, r) <= tol
