@@ -31,6 +31,7 @@ def _run(args, **env):
                           timeout=600)
 
 
+@pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
 def test_cuda_kernels_under_simulator():
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "cuda").glob("sim_*.py"))
@@ -40,6 +41,7 @@ def test_cuda_kernels_under_simulator():
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
 def test_gpu_check_script_runs_under_simulator():
     proc = _run(["benchmarks/gpu_check.py", "--sim"], NUMBA_ENABLE_CUDASIM="1")
@@ -47,6 +49,7 @@ def test_gpu_check_script_runs_under_simulator():
     assert proc.returncode == 0 and "all checks passed" in proc.stdout
 
 
+@pytest.mark.slow  # a fresh process
 def test_import_does_not_import_numba_cuda():
     proc = _run(["-c", "import sys, numpy as np, numbanorm as nb; nb.layer_norm(np.ones((2, 3)), 3); "
                        "assert not any(m.startswith(('numba.cuda', 'numba_cuda')) for m in sys.modules), "
@@ -207,6 +210,7 @@ def test_gpu_call_without_gpu_is_a_clear_error(hw, monkeypatch):
         nb.layer_norm(CAI((2, 3)), 3)
 
 
+@pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
 def test_row_stack_shim_on_numpy_without_row_stack():
     """NumPy >= 2.5 has no np.row_stack, which numba-cuda 0.30.4 overloads at first compile: the
@@ -223,6 +227,7 @@ def test_row_stack_shim_on_numpy_without_row_stack():
 HAVE_NVVM = os.path.isdir(os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "nvvm"))
 
 
+@pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(not (HAVE_NUMBA_CUDA and HAVE_NVVM),
                     reason="needs numba-cuda and NVVM (CUDA_HOME: a CUDA toolkit or the nvidia-cuda-nvcc wheel)")
 def test_every_kernel_compiles_for_hardware():

@@ -186,12 +186,6 @@ def layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean_out, rstd_out):
 # more jitted layers: about half of a cold small LayerNorm call), and that one inlined at
 # numba-IR level (``rows_cached``: the same Python function, so it stays ``layer_norm_rows_cached``
 # whatever that becomes), since each jitted layer re-optimizes all the code under it again.
-# The LayerNorm entries come in two variants, chosen in Python from the size (the test that
-# ``layer_norm_rows_into`` makes): a call below ``LN_PIPELINE_ELEMENTS`` compiles only
-# ``layer_norm_rows_cached`` (and not the pipelined loop, ``normalize_row_and_sum_next`` and two
-# more jitted layers: about half of a cold small LayerNorm call), and that one inlined at
-# numba-IR level (``rows_cached``: the same Python function, so it stays ``layer_norm_rows_cached``
-# whatever that becomes), since each jitted layer re-optimizes all the code under it again.
 rows_cached = glue(getattr(layer_norm_rows_cached, "py_func", layer_norm_rows_cached))
 
 
