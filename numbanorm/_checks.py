@@ -35,26 +35,55 @@ _INF = math.inf
 
 
 def as_float_array(x: object, name: str = "x") -> np.ndarray:
-    """``x`` as an ndarray of a supported floating dtype (array-likes are converted)."""
+    """``x`` as an ndarray of a supported floating dtype.
+
+    Array-likes are converted with ``np.asarray``, and a list or tuple of integers becomes
+    float64, as the same numbers written as floats would (NumPy's ``np.mean`` converts them so
+    too); an integer *ndarray* is refused (its dtype was chosen: convert it explicitly)."""
     if type(x) is np.ndarray and (x.dtype is _F32 or x.dtype is _F64):
         return x
-    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        if x is None:
+            raise TypeError(f"{name} is None; expected an array of dtype {_dtype_list(_HOST_DTYPES)}")
+        arr = _converted(x, name)
     if not is_supported(arr.dtype):
         check_float_dtype(arr.dtype, name, _HOST_DTYPES)
     return arr
+
+
+def _converted(a: object, name: str) -> np.ndarray:
+    """An array-like (not an ndarray) as NumPy converts it, but integer lists and tuples as float64."""
+    arr = np.asarray(a)
+    if arr.dtype.kind in "iu" and isinstance(a, (list, tuple)):
+        return arr.astype(np.float64)
+    if arr.dtype.kind == "O":
+        raise TypeError(f"{name} must be an array of numbers, got {type(a).__name__} (NumPy converts it to an "
+                        f"array of dtype object)")
+    return arr
+
+
+def _dtype_list(dtypes: Sequence[object]) -> str:
+    names = [str(d) for d in dtypes]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _got_shape(shape: tuple[int, ...]) -> str:
+    """How a message names the shape of an array that has too few dims."""
+    return "a 0-d array (a scalar)" if not shape else f"shape {tuple(shape)}"
 
 
 def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
     """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
     if dtype in supported:
         return
-    names = [str(d) for d in supported]
     try:
         kind = np.dtype(dtype).kind
     except TypeError:
         kind = ""
     raise TypeError(
-        f"{name} must have dtype {', '.join(names[:-1])} or {names[-1]}, got {dtype}"
+        f"{name} must have dtype {_dtype_list(supported)}, got {dtype}"
         + (" (integer, bool and complex inputs are not normalized)" if kind in "biuc" and kind else "")
     )
 
@@ -103,6 +132,8 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
     """``normalized_shape`` as a tuple that must equal the trailing dims of ``x``."""
     if type(normalized_shape) is int and x_shape and x_shape[-1] == normalized_shape:
         return (normalized_shape,)
+    if not x_shape:
+        raise ValueError(f"x must have at least 1 dim (the normalized dims), got {_got_shape(x_shape)}")
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         shape: tuple[int, ...] = (int(normalized_shape),)
     elif isinstance(normalized_shape, Sequence) and all(
@@ -130,7 +161,7 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -
             and p.flags.c_contiguous):
         return p if p.ndim == 1 else p.reshape(-1)
     reject_device(p, name)
-    arr = p if isinstance(p, np.ndarray) else np.asarray(p)
+    arr = p if isinstance(p, np.ndarray) else _converted(p, name)
     if is_half(dtype):
         # Mixed precision, as torch allows: float32 parameters with half x.
         check_shape_dtype(name, arr.shape, arr.dtype, shape, arr.dtype)
@@ -180,6 +211,9 @@ def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
     """``axis`` (None: all, an int, or a sequence of ints) as sorted, distinct, non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
+    if ndim == 0:
+        raise ValueError(f"{name}={axis!r} does not exist: x is a 0-d array (a scalar), which has no axes "
+                         f"(axis=None reduces over all of them)")
     items = (axis,) if isinstance(axis, numbers.Integral) else axis
     if isinstance(axis, bool) or not isinstance(items, Sequence) or not all(
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in items
@@ -238,7 +272,7 @@ def check_sample_layout(x, channel_axis: object, op: str) -> int:
     """The channel axis of a per-sample op's input (axis 0 is the batch); ``x`` is any array
     with ``ndim``/``shape`` (host or device)."""
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got shape {x.shape}")
+        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got {_got_shape(x.shape)}")
     axis = check_channel_axis(channel_axis, x.ndim)
     if axis == 0:
         raise ValueError(f"channel_axis must not be 0, the batch axis, for {op}")
@@ -315,6 +349,8 @@ def rms_norm_args(chk, x, normalized_shape, weight, eps, out):
 def add_layer_norm_args(chk, x, residual, normalized_shape, weight, bias, eps, out, residual_out):
     """(normalized shape, weight, bias, eps, out, residual_out) of add_layer_norm."""
     if residual.shape != x.shape or residual.dtype != x.dtype:
+        if not x.shape:
+            check_normalized_shape(normalized_shape, x.shape)  # a 0-d x: its own message
         raise ValueError(f"residual must have the shape and dtype of x, {x.shape} {x.dtype}, "
                          f"got {residual.shape} {residual.dtype}")
     shape, w, b, eps, _ = layer_norm_args(chk, x, normalized_shape, weight, bias, eps, None)
@@ -333,7 +369,7 @@ def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, m
     """(axis, running_mean, running_var, weight, bias, momentum, eps, out, stats) of batch_norm,
     all validated before anything is computed or mutated."""
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got {_got_shape(x.shape)}")
     axis = check_channel_axis(channel_axis, x.ndim)
     num_channels = x.shape[axis]
     if stats is not None:
@@ -425,7 +461,7 @@ def rows_backward_args(chk, x, normalized_shape, grad_out, mean, rstd, weight, o
 def batch_norm_backward_args(chk, x, grad_out, mean, invstd, weight, channel_axis, out):
     """(axis, grad_out, mean, invstd, weight, out) of batch_norm_backward."""
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got {_got_shape(x.shape)}")
     axis = check_channel_axis(channel_axis, x.ndim)
     C = x.shape[axis]
     dy = chk.like(grad_out, "grad_out", x)

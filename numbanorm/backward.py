@@ -30,6 +30,10 @@ Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 _SERIAL_SIZE = cpu.SERIAL_SIZE
 _NO_LOCK = nullcontext()
 _F64 = np.dtype(np.float64)
+#: batch_norm_backward's error for an invstd <= 0; the tiny path's kernel
+#: (``cpu.backward.batch_norm_backward_serial``) raises the same text.
+INVSTD_MESSAGE = ("invstd must be positive (1 / sqrt(var + eps), as batch_norm(..., return_stats=True) returns it), "
+                  "got a value <= 0: running_mean / running_var are not the (mean, invstd) a backward takes")
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -114,6 +118,8 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     x = _float_input(x)
     axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
                                                                          channel_axis, out)
+    if (invstd <= 0.0).any():  # (NaN passes: statistics of NaN data propagate, as in torch)
+        raise ValueError(INVSTD_MESSAGE)
     view = input_view(x, axis)
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     output = channel_output(out, x, view, axis)

@@ -150,7 +150,7 @@ def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: Arr
     """
     weight = as_float_array(weight, "weight")
     if weight.ndim == 0:
-        raise ValueError("weight must have at least 1 dim (the output channels)")
+        raise ValueError("weight must have at least 1 dim (the output channels), got a 0-d array (a scalar)")
     if isinstance(out_axis, bool) or not isinstance(out_axis, numbers.Integral):
         raise TypeError(f"out_axis must be an int, got {type(out_axis).__name__}")
     if not -weight.ndim <= out_axis < weight.ndim:

@@ -72,7 +72,7 @@ class _Norm:
         arrays, "cpu" NumPy arrays. The saved forward is dropped: backward needs a new forward."""
         target = _device_name(device)
         if target != self.device:
-            cuda = device_backend()  # a clear error without numba-cuda or a GPU
+            cuda = device_backend(f"{type(self).__name__}.to({device!r})")  # a clear error without numba-cuda or a GPU
             move = cuda.to_device if target == "cuda" else cuda.to_host
             moved = {n: move(getattr(self, n)) for n in self._moved if getattr(self, n) is not None}
             for name, value in moved.items():  # assigned only once every copy succeeded
@@ -118,6 +118,8 @@ class _Norm:
             return x
         x = as_float_array(x)
         if x.dtype != self.dtype:
+            if x.ndim == 0:  # (a Python float is a float64 scalar: say what is wrong with it first)
+                raise ValueError(f"x must have at least 1 dim, got a 0-d array (a scalar) for {type(self).__name__}")
             raise TypeError(f"x must have the layer's dtype {self.dtype}, got {x.dtype} "
                             f"(create the layer with dtype={x.dtype.name} or convert x)")
         return x

@@ -19,7 +19,7 @@ def _kept_axes(ndim: int, axis: object, channel_axis: object) -> tuple[int, ...]
         if axis is not None:
             raise ValueError("give either axis (the axes reduced over) or channel_axis (the axis kept), not both")
         if ndim < 1:
-            raise ValueError("channel_axis needs an input with at least 1 dim")
+            raise ValueError("channel_axis needs an input with at least 1 dim, got a 0-d array (a scalar)")
         return (check_channel_axis(channel_axis, ndim),)
     reduced = check_axes(axis, ndim)
     return tuple(i for i in range(ndim) if i not in reduced)
