@@ -58,7 +58,7 @@ def device_backend(move: str | None = None) -> ModuleType:
 
 def device_op(name: str) -> Callable[..., Any]:
     """The CUDA backend's ``name``, or a clear error while it has no such op."""
-    op = getattr(device_backend(), name, None)
+    op: Callable[..., Any] | None = getattr(device_backend(), name, None)
     if op is None:
         raise TypeError(f"{name} has no CUDA implementation yet; pass NumPy arrays (host memory)")
     return op

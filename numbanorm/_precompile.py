@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_context
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -50,32 +53,31 @@ _ROWS = ((1, 16, 64), (256, 512), (1024, 768))
 _IMAGES = ((2, 8, 4, 4), (16, 32, 16, 16))
 
 
-def _calls(op: str, dtype: np.dtype) -> list[Callable[[], object]]:
+def _calls(op: str, dtype: np.dtype[Any]) -> list[Callable[[], object]]:
     import numbanorm as nb
 
     rng = np.random.default_rng(0)
 
-    def arr(*shape):
+    def arr(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape).astype(dtype)
 
     half = dtype.itemsize == 2
     calls: list[Callable[[], object]] = []
+    shape: tuple[int, ...]
     for shape in _ROWS:
         x, D = arr(*shape), shape[-1]
         w, b = arr(D), arr(D)
         g = arr(*shape)
         if op == "layer_norm":
-            calls += [lambda x=x, D=D, w=w, b=b: nb.layer_norm(x, D, w, b), lambda x=x, D=D: nb.layer_norm(x, D)]
+            calls += [partial(nb.layer_norm, x, D, w, b), partial(nb.layer_norm, x, D)]
         elif op == "rms_norm":
-            calls += [lambda x=x, D=D, w=w: nb.rms_norm(x, D, w), lambda x=x, D=D: nb.rms_norm(x, D)]
+            calls += [partial(nb.rms_norm, x, D, w), partial(nb.rms_norm, x, D)]
         elif op == "add_layer_norm":
-            calls.append(lambda x=x, g=g, D=D, w=w, b=b: nb.add_layer_norm(x, g, D, w, b))
+            calls.append(partial(nb.add_layer_norm, x, g, D, w, b))
         elif op == "layer_norm_backward" and not half:
-            calls.append(lambda x=x, g=g, D=D, w=w: nb.layer_norm_backward(
-                g, x, D, *nb.layer_norm(x, D, w, return_stats=True)[1:], w))
+            calls.append(partial(_layer_norm_backward, nb, g, x, D, w))
         elif op == "rms_norm_backward" and not half:
-            calls.append(lambda x=x, g=g, D=D, w=w: nb.rms_norm_backward(
-                g, x, D, nb.rms_norm(x, D, w, return_stats=True)[1], w))
+            calls.append(partial(_rms_norm_backward, nb, g, x, D, w))
     for shape in _IMAGES:
         for axis in (1, -1):
             x = arr(*shape) if axis == 1 else np.ascontiguousarray(arr(*shape).transpose(0, 2, 3, 1))
@@ -84,7 +86,16 @@ def _calls(op: str, dtype: np.dtype) -> list[Callable[[], object]]:
     return calls
 
 
-def _image_calls(nb, op, x, axis, C, arr, half):
+def _layer_norm_backward(nb: ModuleType, g: np.ndarray, x: np.ndarray, D: int, w: np.ndarray) -> object:
+    return nb.layer_norm_backward(g, x, D, *nb.layer_norm(x, D, w, return_stats=True)[1:], w)
+
+
+def _rms_norm_backward(nb: ModuleType, g: np.ndarray, x: np.ndarray, D: int, w: np.ndarray) -> object:
+    return nb.rms_norm_backward(g, x, D, nb.rms_norm(x, D, w, return_stats=True)[1], w)
+
+
+def _image_calls(nb: ModuleType, op: str, x: np.ndarray, axis: int, C: int, arr: Callable[..., np.ndarray],
+                 half: bool) -> list[Callable[[], object]]:
     w, b, g = arr(C), arr(C), arr(*x.shape)
     rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
     if op == "batch_norm":
@@ -98,7 +109,7 @@ def _image_calls(nb, op, x, axis, C, arr, half):
         return [lambda: nb.moments(x, channel_axis=axis), lambda: nb.standardize(x, 0)]
     if op == "batch_norm_backward" and not half:
         stats = nb.batch_norm(x, None, None, w, b, training=True, channel_axis=axis, return_stats=True)[1:]
-        return [lambda t=t: nb.batch_norm_backward(g, x, *stats, w, training=t, channel_axis=axis)
+        return [partial(nb.batch_norm_backward, g, x, *stats, w, training=t, channel_axis=axis)
                 for t in (True, False)]
     if op == "group_norm_backward" and not half:
         stats = nb.group_norm(x, 4, w, b, channel_axis=axis, return_stats=True)[1:]
@@ -126,11 +137,12 @@ def _warm(op: str, dtype_name: str) -> Compiled:
     return Compiled(op, dtype_name, after[1] - before[1], after[0] - before[0], time.perf_counter() - t0)
 
 
-def _dtype(name: str) -> np.dtype:
+def _dtype(name: str) -> np.dtype[Any]:
     if name == "bfloat16":
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
     return np.dtype(name)
 
 

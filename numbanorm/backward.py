@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -47,7 +48,8 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     is valid whether or not the forward had one. ``out`` receives grad_x (may be ``grad_out``).
     """
     if is_device_array(x):
-        return device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+        on_device: Grads = device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+        return on_device
     return _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, centered=True)
 
 
@@ -62,18 +64,24 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
     receives grad_x (may be ``grad_out``).
     """
     if is_device_array(x):
-        return device_op("rms_norm_backward")(grad_out, x, normalized_shape, rstd, weight, out=out)
+        on_device: tuple[np.ndarray, np.ndarray | None] = device_op("rms_norm_backward")(
+            grad_out, x, normalized_shape, rstd, weight, out=out)
+        return on_device
     gx, gw, _ = _rows_backward(grad_out, x, normalized_shape, None, rstd, weight, out, centered=False)
     return gx, gw
 
 
-def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
-    """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
+def _rows_backward(grad_out: Any, x: Any, normalized_shape: Any, mean: Any, rstd: Any, weight: Any,
+                   out: np.ndarray | None, *, centered: bool) -> Grads:
+    """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims.
+
+    The arguments are the caller's (``Any``: the fast check's tests, which admit ndarrays of the
+    common form, are not something mypy follows)."""
     D = rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight, centered)
     if out is not None and D > 0 and not _common_out(out, x, grad_out, mean, rstd, weight):
         D = -1
     if D > 0:  # the common case, checked in a few tests: no conversions, no general view mapping
-        shape = (D,)
+        shape: tuple[int, ...] = (D,)
         R = x.size // D
         x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
         mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
@@ -113,8 +121,9 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
             # tiny and common: checked, one serial dispatch
             return _tiny.batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out)
     elif is_device_array(x):
-        return device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
-                                                 channel_axis=channel_axis, out=out)
+        on_device: Grads = device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
+                                                             channel_axis=channel_axis, out=out)
+        return on_device
     x = _float_input(x)
     axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
                                                                          channel_axis, out)
@@ -132,9 +141,12 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     return result, grad_weight, s_dy.astype(x.dtype)
 
 
-def _batch_norm_backward_kernels(g3, x3, mean, invstd, weight, training, target):
+def _batch_norm_backward_kernels(g3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
+                                 weight: np.ndarray | None, training: bool,
+                                 target: np.ndarray) -> tuple[Any, Any]:
     """grad_x into ``target`` and the per-channel (Σdy, Σdy·(x - mean)) (None, None without
-    weight in eval) on the canonical views; mean/invstd/weight float64."""
+    weight in eval) on the canonical views; mean/invstd/weight float64. (Typed ``Any``: which of
+    the two it is follows from ``weight`` and ``training``, as the caller knows.)"""
     C = x3.shape[1]
     count = float(x3.size // C) if C else 0.0
     # np.errstate: IEEE values as the kernels give them (0 * inf = nan) without a RuntimeWarning,
@@ -151,13 +163,15 @@ def _batch_norm_backward_kernels(g3, x3, mean, invstd, weight, training, target)
             cpu.channel_grad_input(g3, x3, mean, scale, q, r, target, nthreads)
             return s_dy, s_dyx
         if weight is not None:  # statistics are constants: grad_x written during the sums' pass
-            return cpu.channel_grad_sums(g3, x3, mean, scale, target, nthreads)
+            sums: tuple[Any, Any] = cpu.channel_grad_sums(g3, x3, mean, scale, target, nthreads)
+            return sums
         zeros = np.zeros(C)  # nothing to reduce: grad_x = dy * invstd, x is not even read
         cpu.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
     return None, None
 
 
-def _grad_coefficients(scale, invstd, s_dy, s_dyx, count):
+def _grad_coefficients(scale: np.ndarray, invstd: np.ndarray, s_dy: np.ndarray, s_dyx: np.ndarray,
+                       count: float) -> tuple[np.ndarray, np.ndarray]:
     """BatchNorm training's grad_x = p·dy - q·(x - mean) + r, p = scale: (q, r) per channel."""
     with np.errstate(all="ignore"):  # inf/nan data, or count = 0 (an empty batch)
         if count:  # in place, the order of the expression below (same bits), no temporaries
@@ -173,7 +187,7 @@ def _grad_coefficients(scale, invstd, s_dy, s_dyx, count):
     return q, r
 
 
-def _common_out(out: object, x: np.ndarray, grad_out: np.ndarray, *others: object) -> bool:
+def _common_out(out: object, x: np.ndarray, grad_out: object, *others: object) -> bool:
     """Whether ``out`` can take the common (fast) path as it is: a writeable C-contiguous ndarray
     of x's shape and dtype that is ``grad_out`` or ``x`` itself or, by ownership, shares memory
     with neither, nor with ``others`` (the statistics and weight). Anything else goes through the
@@ -197,8 +211,9 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     receives grad_x (may be ``grad_out``). ``channel_axis=-1``: channels-last, as in the forward.
     """
     if is_device_array(x):
-        return device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
-                                                 channel_axis=channel_axis, out=out)
+        on_device: Grads = device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
+                                                             channel_axis=channel_axis, out=out)
+        return on_device
     x = _float_input(x)
     axis, G, grad_out, mean, rstd, weight, out = group_norm_backward_args(HOST, x, num_groups, grad_out, mean, rstd,
                                                                           weight, channel_axis, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -19,14 +20,27 @@ from ._checks import (
     instance_norm_checked,
     rms_norm_args,
 )
-from ._layout import channel_output, input_view, rows_output, rows_view, stats_dtype
+from ._layout import Output, channel_output, input_view, rows_output, rows_view, stats_dtype
 from .functional import batch_norm
 
 __all__ = ["rms_norm", "group_norm", "instance_norm", "add_layer_norm", "fold_batch_norm"]
 
 
+@overload
+def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = ...,
+             eps: float | None = ..., *, out: np.ndarray | None = ...,
+             return_stats: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = ...,
+             eps: float | None = ..., *, out: np.ndarray | None = ...,
+             return_stats: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = ...,
+             eps: float | None = ..., *, out: np.ndarray | None = ...,
+             return_stats: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
 def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
-             eps: float | None = None, *, out: np.ndarray | None = None, return_stats: bool = False):
+             eps: float | None = None, *, out: np.ndarray | None = None,
+             return_stats: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """RMS normalization over the trailing dims, as ``F.rms_norm``: ``x / sqrt(mean(x²) + eps) * weight``.
 
     ``eps=None`` uses the machine epsilon of the compute type, as torch does: float64's for float64
@@ -35,9 +49,12 @@ def rms_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayL
     ``x.shape[:-k]`` (float32, float64 for float64 input), as ``rms_norm_backward`` takes it.
     """
     if is_device_array(x):
+        on_device: np.ndarray | tuple[np.ndarray, np.ndarray]
         if return_stats:
-            return device_op("rms_norm")(x, normalized_shape, weight, eps, out=out, return_stats=True)
-        return device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
+            on_device = device_op("rms_norm")(x, normalized_shape, weight, eps, out=out, return_stats=True)
+        else:
+            on_device = device_op("rms_norm")(x, normalized_shape, weight, eps, out=out)
+        return on_device
     x = as_float_array(x)
     shape, weight, eps, out = rms_norm_args(HOST, x, normalized_shape, weight, eps, out)
     x2 = rows_view(x, len(shape))
@@ -60,8 +77,9 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
     not overlap them partially nor each other.
     """
     if is_device_array(x):
-        return device_op("add_layer_norm")(x, residual, normalized_shape, weight, bias, eps, out=out,
-                                        residual_out=residual_out)
+        on_device: tuple[np.ndarray, np.ndarray] = device_op("add_layer_norm")(
+            x, residual, normalized_shape, weight, bias, eps, out=out, residual_out=residual_out)
+        return on_device
     x = as_float_array(x)
     residual = as_float_array(residual, "residual")
     shape, weight, bias, eps, out, residual_out = add_layer_norm_args(HOST, x, residual, normalized_shape, weight,
@@ -78,9 +96,21 @@ def add_layer_norm(x: ArrayLike, residual: ArrayLike, normalized_shape: int | Se
     return output.finish(), sum_output.finish()
 
 
+@overload
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = ..., bias: ArrayLike | None = ...,
+               eps: float = ..., *, channel_axis: int = ..., out: np.ndarray | None = ...,
+               return_stats: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = ..., bias: ArrayLike | None = ...,
+               eps: float = ..., *, channel_axis: int = ..., out: np.ndarray | None = ...,
+               return_stats: Literal[True]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+@overload
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = ..., bias: ArrayLike | None = ...,
+               eps: float = ..., *, channel_axis: int = ..., out: np.ndarray | None = ...,
+               return_stats: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, bias: ArrayLike | None = None,
                eps: float = 1e-5, *, channel_axis: int = 1, out: np.ndarray | None = None,
-               return_stats: bool = False):
+               return_stats: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group normalization, as ``F.group_norm``: per sample, over each group of ``C / num_groups``
     consecutive channels and all spatial positions; per-channel ``weight``/``bias``.
 
@@ -88,8 +118,9 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
     With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``(N, num_groups)``.
     """
     if is_device_array(x):
-        return device_op("group_norm")(x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out,
-                                    return_stats=return_stats)
+        on_device: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray] = device_op("group_norm")(
+            x, num_groups, weight, bias, eps, channel_axis=channel_axis, out=out, return_stats=return_stats)
+        return on_device
     x = as_float_array(x)
     axis, G, weight, bias, eps, out = group_norm_args(HOST, x, num_groups, weight, bias, eps, channel_axis, out)
 
@@ -116,14 +147,18 @@ def instance_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_
     normalizes with the running stats (that is BatchNorm in eval mode).
     """
     if is_device_array(x):
-        return device_op("instance_norm")(x, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                                       eps, channel_axis=channel_axis, out=out)
+        on_device: np.ndarray = device_op("instance_norm")(x, running_mean, running_var, weight, bias,
+                                                            use_input_stats, momentum, eps, channel_axis=channel_axis,
+                                                            out=out)
+        return on_device
     x = as_float_array(x)
     return instance_norm_checked(HOST, x, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
                                  channel_axis, out, batch_norm, lambda *checked: _instance_norm(x, *checked))
 
 
-def _instance_norm(x, axis, update, running_mean, running_var, weight, bias, momentum, eps, out):
+def _instance_norm(x: np.ndarray, axis: int, update: bool, running_mean: np.ndarray | None,
+                   running_var: np.ndarray | None, weight: np.ndarray | None, bias: np.ndarray | None, momentum: float,
+                   eps: float, out: np.ndarray | None) -> np.ndarray:
     """Host instance_norm after the checks (``instance_norm_args``' values)."""
     C = x.shape[axis]
 
@@ -132,7 +167,7 @@ def _instance_norm(x, axis, update, running_mean, running_var, weight, bias, mom
         return output.finish()
     count, mean, m2, _, _ = _grouped_norm(x4, C, weight, bias, eps, output.kernel.reshape(x4.shape))  # G = C
     result = output.finish()
-    if update:
+    if update and running_mean is not None and running_var is not None:  # (update says they are given)
         keep = np.float64(1.0 - momentum)
         running_mean[...] = keep * running_mean + momentum * mean.mean(axis=0)
         running_var[...] = keep * running_var + momentum * (m2 / (count - 1.0)).mean(axis=0)
@@ -176,13 +211,15 @@ def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: Arr
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-def _grouped_norm(x4, G, weight, bias, eps, target4):
+def _grouped_norm(x4: np.ndarray, G: int, weight: np.ndarray | None, bias: np.ndarray | None, eps: float,
+                  target4: np.ndarray) -> tuple[Any, Any, Any, Any, Any]:
     """Per-(n, c) moments, merged into G groups per sample, then the per-channel affine.
     Returns (count per channel, mean (N, C), M2 (N, C), group mean (N, G), group rstd (N, G))."""
     C = x4.shape[2]
     nthreads = cpu.num_threads()
     with cpu.kernel_guard:
-        fused = cpu.group_norm_fused(x4, G, weight, bias, eps, target4, nthreads)
+        fused: tuple[Any, Any, Any, Any, Any] | None = cpu.group_norm_fused(x4, G, weight, bias, eps, target4,
+                                                                          nthreads)
         if fused is not None:
             return fused
         count, mean, m2 = cpu.sample_channel_moments(x4, nthreads)
@@ -193,7 +230,7 @@ def _grouped_norm(x4, G, weight, bias, eps, target4):
     return count, mean, m2, gmean, grstd
 
 
-def _sample_io(x: np.ndarray, axis: int, out: np.ndarray | None):
+def _sample_io(x: np.ndarray, axis: int, out: np.ndarray | None) -> tuple[Output, np.ndarray | None]:
     """(``Output`` of a per-sample op, 4-D kernel input view (N, outer, C, inner) or None for an
     empty input)."""
     view = input_view(x, axis)

@@ -38,7 +38,13 @@ def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: Arra
 def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = ...,
                bias: ArrayLike | None = ..., eps: float = ..., *, out: np.ndarray | None = ...,
                return_stats: Literal[True]) -> Stats: ...
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+@overload
+def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = ...,
+               bias: ArrayLike | None = ..., eps: float = ..., *, out: np.ndarray | None = ...,
+               return_stats: bool) -> np.ndarray | Stats: ...
+def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, eps: float = 1e-5, *, out: np.ndarray | None = None,
+               return_stats: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Layer normalization over the trailing ``normalized_shape`` dims, as ``F.layer_norm``.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with biased variance per row.
@@ -49,8 +55,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
         if 0 < D and x.size < _SERIAL_SIZE:  # tiny and common: checked, straight to the serial kernel
             return _tiny.layer_norm_tiny(x, D, weight, bias, eps, return_stats)
     elif is_device_array(x):
-        return device_backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out,
-                                           return_stats=return_stats)
+        on_device: np.ndarray | Stats = device_backend().layer_norm(x, normalized_shape, weight, bias, eps, out=out,
+                                                                     return_stats=return_stats)
+        return on_device
     x = as_float_array(x)
     shape, weight, bias, eps, out = layer_norm_args(HOST, x, normalized_shape, weight, bias, eps, out)
 
@@ -82,8 +89,16 @@ def batch_norm(x: ArrayLike, running_mean: np.ndarray | None = ..., running_var:
                weight: ArrayLike | None = ..., bias: ArrayLike | None = ..., training: bool = ...,
                momentum: float = ..., eps: float = ..., *, channel_axis: int = ..., out: np.ndarray | None = ...,
                return_stats: Literal[True], stats: Moments | None = ...) -> Stats: ...
-def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, channel_axis=1, out=None, return_stats=False, stats=None):
+@overload
+def batch_norm(x: ArrayLike, running_mean: np.ndarray | None = ..., running_var: np.ndarray | None = ...,
+               weight: ArrayLike | None = ..., bias: ArrayLike | None = ..., training: bool = ...,
+               momentum: float = ..., eps: float = ..., *, channel_axis: int = ..., out: np.ndarray | None = ...,
+               return_stats: bool, stats: Moments | None = ...) -> np.ndarray | Stats: ...
+def batch_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None,
+               weight: ArrayLike | None = None, bias: ArrayLike | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, channel_axis: int = 1, out: np.ndarray | None = None,
+               return_stats: bool = False,
+               stats: Moments | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch normalization per channel, as ``F.batch_norm`` (``channel_axis=-1``: channels-last).
 
     ``training=True`` normalizes with the batch statistics (biased variance) and, when running
@@ -94,26 +109,32 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     the batch's or running statistics; training then updates running stats from it (unbiased
     variance ``m2 / (count - 1)``), as torch's SyncBatchNorm does with the global statistics.
     """
-    if type(x) is not np.ndarray and is_device_array(x):  # (an ndarray never is one)
+    if type(x) is np.ndarray:
+        C = -1 if out is not None or stats is not None else bn_common_channels(
+            x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis)
+        if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: no view mapper, thread count or lock
+            return _tiny.batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps,
+                                         channel_axis, return_stats)
+        arr = x
+    elif is_device_array(x):
         if stats is not None:
             raise TypeError("stats= is supported for NumPy arrays only, not CUDA arrays")
-        return device_backend().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
-                                           channel_axis=channel_axis, out=out, return_stats=return_stats)
-    C = -1 if out is not None or stats is not None else bn_common_channels(
-        x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis)
-    if 0 < C and x.size < _SERIAL_SIZE:  # tiny and common: no view mapper, thread count or lock
-        return _tiny.batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps,
-                                     channel_axis, return_stats)
-    if C < 0:
-        x = as_float_array(x)
-        axis, running_mean, running_var, weight, bias, momentum, eps, out, _ = batch_norm_args(
-            HOST, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
+        on_device: np.ndarray | Stats = device_backend().batch_norm(
+            x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis=channel_axis, out=out,
+            return_stats=return_stats)
+        return on_device
     else:
-        axis = channel_axis % x.ndim
-    x3, output = _channel_io(x, axis, C, out)
+        C = -1
+    if C < 0:
+        arr = as_float_array(x)
+        axis, running_mean, running_var, weight, bias, momentum, eps, out, _ = batch_norm_args(
+            HOST, arr, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats)
+    else:
+        axis = channel_axis % arr.ndim
+    x3, output = _channel_io(arr, axis, C, out)
     stats_out = _batch_norm_kernels(x3, output.kernel, running_mean, running_var, weight, bias, training, momentum,
                                     eps, stats, return_stats)
-    if stats is not None and training and running_mean is not None:
+    if stats is not None and training and running_mean is not None and running_var is not None:
         _update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
     result = output.finish()
     return (result, stats_out[0], stats_out[1]) if return_stats else result
@@ -130,8 +151,10 @@ def _channel_io(x: np.ndarray, axis: int, C: int, out: np.ndarray | None) -> tup
     return view.x3, channel_output(out, x, view, axis)
 
 
-def _batch_norm_kernels(x3, target, running_mean, running_var, weight, bias, training, momentum, eps, stats,
-                        return_stats):
+def _batch_norm_kernels(x3: np.ndarray, target: np.ndarray, running_mean: np.ndarray | None,
+                        running_var: np.ndarray | None, weight: ArrayLike | None, bias: ArrayLike | None,
+                        training: bool, momentum: float, eps: float, stats: Moments | None,
+                        return_stats: bool) -> np.ndarray:
     """The BatchNorm kernels on the canonical view: one jitted dispatch per call (statistics,
     scale/offset, normalize and the running-stats update fused). Returns ``stats_out`` (2, C):
     (mean, invstd), empty unless ``return_stats``."""
@@ -154,7 +177,8 @@ def _batch_norm_kernels(x3, target, running_mean, running_var, weight, bias, tra
     return stats_out
 
 
-def _update_running(running_mean, running_var, mean, unbiased_var, momentum):
+def _update_running(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray, unbiased_var: np.ndarray,
+                    momentum: float) -> None:
     """torch's rule, computed in float64 and written in place, for statistics combined outside
     the fused kernel (``stats=``, numbanorm.dask)."""
     keep = np.float64(1.0 - momentum)  # a float64 scalar, so half running stats are not rounded twice

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -32,6 +32,9 @@ from ._checks import SUPPORTED_DTYPES, as_float_array, check_channel_axis, check
 from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
 from .family import group_norm, rms_norm
 from .functional import batch_norm, layer_norm
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
 
@@ -47,11 +50,21 @@ class _Norm:
     """Shared state handling: train/eval, backward bookkeeping, state dicts."""
 
     training: bool
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     #: "cpu" (NumPy arrays) or "cuda" (numba device arrays); see ``to``.
     device: str = "cpu"
     #: The arrays that move with the layer (subclasses add their running statistics).
     _moved: tuple[str, ...] = ("weight", "bias", "grad_weight", "grad_bias")
+    # Annotations only. The arrays are typed as on the host: after ``to("cuda")`` they are numba
+    # device arrays (typed too as ndarrays, since NumPy's stubs are the types the API has).
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    grad_weight: np.ndarray | None
+    grad_bias: np.ndarray | None
+    #: The channel axis (the layers that have one).
+    channel_axis: int
+    #: What the last forward saved for the backward (None: no forward since the last ``to``).
+    _saved: tuple[Any, ...] | None
 
     def __call__(self, x: ArrayLike) -> np.ndarray:
         return self.forward(x)
@@ -59,14 +72,14 @@ class _Norm:
     def forward(self, x: ArrayLike) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def train(self, mode: bool = True) -> _Norm:
+    def train(self, mode: bool = True) -> Self:
         self.training = bool(mode)
         return self
 
-    def eval(self) -> _Norm:
+    def eval(self) -> Self:
         return self.train(False)
 
-    def to(self, device: object) -> _Norm:
+    def to(self, device: object) -> Self:
         """Move parameters, running statistics and grads to ``device``, in place, and return the
         layer (as torch's ``Module.to``): "cuda" (or "cuda:0", a torch.device) gives numba device
         arrays, "cpu" NumPy arrays. The saved forward is dropped: backward needs a new forward."""
@@ -81,27 +94,29 @@ class _Norm:
             self._saved = None
         return self
 
-    def cuda(self) -> _Norm:
+    def cuda(self) -> Self:
         """``self.to("cuda")``."""
         return self.to("cuda")
 
-    def cpu(self) -> _Norm:
+    def cpu(self) -> Self:
         """``self.to("cpu")``."""
         return self.to("cpu")
 
-    def _checked_input(self, x: ArrayLike, channels: str | None = None) -> np.ndarray:
+    def _checked_input(self, x: ArrayLike, channels: str | None = None) -> Any:
         """x, on the layer's device with its dtype; with ``channels`` (the attribute holding the
         channel count) also that many channels on ``channel_axis`` (fewer than 2 dims: the
         functional op raises the error)."""
-        x = self._placed_input(x)
-        if channels is not None and x.ndim >= 2:
-            axis = check_channel_axis(self.channel_axis, x.ndim)
-            if x.shape[axis] != getattr(self, channels):
-                raise ValueError(f"x has {x.shape[axis]} channels on axis {self.channel_axis} (shape {x.shape}), "
-                                 f"expected {channels}={getattr(self, channels)}")
-        return x
+        placed = self._placed_input(x)
+        if channels is not None and placed.ndim >= 2:
+            axis = check_channel_axis(self.channel_axis, placed.ndim)
+            if placed.shape[axis] != getattr(self, channels):
+                raise ValueError(f"x has {placed.shape[axis]} channels on axis {self.channel_axis} "
+                                 f"(shape {placed.shape}), expected {channels}={getattr(self, channels)}")
+        return placed
 
-    def _placed_input(self, x: ArrayLike) -> np.ndarray:
+    def _placed_input(self, x: ArrayLike) -> Any:
+        """x on the layer's device: a float ndarray of the layer's dtype, or the CUDA array as given
+        (``Any``: no type covers both)."""
         on_device = type(x) is not np.ndarray and is_device_array(x)
         if on_device != (self.device == "cuda"):
             name = type(self).__name__
@@ -124,13 +139,14 @@ class _Norm:
                             f"(create the layer with dtype={x.dtype.name} or convert x)")
         return x
 
-    def _snapshot(self, a):
+    def _snapshot(self, a: np.ndarray | None) -> np.ndarray | None:
         """A copy of parameter ``a`` for the backward (an update between the two must not leak in)."""
         if a is None:
             return None
-        return device_backend().clone(a) if self.device == "cuda" else a.copy()
+        copy: np.ndarray = device_backend().clone(a) if self.device == "cuda" else a.copy()
+        return copy
 
-    def _fill(self, a, value: float) -> None:
+    def _fill(self, a: np.ndarray, value: float) -> None:
         if self.device == "cuda" and is_device_array(a):
             device_backend().write(a, np.full(a.shape, value, a.dtype))
         else:
@@ -141,9 +157,9 @@ class _Norm:
         self.weight = np.ones(shape, self.dtype) if weight else None
         self.bias = np.zeros(shape, self.dtype) if weight and bias else None
         self.training = True
-        self.grad_weight: np.ndarray | None = None
-        self.grad_bias: np.ndarray | None = None
-        self._saved: tuple | None = None
+        self.grad_weight = None
+        self.grad_bias = None
+        self._saved = None
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
@@ -156,7 +172,7 @@ class _Norm:
         self.grad_bias = gb if self.bias is not None else None
         return gx
 
-    def _saved_or_raise(self) -> tuple:
+    def _saved_or_raise(self) -> tuple[Any, ...]:
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a forward call first: "
                                "call the layer on an input, then backward(grad_out)")
@@ -171,9 +187,10 @@ class _Norm:
         """Parameters and buffers under torch's key names, as NumPy copies (on either device)."""
         return {name: self._host_copy(getattr(self, name)) for name in self._state_names()}
 
-    def _host_copy(self, a) -> np.ndarray:
+    def _host_copy(self, a: np.ndarray) -> np.ndarray:
         if type(a) is not np.ndarray and is_device_array(a):
-            return device_backend().to_host(a)
+            host: np.ndarray = device_backend().to_host(a)
+            return host
         return np.array(a)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
@@ -237,7 +254,7 @@ def _device_name(device: object) -> str:
 
 
 def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 
@@ -253,7 +270,7 @@ def _shape_arg(normalized_shape: object) -> tuple[int, ...]:
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
     if not isinstance(normalized_shape, Sequence) or not normalized_shape or not all(
-        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in normalized_shape
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0 for d in normalized_shape
     ):
         raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints >= 0, "
                         f"got {normalized_shape!r}")
@@ -289,6 +306,9 @@ class BatchNorm(_Norm):
         self.dtype = _check_dtype(dtype)
         C = self.num_features
         self._init_affine((C,), self.affine, bias)
+        self.running_mean: np.ndarray | None
+        self.running_var: np.ndarray | None
+        self.num_batches_tracked: np.ndarray | None
         if self.track_running_stats:
             self.running_mean = np.zeros(C, self.dtype)
             self.running_var = np.ones(C, self.dtype)
@@ -299,10 +319,11 @@ class BatchNorm(_Norm):
     _moved = _Norm._moved + ("running_mean", "running_var")
 
     def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self._fill(self.running_mean, 0)
-            self._fill(self.running_var, 1)
-            self.num_batches_tracked[...] = 0
+        rm, rv, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        if self.track_running_stats and rm is not None and rv is not None and tracked is not None:
+            self._fill(rm, 0)
+            self._fill(rv, 1)
+            tracked[...] = 0
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -311,18 +332,20 @@ class BatchNorm(_Norm):
     def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalize ``x``; in training also update the running statistics (torch's rule)."""
         x = self._checked_input(x, "num_features")
-        update = self.training and self.track_running_stats
+        # the counter updated by this call (None: none; it exists when track_running_stats)
+        tracked = self.num_batches_tracked if self.training and self.track_running_stats else None
         factor = 0.0
-        if update:
-            n = int(self.num_batches_tracked) + 1
+        if tracked is not None:
+            n = int(tracked) + 1
             factor = 1.0 / n if self.momentum is None else self.momentum
         use_batch_stats = self.training or self.running_mean is None
         # Counted only after batch_norm succeeded (it validates before it mutates anything).
         y, mean, invstd = batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                      training=use_batch_stats, momentum=factor, eps=self.eps,
                                      channel_axis=self.channel_axis, return_stats=True)
-        if update:
-            self.num_batches_tracked += 1
+        if tracked is not None:
+            tracked += 1
+            self.num_batches_tracked = tracked
         weight = self._snapshot(self.weight)
         self._saved = (x, mean, invstd, weight, use_batch_stats)
         return y

@@ -24,7 +24,8 @@ MOMENTS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np
 
 
 class _Fields(NamedTuple):
-    count: np.ndarray
+    # (a field named like tuple.count, which mypy reports as an incompatible override)
+    count: np.ndarray  # type: ignore[assignment]
     mean: np.ndarray
     m2: np.ndarray
 
@@ -102,10 +103,12 @@ class Moments(_Fields):
     def var(self, ddof: int = 0) -> np.ndarray:
         """Variance ``m2 / (count - ddof)``; NaN where ``count <= ddof``."""
         denom = self.count - ddof
-        return np.divide(self.m2, denom, out=np.full(self.shape, np.nan), where=denom > 0)
+        var: np.ndarray = np.divide(self.m2, denom, out=np.full(self.shape, np.nan), where=denom > 0)
+        return var
 
     def std(self, ddof: int = 0) -> np.ndarray:
-        return np.sqrt(self.var(ddof))
+        std: np.ndarray = np.sqrt(self.var(ddof))
+        return std
 
     def merge(self, *others: Moments) -> Moments:
         """Moments of the union of this data and ``others``' (Chan's formula, left to right)."""
