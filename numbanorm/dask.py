@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Literal, overload
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 try:
     import dask.array as da
@@ -92,13 +94,23 @@ def _merge_records(rec: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np
     return np.expand_dims(out, axis) if keepdims else out
 
 
-def _moments_graph(darr: da.Array, reduced: tuple[int, ...], keepdims: bool, split_every) -> da.Array:
+def _moments_graph(darr: da.Array, reduced: tuple[int, ...], keepdims: bool, split_every: int | None) -> da.Array:
     ndim = darr.ndim if keepdims else darr.ndim - len(reduced)
-    return da.reduction(darr, _chunk_moments, _merge_records, combine=_merge_records, axis=reduced,
+    graph: da.Array = da.reduction(darr, _chunk_moments, _merge_records, combine=_merge_records, axis=reduced,
                         keepdims=keepdims, dtype=MOMENTS_DTYPE, split_every=split_every, concatenate=True,
                         meta=np.empty((0,) * ndim, MOMENTS_DTYPE), name="numbanorm-moments")
+    return graph
 
 
+@overload
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, channel_axis: int | None = ...,
+            split_every: int | None = ..., compute: Literal[True] = ...) -> Moments: ...
+@overload
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, channel_axis: int | None = ...,
+            split_every: int | None = ..., compute: Literal[False]) -> da.Array: ...
+@overload
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, channel_axis: int | None = ...,
+            split_every: int | None = ..., compute: bool) -> Moments | da.Array: ...
 def moments(darr: da.Array, axis: int | tuple[int, ...] | None = None, *, channel_axis: int | None = None,
             split_every: int | None = None, compute: bool = True) -> Moments | da.Array:
     """``numbanorm.moments`` of a dask array: per-chunk kernels, then a tree of exact merges.
@@ -118,13 +130,15 @@ def _stats_array(stats: Moments, darr: da.Array, keep: tuple[int, ...]) -> da.Ar
     """Computed stats as records broadcastable against ``darr``, chunked like its kept axes."""
     shape = tuple(darr.shape[i] if i in keep else 1 for i in range(darr.ndim))
     chunks = tuple(darr.chunks[i] if i in keep else (1,) for i in range(darr.ndim))
-    return da.from_array(stats.to_records().reshape(shape), chunks=chunks)
+    records: da.Array = da.from_array(stats.to_records().reshape(shape), chunks=chunks)
+    return records
 
 
 # ------------------------------------------------------------------------------------------
 # BatchNorm and standardize: statistics over the reduced axes, then blockwise normalize
 # ------------------------------------------------------------------------------------------
-def _bn_block(x, st, *params, channel_axis, eps, has_weight, has_bias):
+def _bn_block(x: np.ndarray, st: np.ndarray, *params: np.ndarray, channel_axis: int, eps: float, has_weight: bool,
+              has_bias: bool) -> np.ndarray:
     it = iter(params)
     weight = next(it).reshape(-1) if has_weight else None
     bias = next(it).reshape(-1) if has_bias else None
@@ -134,7 +148,8 @@ def _bn_block(x, st, *params, channel_axis, eps, has_weight, has_bias):
 
 
 def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None,
-               weight=None, bias=None, training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
+               weight: ArrayLike | None = None, bias: ArrayLike | None = None, training: bool = True,
+               momentum: float = 0.1, eps: float = 1e-5, *,
                channel_axis: int = 1, stats: Moments | None = None,
                split_every: int | None = None) -> tuple[da.Array, Moments | None]:
     """Batch normalization of a dask array, as ``numbanorm.batch_norm`` on the whole array.
@@ -155,8 +170,10 @@ def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_v
         reduced = tuple(i for i in range(darr.ndim) if i != axis)
         stats = returned = Moments.from_records(np.asarray(_moments_graph(darr, reduced, False, split_every).compute()))
     elif stats is None:  # eval: running stats as moments with count 1, so var() is running_var
+        if running_mean is None or running_var is None:  # pragma: no cover - _check_batch_norm refused it
+            raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
         stats = Moments(1.0, running_mean, running_var)
-    if update:
+    if update and running_mean is not None and running_var is not None:  # (update: they are given)
         functional._update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
 
     bshape = tuple(C if i == axis else 1 for i in range(darr.ndim))
@@ -168,7 +185,9 @@ def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_v
     return y, returned
 
 
-def _check_batch_norm(darr, C, running_mean, running_var, weight, bias, training, update, momentum, eps, stats):
+def _check_batch_norm(darr: da.Array, C: int, running_mean: object, running_var: object, weight: object,
+                      bias: object, training: object, update: bool, momentum: object, eps: object,
+                      stats: object) -> tuple[np.ndarray | None, np.ndarray | None, list[np.ndarray], float, float]:
     """``batch_norm``'s checks, before anything is computed: (running_mean, running_var, the
     given parameters, momentum, eps)."""
     if (running_mean is None) != (running_var is None):
@@ -187,11 +206,23 @@ def _check_batch_norm(darr, C, running_mean, running_var, weight, bias, training
     return running_mean, running_var, params, momentum, eps
 
 
-def _std_block(x, st, *, axis, ddof, eps):
+def _std_block(x: np.ndarray, st: np.ndarray, *, axis: tuple[int, ...], ddof: int, eps: float) -> np.ndarray:
     with _one_thread():
         return _np_standardize(x, axis, stats=Moments.from_records(np.squeeze(st, axis)), ddof=ddof, eps=eps)
 
 
+@overload
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, ddof: int = ..., eps: float = ...,
+                stats: Moments | None = ..., split_every: int | None = ...,
+                return_stats: Literal[False] = ...) -> da.Array: ...
+@overload
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, ddof: int = ..., eps: float = ...,
+                stats: Moments | None = ..., split_every: int | None = ...,
+                return_stats: Literal[True]) -> tuple[da.Array, Moments]: ...
+@overload
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, ddof: int = ..., eps: float = ...,
+                stats: Moments | None = ..., split_every: int | None = ...,
+                return_stats: bool) -> da.Array | tuple[da.Array, Moments]: ...
 def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof: int = 0, eps: float = 0.0,
                 stats: Moments | None = None, split_every: int | None = None,
                 return_stats: bool = False) -> da.Array | tuple[da.Array, Moments]:
@@ -217,13 +248,14 @@ def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof:
 # ------------------------------------------------------------------------------------------
 # LayerNorm: rows are independent, so it is purely blockwise once each block holds whole rows
 # ------------------------------------------------------------------------------------------
-def _ln_block(x, *, normalized_shape, weight, bias, eps):
+def _ln_block(x: np.ndarray, *, normalized_shape: tuple[int, ...], weight: np.ndarray | None,
+              bias: np.ndarray | None, eps: float) -> np.ndarray:
     with _one_thread():
         return functional.layer_norm(x, normalized_shape, weight, bias, eps)
 
 
-def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight=None, bias=None,
-               eps: float = 1e-5) -> da.Array:
+def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, eps: float = 1e-5) -> da.Array:
     """``numbanorm.layer_norm`` blockwise (lazy). Blocks must span the normalized (trailing)
     dims; if the chunks split them, the array is rechunked there with a ``RechunkWarning``."""
     darr = _check_darr(darr)
@@ -241,5 +273,7 @@ def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight=Non
         weight = weight.reshape(shape)
     if bias is not None:
         bias = bias.reshape(shape)
-    return darr.map_blocks(_ln_block, normalized_shape=shape, weight=weight, bias=bias, eps=eps,
-                           dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-layer-norm")
+    y: da.Array = da.map_blocks(_ln_block, darr, normalized_shape=shape, weight=weight, bias=bias, eps=eps,
+                                dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype),
+                                token="numbanorm-layer-norm")
+    return y

@@ -53,6 +53,16 @@ assert_type(nb.RMSNorm(3).backward(x), A)
 assert_type(nb.set_arena_limit(0), int)
 assert_type(nb.arena_info(), dict[str, int])
 assert_type(nb.precompile(["moments"], progress=False), list[nb._precompile.Compiled])
+
+import dask.array as da
+import numbanorm.dask as nbd
+
+d = da.zeros((8, 3), chunks=4)
+assert_type(nbd.moments(d, 0), nb.Moments)
+assert_type(nbd.moments(d, 0, compute=False), da.Array)
+assert_type(nbd.standardize(d), da.Array)
+assert_type(nbd.standardize(d, return_stats=True), tuple[da.Array, nb.Moments])
+assert_type(nbd.layer_norm(d, 3), da.Array)
 '''
 
 
