@@ -33,8 +33,21 @@ DEFAULT_DTYPES = ("float32",)
 
 @dataclass(frozen=True)
 class Compiled:
-    """What one (op, dtype) warm-up did: kernels compiled now, kernels already in the cache, and
-    the seconds it took (in its worker process)."""
+    """What one (op, dtype) warm-up did, as ``precompile`` returns it.
+
+    Attributes
+    ----------
+    op : str
+        The op warmed (one of ``OPS``).
+    dtype : str
+        Its dtype name.
+    compiled : int
+        Kernel specializations compiled now (and written to the cache).
+    loaded : int
+        Kernel specializations already in the cache.
+    seconds : float
+        The time it took, in its worker process.
+    """
 
     op: str
     dtype: str
@@ -151,12 +164,45 @@ def _dtype(name: str) -> np.dtype[Any]:
 # --------------------------------------------------------------------------------------------
 def precompile(ops: Iterable[str] | None = None, dtypes: Sequence[str] = DEFAULT_DTYPES, *, jobs: int | None = None,
                progress: bool = True) -> list[Compiled]:
-    """Compile the common signatures of ``ops`` (default: all of ``OPS``) for ``dtypes`` (default
-    float32) into numba's on-disk cache, in ``jobs`` worker processes (default: the CPU count).
+    """Compile the common signatures of numbanorm's kernels into numba's on-disk cache, ahead of time.
 
-    Each (op, dtype) runs in a fresh process, so the cache is what the next process will load. With
-    ``progress``, shows a progress bar (with ``rich`` when installed) and a summary. Returns one
-    ``Compiled`` per (op, dtype). Raises ValueError for an unknown op or dtype.
+    Per (op, dtype), the calls that compile every path of that op (tiny, serial and parallel, both
+    layouts, with and without affine parameters) run in a fresh worker process, so the cache is
+    what the next process will load: its first call is a cache load instead of seconds of
+    compiling. ``python -m numbanorm precompile`` is the command-line form (e.g. in a Docker image
+    build, or once per CI cache key).
+
+    Parameters
+    ----------
+    ops : iterable of str, optional
+        The ops to warm (default: all of ``OPS``).
+    dtypes : sequence of str, default ("float32",)
+        Their dtypes, among ``DTYPES``: float32, float64, float16, bfloat16 (needs ml_dtypes).
+    jobs : int, optional
+        Worker processes (default: the CPU count, at most one per task).
+    progress : bool, default True
+        Show a progress bar (with ``rich`` when installed, else a line per task) and a summary.
+
+    Returns
+    -------
+    list of Compiled
+        One per (op, dtype), in the order asked.
+
+    Raises
+    ------
+    ValueError
+        An unknown op or dtype.
+    ImportError
+        bfloat16 without ml_dtypes.
+
+    Examples
+    --------
+    >>> import numbanorm as nb
+    >>> results = nb.precompile(["moments"], ["float32"], jobs=1, progress=False)
+    >>> [(r.op, r.dtype) for r in results]
+    [('moments', 'float32')]
+    >>> results[0].compiled + results[0].loaded > 0
+    True
     """
     ops = list(OPS if ops is None else ops)
     for name, given, known in (("op", ops, OPS), ("dtype", dtypes, DTYPES)):

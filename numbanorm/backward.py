@@ -42,10 +42,63 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
                         out: np.ndarray | None = None) -> Grads:
     """Gradients of ``layer_norm(x, normalized_shape, weight, bias)`` given ``grad_out`` = dL/dy.
 
-    ``mean``/``rstd`` are the stats from ``layer_norm(..., return_stats=True)``. Returns
-    ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``normalized_shape``, reduced over
-    all rows) are None when ``weight`` is None. ``grad_bias`` does not depend on the bias, so it
-    is valid whether or not the forward had one. ``out`` receives grad_x (may be ``grad_out``).
+    They take the statistics the forward returned, so nothing is recomputed, and match torch
+    autograd of ``F.layer_norm``.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    normalized_shape : int or sequence of int
+        As in the forward.
+    mean : array_like
+        The mean from ``layer_norm(..., return_stats=True)``, shape ``x.shape[:-k]``.
+    rstd : array_like
+        The rstd from ``layer_norm(..., return_stats=True)``, as ``mean``.
+    weight : array_like, optional
+        The forward's weight (shape ``normalized_shape``, x's dtype); None if it had none.
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape ``normalized_shape``, reduced over all rows; None when ``weight`` is None.
+    grad_bias : numpy.ndarray or None
+        dL/dbias, as ``grad_weight``. It does not depend on the bias, so it is valid whether or
+        not the forward had one; None when ``weight`` is None.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x is 0-d; ``normalized_shape`` is not x's trailing dims; ``grad_out``, a statistic or
+        ``weight`` has the wrong shape; ``out`` overlaps an input other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.array([[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]), np.ones(3)
+    >>> y, mean, rstd = nb.layer_norm(x, 3, w, return_stats=True)
+    >>> g = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    >>> grad_x, grad_w, grad_b = nb.layer_norm_backward(g, x, 3, mean, rstd, w)
+    >>> print(grad_x.round(4))
+    [[-0.1145  0.1718 -0.0573]
+     [ 0.2864 -0.4295  0.1432]]
+    >>> print(grad_w.round(4), grad_b)
+    [-4.2762 -0.8018  6.6815] [4. 3. 5.]
     """
     if is_device_array(x):
         on_device: Grads = device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
@@ -58,10 +111,58 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
                       out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients of ``rms_norm(x, normalized_shape, weight, eps)`` given ``grad_out`` = dL/dy.
 
-    ``rstd`` is from ``rms_norm(..., return_stats=True)`` (it holds eps, so none is passed here).
     Returns ``(grad_x, grad_weight)`` like torch's ``_fused_rms_norm_backward``: RMSNorm has no
-    bias; ``grad_weight`` (shape ``normalized_shape``) is None when ``weight`` is None. ``out``
-    receives grad_x (may be ``grad_out``).
+    bias.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    normalized_shape : int or sequence of int
+        As in the forward.
+    rstd : array_like
+        From ``rms_norm(..., return_stats=True)``, shape ``x.shape[:-k]`` (it holds eps, so none
+        is passed here).
+    weight : array_like, optional
+        The forward's weight (shape ``normalized_shape``, x's dtype); None if it had none.
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape ``normalized_shape``; None when ``weight`` is None.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x is 0-d; ``normalized_shape`` is not x's trailing dims; ``grad_out``, ``rstd`` or
+        ``weight`` has the wrong shape; ``out`` overlaps an input other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.array([[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]), np.ones(3)
+    >>> y, rstd = nb.rms_norm(x, 3, w, return_stats=True)
+    >>> grad_x, grad_w = nb.rms_norm_backward(np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]]), x, 3, rstd, w)
+    >>> print(grad_x.round(4))
+    [[ 0.072  0.144 -0.09 ]
+     [ 0.45  -0.045 -0.09 ]]
+    >>> print(grad_w.round(4))
+    [1.5119 2.2678 7.5593]
     """
     if is_device_array(x):
         on_device: tuple[np.ndarray, np.ndarray | None] = device_op("rms_norm_backward")(
@@ -109,11 +210,69 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
                         out: np.ndarray | None = None) -> Grads:
     """Gradients of ``batch_norm(x, ..., weight, bias, training)`` given ``grad_out`` = dL/dy.
 
-    ``mean``/``invstd`` (shape ``(C,)``) are the stats from ``batch_norm(..., return_stats=True)``:
-    the batch statistics when the forward normalized with them, the running ones otherwise, and
-    ``training`` says which (it changes grad_x: batch statistics depend on x). Returns
-    ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``(C,)``) are None when ``weight``
-    is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
+    They match torch autograd of ``F.batch_norm``.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    mean : array_like
+        The mean from ``batch_norm(..., return_stats=True)``, shape (C,): the batch statistics
+        when the forward normalized with them, the running ones otherwise.
+    invstd : array_like
+        The invstd from ``batch_norm(..., return_stats=True)``, shape (C,): ``1 / sqrt(var +
+        eps)``, not a variance. Its values must be positive (NaN, from NaN data, passes).
+    weight : array_like, optional
+        The forward's weight (shape (C,), x's dtype); None if it had none.
+    training : bool, default True
+        Whether the forward used the batch statistics (they depend on x, which changes grad_x) or
+        the running ones.
+    channel_axis : int, default 1
+        As in the forward (``-1``: channels-last).
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape (C,); None when ``weight`` is None, as torch gives no gradient for an
+        absent parameter.
+    grad_bias : numpy.ndarray or None
+        dL/dbias, as ``grad_weight``.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x has fewer than 2 dims (or is 0-d); ``channel_axis`` is out of range; ``grad_out``, a
+        statistic or ``weight`` has the wrong shape; ``invstd`` holds a value <= 0 (running
+        statistics passed for ``(mean, invstd)``?: NumPy arrays only, the check is skipped for
+        CUDA arrays); ``out`` overlaps an input other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.arange(12.0).reshape(2, 3, 2), np.ones(3)
+    >>> y, mean, invstd = nb.batch_norm(x, None, None, w, training=True, return_stats=True)
+    >>> g = np.arange(12.0).reshape(2, 3, 2) % 5
+    >>> grad_x, grad_w, grad_b = nb.batch_norm_backward(g, x, mean, invstd, w)
+    >>> print(grad_x[:, 0].round(4))
+    [[-0.1111  0.1555]
+     [-0.1555  0.1111]]
+    >>> print(grad_w.round(4), grad_b)
+    [ 2.3016  2.3016 -3.4524] [ 4. 12.  5.]
     """
     if type(x) is np.ndarray:
         C = -1 if not training else bn_backward_common_channels(grad_out, x, mean, invstd, weight, channel_axis)
@@ -205,10 +364,61 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
                         out: np.ndarray | None = None) -> Grads:
     """Gradients of ``group_norm(x, num_groups, weight, bias)`` given ``grad_out`` = dL/dy.
 
-    ``mean``/``rstd`` (shape ``(N, num_groups)``) are from ``group_norm(..., return_stats=True)``,
-    as for torch's ``native_group_norm_backward``. Returns ``(grad_x, grad_weight, grad_bias)``;
-    the last two (shape ``(C,)``, summed over the batch) are None when ``weight`` is None. ``out``
-    receives grad_x (may be ``grad_out``). ``channel_axis=-1``: channels-last, as in the forward.
+    They match torch's ``native_group_norm_backward``.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    num_groups : int
+        As in the forward.
+    mean : array_like
+        From ``group_norm(..., return_stats=True)``, shape ``(N, num_groups)``.
+    rstd : array_like
+        From ``group_norm(..., return_stats=True)``, as ``mean``.
+    weight : array_like, optional
+        The forward's weight (shape (C,), x's dtype); None if it had none.
+    channel_axis : int, default 1
+        As in the forward (``-1``: channels-last).
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape (C,), summed over the batch; None when ``weight`` is None.
+    grad_bias : numpy.ndarray or None
+        dL/dbias, as ``grad_weight``.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x has fewer than 2 dims (or is 0-d); ``channel_axis`` or ``num_groups`` is invalid;
+        ``grad_out``, a statistic or ``weight`` has the wrong shape; ``out`` overlaps an input
+        other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.arange(16.0).reshape(2, 4, 2), np.ones(4)
+    >>> y, mean, rstd = nb.group_norm(x, 2, w, return_stats=True)
+    >>> g = np.arange(16.0).reshape(2, 4, 2) % 3
+    >>> grad_x, grad_w, grad_b = nb.group_norm_backward(g, x, 2, mean, rstd, w)
+    >>> print(grad_w.round(4), grad_b)
+    [-3.1305  4.0249 -2.6833  2.2361] [3. 5. 4. 3.]
     """
     if is_device_array(x):
         on_device: Grads = device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,

@@ -47,8 +47,64 @@ def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: Arra
                return_stats: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Layer normalization over the trailing ``normalized_shape`` dims, as ``F.layer_norm``.
 
-    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with biased variance per row.
-    With ``return_stats=True`` returns ``(y, mean, rstd)``, stats of shape ``x.shape[:-k]``.
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with the mean and the biased variance of
+    each row (the trailing ``normalized_shape`` dims of x).
+
+    Parameters
+    ----------
+    x : array_like
+        The input: float16, bfloat16, float32 or float64, or a CUDA array (see Notes). Lists and
+        tuples are converted as NumPy converts them, and integers in them become float64 (as the same
+        numbers written as floats would); an integer ndarray is refused.
+    normalized_shape : int or sequence of int
+        The trailing dims normalized over; they must equal ``x.shape[-k:]``.
+    weight : array_like, optional
+        Elementwise scale, of shape ``normalized_shape`` and x's dtype (float32 is accepted too for
+        a float16/bfloat16 x).
+    bias : array_like, optional
+        Elementwise offset, as ``weight``.
+    eps : float, default 1e-5
+        Added to the variance; positive and finite.
+    out : numpy.ndarray, optional
+        Where y is written: x's shape and dtype, writeable. It may be ``x`` itself (in place), but
+        must not overlap x, weight or bias otherwise.
+    return_stats : bool, default False
+        Also return the statistics, as ``layer_norm_backward`` takes them.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        x normalized, of x's shape and dtype (``out`` when given). Alone unless ``return_stats``.
+    mean : numpy.ndarray
+        With ``return_stats=True``: the mean of each row, of shape ``x.shape[:-k]``; float64 for a
+        float64 x, float32 otherwise.
+    rstd : numpy.ndarray
+        With ``return_stats=True``: ``1 / sqrt(var + eps)`` of each row, as ``mean``.
+
+    Raises
+    ------
+    TypeError
+        x is None or not floating point; a parameter or ``out`` has the wrong dtype or type.
+    ValueError
+        x is 0-d; ``normalized_shape`` is not x's trailing dims; a parameter has the wrong shape;
+        ``eps`` is not positive and finite; ``out`` is read-only or overlaps an input.
+
+    Notes
+    -----
+    A CUDA array (CuPy, torch, numba: anything with ``__cuda_array_interface__``) runs on the GPU
+    and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x = np.array([[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]])
+    >>> y, mean, rstd = nb.layer_norm(x, 3, return_stats=True)
+    >>> print(y.round(4))
+    [[-1.069  -0.2673  1.3363]
+     [-1.069  -0.2673  1.3363]]
+    >>> print(mean.round(4), rstd.round(4))
+    [2.3333 4.6667] [0.8018 0.4009]
     """
     if type(x) is np.ndarray:
         D = -1 if out is not None else ln_common_width(x, normalized_shape, weight, bias, eps)
@@ -103,11 +159,82 @@ def batch_norm(x: ArrayLike, running_mean: np.ndarray | None = None, running_var
 
     ``training=True`` normalizes with the batch statistics (biased variance) and, when running
     stats are given, updates them in place: ``r = (1 - momentum) * r + momentum * batch`` with the
-    unbiased batch variance. ``training=False`` uses the running stats. With
-    ``return_stats=True`` returns ``(y, mean, invstd)`` for the statistics actually used.
-    ``stats``: a ``numbanorm.Moments`` of shape (C,) (e.g. merged across workers) used instead of
-    the batch's or running statistics; training then updates running stats from it (unbiased
-    variance ``m2 / (count - 1)``), as torch's SyncBatchNorm does with the global statistics.
+    unbiased batch variance. ``training=False`` uses the running stats.
+
+    Parameters
+    ----------
+    x : array_like
+        The input, ``(N, C, ...)`` (or channels on ``channel_axis``): float16, bfloat16, float32 or
+        float64, or a CUDA array (see Notes). Lists and tuples are converted as NumPy converts
+        them, and integers in them become float64; an integer ndarray is refused.
+    running_mean : numpy.ndarray, optional
+        Running mean of shape (C,) and x's dtype (float32 is accepted too for a half x). Updated in
+        place when training, so it must then be writeable; give both running stats or neither.
+    running_var : numpy.ndarray, optional
+        Running variance, as ``running_mean``.
+    weight : array_like, optional
+        Per-channel scale, of shape (C,) and x's dtype (float32 too for a half x).
+    bias : array_like, optional
+        Per-channel offset, as ``weight``.
+    training : bool, default False
+        Normalize with the batch statistics (and update the running ones), or with the running
+        statistics, which ``training=False`` requires.
+    momentum : float, default 0.1
+        Weight of the batch statistics in the running-stats update; in [0, 1].
+    eps : float, default 1e-5
+        Added to the variance; positive and finite.
+    channel_axis : int, default 1
+        The channel axis (``-1`` for channels-last, read without a transpose).
+    out : numpy.ndarray, optional
+        Where y is written: x's shape and dtype, writeable; may be ``x`` itself (in place).
+    return_stats : bool, default False
+        Also return the statistics used, as ``batch_norm_backward`` takes them.
+    stats : Moments, optional
+        A ``numbanorm.Moments`` of shape (C,) (e.g. merged across workers) used instead of the
+        batch's or the running statistics; training then updates the running stats from it
+        (unbiased variance ``m2 / (count - 1)``), as torch's SyncBatchNorm does with the global
+        statistics. NumPy arrays only.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        x normalized, of x's shape, dtype and memory layout (``out`` when given). Alone unless
+        ``return_stats``.
+    mean : numpy.ndarray
+        With ``return_stats=True``: the per-channel mean actually used, shape (C,); float64 for a
+        float64 x, float32 otherwise.
+    invstd : numpy.ndarray
+        With ``return_stats=True``: the ``1 / sqrt(var + eps)`` actually used, as ``mean``.
+
+    Raises
+    ------
+    TypeError
+        x is None or not floating point; an argument has the wrong type or dtype; ``stats`` with
+        a CUDA array.
+    ValueError
+        x has fewer than 2 dims (or is 0-d); ``channel_axis`` is out of range; a parameter or
+        running stat has the wrong shape; only one running stat is given; ``training=False``
+        without running stats; training with one value per channel; ``momentum`` or ``eps`` out of
+        range; an output overlaps an input. Nothing is mutated when it raises.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x = np.arange(12.0).reshape(2, 3, 2)  # (N, C, L)
+    >>> running_mean, running_var = np.zeros(3), np.ones(3)
+    >>> y, mean, invstd = nb.batch_norm(x, running_mean, running_var, training=True, return_stats=True)
+    >>> print(y[:, 0].round(4))
+    [[-1.1508 -0.822 ]
+     [ 0.822   1.1508]]
+    >>> print(mean, invstd.round(4))
+    [3.5 5.5 7.5] [0.3288 0.3288 0.3288]
+    >>> print(running_mean.round(4), running_var.round(4))
+    [0.35 0.55 0.75] [2.1333 2.1333 2.1333]
     """
     if type(x) is np.ndarray:
         C = -1 if out is not None or stats is not None else bn_common_channels(
