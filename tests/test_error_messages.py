@@ -204,6 +204,10 @@ def test_batch_norm_backward_refuses_non_positive_invstd(shape, training):
     for invstd in (running_mean, np.array([1.0, -1.0, 1.0], F)):
         with pytest.raises(ValueError, match=r"invstd must be positive \(1 / sqrt\(var \+ eps\)"):
             nb.batch_norm_backward(g, x, running_var, invstd, w, training)
+        out = np.full_like(x, 7.0)
+        with pytest.raises(ValueError, match="invstd must be positive"):
+            nb.batch_norm_backward(g, x, running_var, invstd, w, training, out=out)
+        assert (out == 7.0).all()  # refused before anything is written
     # NaN statistics (a forward over NaN data) are not refused: NaN propagates, as in torch
     nan = np.array([np.nan, 1.0, 1.0], F)
     gx, _, _ = nb.batch_norm_backward(g, x, nan, nan, w, training)

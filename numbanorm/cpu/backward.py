@@ -400,12 +400,14 @@ def batch_norm_backward_serial(g3, x3, mean, invstd, weight, out3, grads):
     inv = np.empty(C)
     scale = np.empty(C)
     has_weight = weight.size > 0
+    bad = False  # invstd <= 0 somewhere (NaN passes): a flag, not a branch, keeps the loop vectorized
     for c in range(C):
         m[c] = mean[c]
         inv[c] = invstd[c]
-        if inv[c] <= 0.0:  # (NaN passes; the same text as backward.INVSTD_MESSAGE)
-            raise ValueError(_INVSTD_MESSAGE)
+        bad |= inv[c] <= 0.0
         scale[c] = np.float64(weight[c]) * inv[c] if has_weight else inv[c]
+    if bad:
+        raise ValueError(_INVSTD_MESSAGE)
     s_dy = np.empty(C)
     s_dyx = np.empty(C)
     block_grad_sums(g3, x3, 0, outer, 0, inner, m, scale, None, s_dy, s_dyx)
