@@ -10,7 +10,9 @@ numba.cuda) is imported only when such an array arrives.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from . import cpu
 from ._checks import is_device_array
@@ -25,25 +27,38 @@ def cuda_available() -> bool:
     return importlib.util.find_spec("numba_cuda") is not None
 
 
-def device_backend() -> ModuleType:
-    """The CUDA backend module, or a clear error when it cannot be used here."""
+def device_backend(move: str | None = None) -> ModuleType:
+    """The CUDA backend module, or a clear error when it cannot be used here.
+
+    ``move``: what asks for it when no CUDA array did (``"LayerNorm.to('cuda')"``), for the
+    error's message; None: a CUDA array arrived."""
     if _DEVICE:
         return _DEVICE[0]
     if not cuda_available():
+        if move is not None:
+            raise TypeError(f"{move} moves the layer to the GPU, but numba-cuda is not installed; install it "
+                            "with `pip install 'numbanorm[cuda]'`, or keep the layer on the CPU")
         raise TypeError(
             "numbanorm got a CUDA array (it has __cuda_array_interface__), but numba-cuda is not "
             "installed; install it with `pip install 'numbanorm[cuda]'`, or pass a NumPy array"
         )
     from . import cuda
 
-    cuda.require_gpu()
+    try:
+        cuda.require_gpu()
+    except RuntimeError:
+        if move is None:
+            raise
+        raise RuntimeError(f"{move} moves the layer to the GPU, but numba.cuda finds no usable GPU (driver "
+                           "missing or too old, or no device visible); run numba -s to diagnose, or keep the "
+                           "layer on the CPU") from None
     _DEVICE.append(cuda)
     return cuda
 
 
-def device_op(name: str):
+def device_op(name: str) -> Callable[..., Any]:
     """The CUDA backend's ``name``, or a clear error while it has no such op."""
-    op = getattr(device_backend(), name, None)
+    op: Callable[..., Any] | None = getattr(device_backend(), name, None)
     if op is None:
         raise TypeError(f"{name} has no CUDA implementation yet; pass NumPy arrays (host memory)")
     return op

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ._overlap import check_disjoint
 from .cpu.halfio import is_bfloat16, is_half
@@ -25,7 +27,7 @@ def is_device_array(x: object) -> bool:
     return hasattr(x, "__cuda_array_interface__") or getattr(x, "__cuda_ndarray__", False) is True
 
 
-def is_supported(dtype: np.dtype) -> bool:
+def is_supported(dtype: np.dtype[Any]) -> bool:
     return dtype in SUPPORTED_DTYPES or is_bfloat16(dtype)
 
 # Each check first accepts the common case (exact types, native dtypes) in a few cheap tests; the
@@ -35,26 +37,56 @@ _INF = math.inf
 
 
 def as_float_array(x: object, name: str = "x") -> np.ndarray:
-    """``x`` as an ndarray of a supported floating dtype (array-likes are converted)."""
+    """``x`` as an ndarray of a supported floating dtype.
+
+    Array-likes are converted with ``np.asarray``, and a list or tuple of integers becomes
+    float64, as the same numbers written as floats would (NumPy's ``np.mean`` converts them so
+    too); an integer *ndarray* is refused (its dtype was chosen: convert it explicitly)."""
     if type(x) is np.ndarray and (x.dtype is _F32 or x.dtype is _F64):
         return x
-    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        if x is None:
+            raise TypeError(f"{name} is None; expected an array of dtype {_dtype_list(_HOST_DTYPES)}")
+        arr = _converted(x, name)
     if not is_supported(arr.dtype):
         check_float_dtype(arr.dtype, name, _HOST_DTYPES)
     return arr
 
 
-def check_float_dtype(dtype: object, name: str = "x", supported: Sequence = SUPPORTED_DTYPES) -> None:
+def _converted(a: object, name: str) -> np.ndarray:
+    """An array-like (not an ndarray) as NumPy converts it, but integer lists and tuples as float64."""
+    arr = np.asarray(a)
+    if arr.dtype.kind in "iu" and isinstance(a, (list, tuple)):
+        return arr.astype(np.float64)
+    if arr.dtype.kind == "O":
+        raise TypeError(f"{name} must be an array of numbers, got {type(a).__name__} (NumPy converts it to an "
+                        f"array of dtype object)")
+    return arr
+
+
+def _dtype_list(dtypes: Sequence[DTypeLike]) -> str:
+    names = [str(d) for d in dtypes]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _got_shape(shape: tuple[int, ...]) -> str:
+    """How a message names the shape of an array that has too few dims."""
+    return "a 0-d array (a scalar)" if not shape else f"shape {tuple(shape)}"
+
+
+def check_float_dtype(dtype: DTypeLike, name: str = "x", supported: Sequence[DTypeLike] = SUPPORTED_DTYPES) -> None:
     """``dtype`` (an np.dtype or a dtype name such as "bfloat16") must be one of ``supported``."""
     if dtype in supported:
         return
-    names = [str(d) for d in supported]
+    kind: str
     try:
         kind = np.dtype(dtype).kind
     except TypeError:
         kind = ""
     raise TypeError(
-        f"{name} must have dtype {', '.join(names[:-1])} or {names[-1]}, got {dtype}"
+        f"{name} must have dtype {_dtype_list(supported)}, got {dtype}"
         + (" (integer, bool and complex inputs are not normalized)" if kind in "biuc" and kind else "")
     )
 
@@ -103,6 +135,8 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
     """``normalized_shape`` as a tuple that must equal the trailing dims of ``x``."""
     if type(normalized_shape) is int and x_shape and x_shape[-1] == normalized_shape:
         return (normalized_shape,)
+    if not x_shape:
+        raise ValueError(f"x must have at least 1 dim (the normalized dims), got {_got_shape(x_shape)}")
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         shape: tuple[int, ...] = (int(normalized_shape),)
     elif isinstance(normalized_shape, Sequence) and all(
@@ -120,7 +154,7 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
     return shape
 
 
-def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
     """An optional parameter (weight, bias) with exactly ``shape`` and ``dtype``, as a flat
     contiguous array, or None. For half ``dtype`` a float32 parameter is accepted too (mixed
     precision, as torch allows), and either is returned as float64 for the kernels."""
@@ -130,7 +164,7 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -
             and p.flags.c_contiguous):
         return p if p.ndim == 1 else p.reshape(-1)
     reject_device(p, name)
-    arr = p if isinstance(p, np.ndarray) else np.asarray(p)
+    arr = p if isinstance(p, np.ndarray) else _converted(p, name)
     if is_half(dtype):
         # Mixed precision, as torch allows: float32 parameters with half x.
         check_shape_dtype(name, arr.shape, arr.dtype, shape, arr.dtype)
@@ -141,7 +175,8 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype) -
     return np.ascontiguousarray(arr).reshape(-1)
 
 
-def check_shape_dtype(name: str, got_shape: tuple, got_dtype: object, shape: tuple, dtype: object) -> None:
+def check_shape_dtype(name: str, got_shape: tuple[int, ...], got_dtype: object, shape: tuple[int, ...],
+                      dtype: object) -> None:
     """Shape then dtype of a parameter; metadata only, so device arrays are checked in place."""
     if tuple(got_shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(got_shape)}")
@@ -149,7 +184,8 @@ def check_shape_dtype(name: str, got_shape: tuple, got_dtype: object, shape: tup
         raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {got_dtype}")
 
 
-def check_running_stat(p: object, name: str, num_channels: int, dtype: np.dtype, will_update: bool):
+def check_running_stat(p: object, name: str, num_channels: int, dtype: np.dtype[Any],
+                       will_update: bool) -> np.ndarray | None:
     """A running statistic: an ndarray of shape (C,) and x's dtype, writeable if updated."""
     if p is None:
         return None
@@ -180,6 +216,9 @@ def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
     """``axis`` (None: all, an int, or a sequence of ints) as sorted, distinct, non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
+    if ndim == 0:
+        raise ValueError(f"{name}={axis!r} does not exist: x is a 0-d array (a scalar), which has no axes "
+                         f"(axis=None reduces over all of them)")
     items = (axis,) if isinstance(axis, numbers.Integral) else axis
     if isinstance(axis, bool) or not isinstance(items, Sequence) or not all(
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in items
@@ -195,7 +234,7 @@ def check_axes(axis: object, ndim: int, name: str = "axis") -> tuple[int, ...]:
     return tuple(sorted(axes))
 
 
-def check_stats(stats: object, num_channels: int):
+def check_stats(stats: object, num_channels: int) -> Moments:
     """Externally computed statistics for batch_norm: a ``Moments`` of shape (C,) with a
     positive count per channel."""
     if not isinstance(stats, Moments):
@@ -207,8 +246,8 @@ def check_stats(stats: object, num_channels: int):
     if num_channels and not np.all(stats.count > 0):
         raise ValueError("stats.count must be positive for every channel (statistics of no data cannot normalize)")
     return stats
-def check_like_shape_dtype(name: str, got_shape: tuple, got_dtype: object, x_shape: tuple, x_dtype: object,
-                           x_name: str = "x") -> None:
+def check_like_shape_dtype(name: str, got_shape: tuple[int, ...], got_dtype: object, x_shape: tuple[int, ...],
+                           x_dtype: object, x_name: str = "x") -> None:
     """``name`` (an out buffer, a gradient of x) must have exactly x's shape and dtype; metadata
     only, so device arrays are checked in place."""
     if tuple(got_shape) != tuple(x_shape):
@@ -234,18 +273,18 @@ def check_stat(s: object, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(arr, np.float64).reshape(-1)
 
 
-def check_sample_layout(x, channel_axis: object, op: str) -> int:
+def check_sample_layout(x: ArrayMeta, channel_axis: object, op: str) -> int:
     """The channel axis of a per-sample op's input (axis 0 is the batch); ``x`` is any array
     with ``ndim``/``shape`` (host or device)."""
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got shape {x.shape}")
+        raise ValueError(f"x must have at least 2 dims (N, C, ...) for {op}, got {_got_shape(x.shape)}")
     axis = check_channel_axis(channel_axis, x.ndim)
     if axis == 0:
         raise ValueError(f"channel_axis must not be 0, the batch axis, for {op}")
     return axis
 
 
-def check_group_layout(x, channel_axis: object, num_groups: object) -> tuple[int, int]:
+def check_group_layout(x: ArrayMeta, channel_axis: object, num_groups: object) -> tuple[int, int]:
     """(channel axis, number of groups) of a group_norm input (forward and backward)."""
     axis = check_sample_layout(x, channel_axis, "group_norm")
     C = x.shape[axis]
@@ -262,32 +301,67 @@ def check_group_layout(x, channel_axis: object, num_groups: object) -> tuple[int
 # ``numbanorm.cuda.checks.DEVICE`` on device-array metadata (no copy to the host). ``x``
 # is already converted by the caller (an ndarray, or the CUDA backend's DevArray).
 # --------------------------------------------------------------------------------------------
+class ArrayMeta(Protocol):
+    """What the check sequences read of x: an ndarray on the host, the CUDA backend's
+    ``DevArray`` (device-array metadata, its dtype a name) on the device."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def dtype(self) -> Any: ...
+
+
+#: The array type of one side: ``np.ndarray`` (``HOST``) or the CUDA backend's ``DevArray``.
+A = TypeVar("A", bound=ArrayMeta)
+#: What the checks of an op hand back to the front: its results are the side's arrays.
+R = TypeVar("R")
+_Outputs = Sequence[tuple[str, object, tuple[str, ...]]]
+_Inputs = Sequence[tuple[str, object]]
+
+
+class ArgChecks(Protocol[A]):
+    """How one side checks one array argument: ``HOST`` here, ``numbanorm.cuda.checks.DEVICE``."""
+
+    def param(self, p: object, name: str, shape: tuple[int, ...], x: A) -> A | None: ...
+    def running(self, p: object, name: str, num_channels: int, x: A, will_update: bool) -> A | None: ...
+    def out(self, out: object, x: A, name: str = "out", x_name: str = "x") -> A | None: ...
+    def like(self, a: object, name: str, x: A) -> A: ...
+    def stat(self, s: object, name: str, shape: tuple[int, ...]) -> A: ...
+    def disjoint(self, outputs: _Outputs, inputs: _Inputs) -> None: ...
+
+
 class HostArgs:
     """The host checks of one array argument (``DeviceArgs`` in the CUDA backend is its twin)."""
 
-    def param(self, p, name: str, shape: tuple[int, ...], x):
+    def param(self, p: object, name: str, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray | None:
         return check_param(p, name, shape, x.dtype)
 
-    def running(self, p, name: str, num_channels: int, x, will_update: bool):
+    def running(self, p: object, name: str, num_channels: int, x: np.ndarray,
+                will_update: bool) -> np.ndarray | None:
         return check_running_stat(p, name, num_channels, x.dtype, will_update)
 
-    def out(self, out, x, name: str = "out", x_name: str = "x"):
+    def out(self, out: object, x: np.ndarray, name: str = "out", x_name: str = "x") -> np.ndarray | None:
         return check_out(out, x, name=name, x_name=x_name)
 
-    def like(self, a, name: str, x):
+    def like(self, a: object, name: str, x: np.ndarray) -> np.ndarray:
         return check_like(a, name, x)
 
-    def stat(self, s, name: str, shape: tuple[int, ...]):
+    def stat(self, s: object, name: str, shape: tuple[int, ...]) -> np.ndarray:
         return check_stat(s, name, shape)
 
-    def disjoint(self, outputs, inputs) -> None:
+    def disjoint(self, outputs: _Outputs, inputs: _Inputs) -> None:
         check_disjoint(outputs, inputs)
 
 
 HOST = HostArgs()
 
 
-def layer_norm_args(chk, x, normalized_shape, weight, bias, eps, out):
+def layer_norm_args(chk: ArgChecks[A], x: A, normalized_shape: object, weight: object, bias: object, eps: object,
+                    out: object) -> tuple[tuple[int, ...], A | None, A | None, float, A | None]:
     """(normalized shape, weight, bias, eps, out) of layer_norm."""
     shape = check_normalized_shape(normalized_shape, x.shape)
     w = chk.param(weight, "weight", shape, x)
@@ -298,7 +372,8 @@ def layer_norm_args(chk, x, normalized_shape, weight, bias, eps, out):
     return shape, w, b, eps, out
 
 
-def rms_norm_args(chk, x, normalized_shape, weight, eps, out):
+def rms_norm_args(chk: ArgChecks[A], x: A, normalized_shape: object, weight: object, eps: object,
+                  out: object) -> tuple[tuple[int, ...], A | None, float, A | None]:
     """(normalized shape, weight, eps, out) of rms_norm; ``eps=None``: the machine epsilon of the
     compute type (float64's for float64 input, float32's otherwise), as torch."""
     shape = check_normalized_shape(normalized_shape, x.shape)
@@ -312,9 +387,13 @@ def rms_norm_args(chk, x, normalized_shape, weight, eps, out):
     return shape, w, eps, out
 
 
-def add_layer_norm_args(chk, x, residual, normalized_shape, weight, bias, eps, out, residual_out):
+def add_layer_norm_args(chk: ArgChecks[A], x: A, residual: A, normalized_shape: object, weight: object, bias: object,
+                        eps: object, out: object,
+                        residual_out: object) -> tuple[tuple[int, ...], A | None, A | None, float, A | None, A | None]:
     """(normalized shape, weight, bias, eps, out, residual_out) of add_layer_norm."""
     if residual.shape != x.shape or residual.dtype != x.dtype:
+        if not x.shape:
+            check_normalized_shape(normalized_shape, x.shape)  # a 0-d x: its own message
         raise ValueError(f"residual must have the shape and dtype of x, {x.shape} {x.dtype}, "
                          f"got {residual.shape} {residual.dtype}")
     shape, w, b, eps, _ = layer_norm_args(chk, x, normalized_shape, weight, bias, eps, None)
@@ -328,12 +407,14 @@ def add_layer_norm_args(chk, x, residual, normalized_shape, weight, bias, eps, o
     return shape, w, b, eps, bufs[0], bufs[1]
 
 
-def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
-                    stats=None):
+def batch_norm_args(chk: ArgChecks[A], x: A, running_mean: object, running_var: object, weight: object, bias: object,
+                    training: object, momentum: object, eps: object, channel_axis: object, out: object,
+                    stats: object = None) -> tuple[int, A | None, A | None, A | None, A | None, float, float, A | None,
+                                                   Moments | None]:
     """(axis, running_mean, running_var, weight, bias, momentum, eps, out, stats) of batch_norm,
     all validated before anything is computed or mutated."""
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got {_got_shape(x.shape)}")
     axis = check_channel_axis(channel_axis, x.ndim)
     num_channels = x.shape[axis]
     if stats is not None:
@@ -363,7 +444,8 @@ def batch_norm_args(chk, x, running_mean, running_var, weight, bias, training, m
     return axis, rm, rv, w, b, momentum, eps, out, stats
 
 
-def group_norm_args(chk, x, num_groups, weight, bias, eps, channel_axis, out):
+def group_norm_args(chk: ArgChecks[A], x: A, num_groups: object, weight: object, bias: object, eps: object,
+                    channel_axis: object, out: object) -> tuple[int, int, A | None, A | None, float, A | None]:
     """(axis, groups, weight, bias, eps, out) of group_norm."""
     axis, G = check_group_layout(x, channel_axis, num_groups)
     C = x.shape[axis]
@@ -380,8 +462,10 @@ def group_norm_args(chk, x, num_groups, weight, bias, eps, channel_axis, out):
     return axis, G, w, b, eps, out
 
 
-def instance_norm_args(chk, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                       channel_axis, out):
+def instance_norm_args(chk: ArgChecks[A], x: A, running_mean: object, running_var: object, weight: object,
+                       bias: object, use_input_stats: object, momentum: object, eps: object, channel_axis: object,
+                       out: object) -> tuple[int, bool, A | None, A | None, A | None, A | None, float, float,
+                                             A | None] | None:
     """(axis, update, running_mean, running_var, weight, bias, momentum, eps, out) of
     instance_norm; None for ``use_input_stats=False`` (batch_norm in eval checks the rest)."""
     axis = check_sample_layout(x, channel_axis, "instance_norm")
@@ -407,7 +491,9 @@ def instance_norm_args(chk, x, running_mean, running_var, weight, bias, use_inpu
     return axis, update, rm, rv, w, b, momentum, eps, out
 
 
-def rows_backward_args(chk, x, normalized_shape, grad_out, mean, rstd, weight, out, centered: bool):
+def rows_backward_args(chk: ArgChecks[A], x: A, normalized_shape: object, grad_out: object, mean: object,
+                       rstd: object, weight: object, out: object,
+                       centered: bool) -> tuple[tuple[int, ...], A, A | None, A, A | None, A | None]:
     """(normalized shape, grad_out, mean (None unless ``centered``), rstd, weight, out) of
     layer_norm_backward (``centered``) and rms_norm_backward."""
     shape = check_normalized_shape(normalized_shape, x.shape)
@@ -422,10 +508,11 @@ def rows_backward_args(chk, x, normalized_shape, grad_out, mean, rstd, weight, o
     return shape, dy, m, s, w, out
 
 
-def batch_norm_backward_args(chk, x, grad_out, mean, invstd, weight, channel_axis, out):
+def batch_norm_backward_args(chk: ArgChecks[A], x: A, grad_out: object, mean: object, invstd: object, weight: object,
+                             channel_axis: object, out: object) -> tuple[int, A, A, A, A | None, A | None]:
     """(axis, grad_out, mean, invstd, weight, out) of batch_norm_backward."""
     if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (N, C, ...), got shape {x.shape}")
+        raise ValueError(f"x must have at least 2 dims (N, C, ...), got {_got_shape(x.shape)}")
     axis = check_channel_axis(channel_axis, x.ndim)
     C = x.shape[axis]
     dy = chk.like(grad_out, "grad_out", x)
@@ -438,7 +525,9 @@ def batch_norm_backward_args(chk, x, grad_out, mean, invstd, weight, channel_axi
     return axis, dy, m, s, w, out
 
 
-def group_norm_backward_args(chk, x, num_groups, grad_out, mean, rstd, weight, channel_axis, out):
+def group_norm_backward_args(chk: ArgChecks[A], x: A, num_groups: object, grad_out: object, mean: object,
+                             rstd: object, weight: object, channel_axis: object,
+                             out: object) -> tuple[int, int, A, A, A, A | None, A | None]:
     """(axis, groups, grad_out, mean, rstd, weight, out) of group_norm_backward; stats of
     shape (N, groups)."""
     axis, G = check_group_layout(x, channel_axis, num_groups)
@@ -453,8 +542,10 @@ def group_norm_backward_args(chk, x, num_groups, grad_out, mean, rstd, weight, c
     return axis, G, dy, m, s, w, out
 
 
-def instance_norm_checked(side, x, checked_x, running_mean, running_var, weight, bias, use_input_stats, momentum,
-                          eps, channel_axis, out, batch_norm, run):
+def instance_norm_checked(side: ArgChecks[A], x: object, checked_x: A, running_mean: object, running_var: object,
+                          weight: object, bias: object, use_input_stats: object, momentum: object, eps: object,
+                          channel_axis: object, out: object, batch_norm: Callable[..., R],
+                          run: Callable[..., R]) -> R:
     """What the host and CUDA ``instance_norm`` share: check the arguments (on ``checked_x``, x
     itself or its device metadata) and return ``run(*checked)``; without input statistics, hand
     ``x`` to ``batch_norm`` (the same side's), since normalizing with the running stats is

@@ -3,11 +3,15 @@ op's arguments (exact types, native dtypes, C-contiguous), exactly what the full
 (``_checks``) accepts without converting anything. Anything else, every error included, goes to the
 full check, which alone raises. Per-call Python is most of a tiny call's time: these cost a few
 hundred ns where the full check costs ~3 us.
+
+The arguments are typed ``object`` (anything the caller passed), or ``Any`` where the code relies on
+``type(a) is T`` tests made through a local (``tn = type(a)``), which mypy does not follow.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +46,7 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
     n = x.size
     if n == 0 or not x.flags.c_contiguous:
         return -1
-    C = shape[channel_axis]
+    C: int = shape[channel_axis]
     pshape = (C,)
     if weight is not None and not (type(weight) is np.ndarray and weight.dtype is dt and weight.shape == pshape
                                    and weight.flags.c_contiguous):
@@ -64,7 +68,7 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
     return C
 
 
-def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bias: object, eps: object) -> int:
+def ln_common_width(x: np.ndarray, normalized_shape: Any, weight: object, bias: object, eps: object) -> int:
     """The row width D when every ``layer_norm`` argument has its common form, else -1.
 
     Common: ``x`` (an ndarray) C-contiguous float32/float64 with a last dim D > 0,
@@ -84,12 +88,13 @@ def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bia
         return -1
     if type(eps) is not float or not 0.0 < eps < _INF:
         return -1
-    pshape = (normalized_shape,)
+    D: int = normalized_shape
+    pshape = (D,)
     for p in (weight, bias):
         if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape
                                   and p.flags.c_contiguous):
             return -1
-    return normalized_shape
+    return D
 
 
 def bn_backward_common_channels(grad_out: object, x: object, mean: object, invstd: object, weight: object,
@@ -113,7 +118,7 @@ def bn_backward_common_channels(grad_out: object, x: object, mean: object, invst
         return -1
     if not x.flags.c_contiguous or not grad_out.flags.c_contiguous:
         return -1
-    C = shape[channel_axis]
+    C: int = shape[channel_axis]
     pshape = (C,)
     for p in (mean, invstd, weight):
         if p is not None and not (type(p) is np.ndarray and p.dtype is dt and p.shape == pshape
@@ -122,7 +127,7 @@ def bn_backward_common_channels(grad_out: object, x: object, mean: object, invst
     return C if mean is not None and invstd is not None else -1
 
 
-def rows_backward_common_width(grad_out: object, x: object, normalized_shape: object, mean: object, rstd: object,
+def rows_backward_common_width(grad_out: object, x: object, normalized_shape: Any, mean: object, rstd: object,
                                weight: object, centered: bool) -> int:
     """The row width D when every ``layer_norm_backward`` (``centered``) / ``rms_norm_backward``
     argument has its common form, else -1 (then the full check, which alone raises, runs).

@@ -49,7 +49,7 @@ def dense(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bo
     return True
 
 
-def move_last(t: tuple, axis: int) -> tuple:
+def move_last(t: tuple[int, ...], axis: int) -> tuple[int, ...]:
     """``t`` (a shape or strides) with entry ``axis`` moved last, as ``np.moveaxis(a, axis, -1)``."""
     return t[:axis] + t[axis + 1 :] + (t[axis],)
 
@@ -94,8 +94,9 @@ def canonical_view(a: np.ndarray, axis: int) -> CanonicalView | None:
 def input_view(x: np.ndarray, axis: int) -> CanonicalView:
     """Canonical view of ``x``, copying only when no copy-free view exists."""
     view = canonical_view(x, axis)
-    if view is None:
-        view = canonical_view(np.ascontiguousarray(x), axis)
+    if view is None:  # (what canonical_view gives for the contiguous copy)
+        c = np.ascontiguousarray(x)
+        view = CanonicalView(c.reshape(split_shape(c.shape, axis)), False)
     return view
 
 
@@ -115,13 +116,14 @@ class Output:
         """``target``: the C-contiguous array (of ``result``'s dtype) the kernel writes; with
         ``dest``, it is scratch that ``finish`` copies there."""
         self.result = result
-        self._scratch = None if dest is None else target
+        self._scratch = target  # (read only with a dest)
         self._dest = dest
         self.kernel = kernel_array(target)
 
     def finish(self) -> np.ndarray:
-        if self._scratch is not None:
-            np.copyto(self._dest, self._scratch.reshape(self._dest.shape))
+        dest = self._dest
+        if dest is not None:
+            np.copyto(dest, self._scratch.reshape(dest.shape))
         return self.result
 
 

@@ -44,7 +44,21 @@ _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
 
 class CacheUnavailableWarning(RuntimeWarning):
-    """No directory is writable for numba's kernel cache: kernels compile in every process."""
+    """No directory is writable for numba's kernel cache: kernels compile in every process.
+
+    Warned once per process, when numbanorm sets up its kernels and none of ``NUMBA_CACHE_DIR``, the
+    package folder and ``~/.cache/numba`` is writable. Point ``NUMBA_CACHE_DIR`` at a writable
+    directory to keep the compiled kernels between processes.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numbanorm as nb
+    >>> issubclass(nb.CacheUnavailableWarning, RuntimeWarning)
+    True
+    >>> with warnings.catch_warnings():  # e.g. a read-only container that compiles anyway
+    ...     warnings.simplefilter("ignore", nb.CacheUnavailableWarning)
+    """
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,12 +8,15 @@ each element is read before it is written). ``np.may_share_memory`` costs ~0.2 u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 #: np.shares_memory's search budget; a harder question (rare, odd strides) counts as an overlap.
 _SHARES_MEMORY_WORK = 1 << 16
+#: (NumPy's stubs admit only max_work=-1 or 0; the function takes any positive bound.)
+_shares_memory: Callable[..., bool] = np.shares_memory
 _TooHardError = getattr(np, "exceptions", np).TooHardError
 
 
@@ -38,7 +41,7 @@ def arrays_overlap(a: object, b: object) -> bool:
     if not np.may_share_memory(a, b):
         return False
     try:
-        return bool(np.shares_memory(a, b, max_work=_SHARES_MEMORY_WORK))
+        return bool(_shares_memory(a, b, max_work=_SHARES_MEMORY_WORK))
     except _TooHardError:
         return True
 
@@ -49,12 +52,15 @@ def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
             and a.shape == b.shape)
 
 
-def owned_apart(outputs: Sequence[np.ndarray], others: Sequence[np.ndarray | None]) -> bool:
+def owned_apart(outputs: Sequence[Any], others: Sequence[Any]) -> bool:
     """True when ownership alone shows that no output shares memory with another output or with
     one of ``others``: each output owns its memory (or is a view of an array that does) and no
     other argument is, or views, that owner. False means "not shown": run ``check_disjoint``.
-    A few attribute tests, for the tiny-call paths (``np.may_share_memory`` costs ~0.2 us a pair)."""
-    owners = []
+    A few attribute tests, for the tiny-call paths (``np.may_share_memory`` costs ~0.2 us a pair).
+    ``outputs`` are ndarrays and ``others`` ndarrays or None, as the callers' type tests admitted
+    them (typed ``Any``: the callers' arguments are ``object`` until those tests, which mypy cannot
+    follow into a tuple)."""
+    owners: list[np.ndarray] = []
     for a in outputs:
         o = _owner(a)
         if o is None or any(o is p for p in owners):
@@ -76,7 +82,8 @@ def owned_apart(outputs: Sequence[np.ndarray], others: Sequence[np.ndarray | Non
 
 
 def check_disjoint(outputs: Sequence[tuple[str, object, tuple[str, ...]]], inputs: Sequence[tuple[str, object]],
-                   overlaps=arrays_overlap, same=same_memory) -> None:
+                   overlaps: Callable[[Any, Any], bool] = arrays_overlap,
+                   same: Callable[[Any, Any], bool] = same_memory) -> None:
     """Refuse an output that shares memory with an input or with another output: the kernels read
     the inputs while they write, so any overlap gives a silent wrong answer. The one exception is
     an output that *is* one of the inputs its ``in_place`` names (``out=x``: each element is read

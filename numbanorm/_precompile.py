@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_context
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +33,21 @@ DEFAULT_DTYPES = ("float32",)
 
 @dataclass(frozen=True)
 class Compiled:
-    """What one (op, dtype) warm-up did: kernels compiled now, kernels already in the cache, and
-    the seconds it took (in its worker process)."""
+    """What one (op, dtype) warm-up did, as ``precompile`` returns it.
+
+    Attributes
+    ----------
+    op : str
+        The op warmed (one of ``OPS``).
+    dtype : str
+        Its dtype name.
+    compiled : int
+        Kernel specializations compiled now (and written to the cache).
+    loaded : int
+        Kernel specializations already in the cache.
+    seconds : float
+        The time it took, in its worker process.
+    """
 
     op: str
     dtype: str
@@ -50,32 +66,31 @@ _ROWS = ((1, 16, 64), (256, 512), (1024, 768))
 _IMAGES = ((2, 8, 4, 4), (16, 32, 16, 16))
 
 
-def _calls(op: str, dtype: np.dtype) -> list[Callable[[], object]]:
+def _calls(op: str, dtype: np.dtype[Any]) -> list[Callable[[], object]]:
     import numbanorm as nb
 
     rng = np.random.default_rng(0)
 
-    def arr(*shape):
+    def arr(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape).astype(dtype)
 
     half = dtype.itemsize == 2
     calls: list[Callable[[], object]] = []
+    shape: tuple[int, ...]
     for shape in _ROWS:
         x, D = arr(*shape), shape[-1]
         w, b = arr(D), arr(D)
         g = arr(*shape)
         if op == "layer_norm":
-            calls += [lambda x=x, D=D, w=w, b=b: nb.layer_norm(x, D, w, b), lambda x=x, D=D: nb.layer_norm(x, D)]
+            calls += [partial(nb.layer_norm, x, D, w, b), partial(nb.layer_norm, x, D)]
         elif op == "rms_norm":
-            calls += [lambda x=x, D=D, w=w: nb.rms_norm(x, D, w), lambda x=x, D=D: nb.rms_norm(x, D)]
+            calls += [partial(nb.rms_norm, x, D, w), partial(nb.rms_norm, x, D)]
         elif op == "add_layer_norm":
-            calls.append(lambda x=x, g=g, D=D, w=w, b=b: nb.add_layer_norm(x, g, D, w, b))
+            calls.append(partial(nb.add_layer_norm, x, g, D, w, b))
         elif op == "layer_norm_backward" and not half:
-            calls.append(lambda x=x, g=g, D=D, w=w: nb.layer_norm_backward(
-                g, x, D, *nb.layer_norm(x, D, w, return_stats=True)[1:], w))
+            calls.append(partial(_layer_norm_backward, nb, g, x, D, w))
         elif op == "rms_norm_backward" and not half:
-            calls.append(lambda x=x, g=g, D=D, w=w: nb.rms_norm_backward(
-                g, x, D, nb.rms_norm(x, D, w, return_stats=True)[1], w))
+            calls.append(partial(_rms_norm_backward, nb, g, x, D, w))
     for shape in _IMAGES:
         for axis in (1, -1):
             x = arr(*shape) if axis == 1 else np.ascontiguousarray(arr(*shape).transpose(0, 2, 3, 1))
@@ -84,7 +99,16 @@ def _calls(op: str, dtype: np.dtype) -> list[Callable[[], object]]:
     return calls
 
 
-def _image_calls(nb, op, x, axis, C, arr, half):
+def _layer_norm_backward(nb: ModuleType, g: np.ndarray, x: np.ndarray, D: int, w: np.ndarray) -> object:
+    return nb.layer_norm_backward(g, x, D, *nb.layer_norm(x, D, w, return_stats=True)[1:], w)
+
+
+def _rms_norm_backward(nb: ModuleType, g: np.ndarray, x: np.ndarray, D: int, w: np.ndarray) -> object:
+    return nb.rms_norm_backward(g, x, D, nb.rms_norm(x, D, w, return_stats=True)[1], w)
+
+
+def _image_calls(nb: ModuleType, op: str, x: np.ndarray, axis: int, C: int, arr: Callable[..., np.ndarray],
+                 half: bool) -> list[Callable[[], object]]:
     w, b, g = arr(C), arr(C), arr(*x.shape)
     rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
     if op == "batch_norm":
@@ -98,7 +122,7 @@ def _image_calls(nb, op, x, axis, C, arr, half):
         return [lambda: nb.moments(x, channel_axis=axis), lambda: nb.standardize(x, 0)]
     if op == "batch_norm_backward" and not half:
         stats = nb.batch_norm(x, None, None, w, b, training=True, channel_axis=axis, return_stats=True)[1:]
-        return [lambda t=t: nb.batch_norm_backward(g, x, *stats, w, training=t, channel_axis=axis)
+        return [partial(nb.batch_norm_backward, g, x, *stats, w, training=t, channel_axis=axis)
                 for t in (True, False)]
     if op == "group_norm_backward" and not half:
         stats = nb.group_norm(x, 4, w, b, channel_axis=axis, return_stats=True)[1:]
@@ -126,11 +150,12 @@ def _warm(op: str, dtype_name: str) -> Compiled:
     return Compiled(op, dtype_name, after[1] - before[1], after[0] - before[0], time.perf_counter() - t0)
 
 
-def _dtype(name: str) -> np.dtype:
+def _dtype(name: str) -> np.dtype[Any]:
     if name == "bfloat16":
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
     return np.dtype(name)
 
 
@@ -139,12 +164,45 @@ def _dtype(name: str) -> np.dtype:
 # --------------------------------------------------------------------------------------------
 def precompile(ops: Iterable[str] | None = None, dtypes: Sequence[str] = DEFAULT_DTYPES, *, jobs: int | None = None,
                progress: bool = True) -> list[Compiled]:
-    """Compile the common signatures of ``ops`` (default: all of ``OPS``) for ``dtypes`` (default
-    float32) into numba's on-disk cache, in ``jobs`` worker processes (default: the CPU count).
+    """Compile the common signatures of numbanorm's kernels into numba's on-disk cache, ahead of time.
 
-    Each (op, dtype) runs in a fresh process, so the cache is what the next process will load. With
-    ``progress``, shows a progress bar (with ``rich`` when installed) and a summary. Returns one
-    ``Compiled`` per (op, dtype). Raises ValueError for an unknown op or dtype.
+    Per (op, dtype), the calls that compile every path of that op (tiny, serial and parallel, both
+    layouts, with and without affine parameters) run in a fresh worker process, so the cache is
+    what the next process will load: its first call is a cache load instead of seconds of
+    compiling. ``python -m numbanorm precompile`` is the command-line form (e.g. in a Docker image
+    build, or once per CI cache key).
+
+    Parameters
+    ----------
+    ops : iterable of str, optional
+        The ops to warm (default: all of ``OPS``).
+    dtypes : sequence of str, default ("float32",)
+        Their dtypes, among ``DTYPES``: float32, float64, float16, bfloat16 (needs ml_dtypes).
+    jobs : int, optional
+        Worker processes (default: the CPU count, at most one per task).
+    progress : bool, default True
+        Show a progress bar (with ``rich`` when installed, else a line per task) and a summary.
+
+    Returns
+    -------
+    list of Compiled
+        One per (op, dtype), in the order asked.
+
+    Raises
+    ------
+    ValueError
+        An unknown op or dtype.
+    ImportError
+        bfloat16 without ml_dtypes.
+
+    Examples
+    --------
+    >>> import numbanorm as nb
+    >>> results = nb.precompile(["moments"], ["float32"], jobs=1, progress=False)
+    >>> [(r.op, r.dtype) for r in results]
+    [('moments', 'float32')]
+    >>> results[0].compiled + results[0].loaded > 0
+    True
     """
     ops = list(OPS if ops is None else ops)
     for name, given, known in (("op", ops, OPS), ("dtype", dtypes, DTYPES)):

@@ -5,9 +5,14 @@ Per-call Python is most of a tiny call's time (a (1,16,768) LayerNorm kernel is 
 skip the general view mapping, the thread count and the launch lock, and once a specialization
 exists they call its compiled entry point (``_numba.compiled_entry``), which skips numba's typing
 of every argument.
+
+Arguments typed ``Any`` are the caller's, as the fast checks admitted them (ndarrays of the right
+shape and dtype, or None; Python floats and ints): those tests are not something mypy can follow.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numba
 import numpy as np
@@ -21,7 +26,8 @@ _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
 
 
-def layer_norm_tiny(x, D, weight, bias, eps, return_stats):
+def layer_norm_tiny(x: np.ndarray, D: int, weight: Any, bias: Any, eps: Any,
+                    return_stats: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """layer_norm of a small input whose arguments ``ln_common_width`` accepted (rows of D)."""
     dt = x.dtype
     tiny = _TINY[dt]
@@ -46,8 +52,9 @@ def layer_norm_tiny(x, D, weight, bias, eps, return_stats):
     return result, mean.reshape(batch_shape), rstd.reshape(batch_shape)
 
 
-def batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
-                     return_stats):
+def batch_norm_tiny(x: np.ndarray, C: int, running_mean: Any, running_var: Any, weight: Any, bias: Any,
+                    training: object, momentum: Any, eps: Any, channel_axis: Any,
+                    return_stats: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """batch_norm of a small input whose arguments ``bn_common_channels`` accepted (C channels):
     the serial jitted entry called directly (per-call Python is most of a tiny call's time)."""
     shape = x.shape
@@ -138,7 +145,9 @@ class _TinyPath:
 _TINY = {dt: _TinyPath(dt) for dt in (_F32, _F64)}
 
 
-def batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out=None):
+def batch_norm_backward_tiny(grad_out: Any, x: np.ndarray, mean: Any, invstd: Any, weight: Any, channel_axis: Any,
+                             C: int, out: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Training batch_norm_backward of a small input whose arguments
     ``bn_backward_common_channels`` (and ``out``, ``_common_out``) accepted: one serial jitted
     entry does both passes (it reads every element of x and dy before it writes that of grad_x)."""

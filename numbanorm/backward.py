@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -30,6 +31,10 @@ Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 _SERIAL_SIZE = cpu.SERIAL_SIZE
 _NO_LOCK = nullcontext()
 _F64 = np.dtype(np.float64)
+#: batch_norm_backward's error for an invstd <= 0; the tiny path's kernel
+#: (``cpu.backward.batch_norm_backward_serial``) raises the same text.
+INVSTD_MESSAGE = ("invstd must be positive (1 / sqrt(var + eps), as batch_norm(..., return_stats=True) returns it), "
+                  "got a value <= 0: running_mean / running_var are not the (mean, invstd) a backward takes")
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -37,13 +42,67 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
                         out: np.ndarray | None = None) -> Grads:
     """Gradients of ``layer_norm(x, normalized_shape, weight, bias)`` given ``grad_out`` = dL/dy.
 
-    ``mean``/``rstd`` are the stats from ``layer_norm(..., return_stats=True)``. Returns
-    ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``normalized_shape``, reduced over
-    all rows) are None when ``weight`` is None. ``grad_bias`` does not depend on the bias, so it
-    is valid whether or not the forward had one. ``out`` receives grad_x (may be ``grad_out``).
+    They take the statistics the forward returned, so nothing is recomputed, and match torch
+    autograd of ``F.layer_norm``.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    normalized_shape : int or sequence of int
+        As in the forward.
+    mean : array_like
+        The mean from ``layer_norm(..., return_stats=True)``, shape ``x.shape[:-k]``.
+    rstd : array_like
+        The rstd from ``layer_norm(..., return_stats=True)``, as ``mean``.
+    weight : array_like, optional
+        The forward's weight (shape ``normalized_shape``, x's dtype); None if it had none.
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape ``normalized_shape``, reduced over all rows; None when ``weight`` is None.
+    grad_bias : numpy.ndarray or None
+        dL/dbias, as ``grad_weight``. It does not depend on the bias, so it is valid whether or
+        not the forward had one; None when ``weight`` is None.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x is 0-d; ``normalized_shape`` is not x's trailing dims; ``grad_out``, a statistic or
+        ``weight`` has the wrong shape; ``out`` overlaps an input other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.array([[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]), np.ones(3)
+    >>> y, mean, rstd = nb.layer_norm(x, 3, w, return_stats=True)
+    >>> g = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    >>> grad_x, grad_w, grad_b = nb.layer_norm_backward(g, x, 3, mean, rstd, w)
+    >>> print(grad_x.round(4))
+    [[-0.1145  0.1718 -0.0573]
+     [ 0.2864 -0.4295  0.1432]]
+    >>> print(grad_w.round(4), grad_b)
+    [-4.2762 -0.8018  6.6815] [4. 3. 5.]
     """
     if is_device_array(x):
-        return device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+        on_device: Grads = device_op("layer_norm_backward")(grad_out, x, normalized_shape, mean, rstd, weight, out=out)
+        return on_device
     return _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, centered=True)
 
 
@@ -52,24 +111,78 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
                       out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients of ``rms_norm(x, normalized_shape, weight, eps)`` given ``grad_out`` = dL/dy.
 
-    ``rstd`` is from ``rms_norm(..., return_stats=True)`` (it holds eps, so none is passed here).
     Returns ``(grad_x, grad_weight)`` like torch's ``_fused_rms_norm_backward``: RMSNorm has no
-    bias; ``grad_weight`` (shape ``normalized_shape``) is None when ``weight`` is None. ``out``
-    receives grad_x (may be ``grad_out``).
+    bias.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    normalized_shape : int or sequence of int
+        As in the forward.
+    rstd : array_like
+        From ``rms_norm(..., return_stats=True)``, shape ``x.shape[:-k]`` (it holds eps, so none
+        is passed here).
+    weight : array_like, optional
+        The forward's weight (shape ``normalized_shape``, x's dtype); None if it had none.
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape ``normalized_shape``; None when ``weight`` is None.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x is 0-d; ``normalized_shape`` is not x's trailing dims; ``grad_out``, ``rstd`` or
+        ``weight`` has the wrong shape; ``out`` overlaps an input other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.array([[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]), np.ones(3)
+    >>> y, rstd = nb.rms_norm(x, 3, w, return_stats=True)
+    >>> grad_x, grad_w = nb.rms_norm_backward(np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]]), x, 3, rstd, w)
+    >>> print(grad_x.round(4))
+    [[ 0.072  0.144 -0.09 ]
+     [ 0.45  -0.045 -0.09 ]]
+    >>> print(grad_w.round(4))
+    [1.5119 2.2678 7.5593]
     """
     if is_device_array(x):
-        return device_op("rms_norm_backward")(grad_out, x, normalized_shape, rstd, weight, out=out)
+        on_device: tuple[np.ndarray, np.ndarray | None] = device_op("rms_norm_backward")(
+            grad_out, x, normalized_shape, rstd, weight, out=out)
+        return on_device
     gx, gw, _ = _rows_backward(grad_out, x, normalized_shape, None, rstd, weight, out, centered=False)
     return gx, gw
 
 
-def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, centered: bool) -> Grads:
-    """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims."""
+def _rows_backward(grad_out: Any, x: Any, normalized_shape: Any, mean: Any, rstd: Any, weight: Any,
+                   out: np.ndarray | None, *, centered: bool) -> Grads:
+    """LayerNorm (``centered``) or RMSNorm backward over the rows of the trailing dims.
+
+    The arguments are the caller's (``Any``: the fast check's tests, which admit ndarrays of the
+    common form, are not something mypy follows)."""
     D = rows_backward_common_width(grad_out, x, normalized_shape, mean, rstd, weight, centered)
     if out is not None and D > 0 and not _common_out(out, x, grad_out, mean, rstd, weight):
         D = -1
     if D > 0:  # the common case, checked in a few tests: no conversions, no general view mapping
-        shape = (D,)
+        shape: tuple[int, ...] = (D,)
         R = x.size // D
         x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
         mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
@@ -97,11 +210,69 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
                         out: np.ndarray | None = None) -> Grads:
     """Gradients of ``batch_norm(x, ..., weight, bias, training)`` given ``grad_out`` = dL/dy.
 
-    ``mean``/``invstd`` (shape ``(C,)``) are the stats from ``batch_norm(..., return_stats=True)``:
-    the batch statistics when the forward normalized with them, the running ones otherwise, and
-    ``training`` says which (it changes grad_x: batch statistics depend on x). Returns
-    ``(grad_x, grad_weight, grad_bias)``; the last two (shape ``(C,)``) are None when ``weight``
-    is None, as torch gives no gradient for an absent parameter. ``out`` receives grad_x.
+    They match torch autograd of ``F.batch_norm``.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    mean : array_like
+        The mean from ``batch_norm(..., return_stats=True)``, shape (C,): the batch statistics
+        when the forward normalized with them, the running ones otherwise.
+    invstd : array_like
+        The invstd from ``batch_norm(..., return_stats=True)``, shape (C,): ``1 / sqrt(var +
+        eps)``, not a variance. Its values must be positive (NaN, from NaN data, passes).
+    weight : array_like, optional
+        The forward's weight (shape (C,), x's dtype); None if it had none.
+    training : bool, default True
+        Whether the forward used the batch statistics (they depend on x, which changes grad_x) or
+        the running ones.
+    channel_axis : int, default 1
+        As in the forward (``-1``: channels-last).
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape (C,); None when ``weight`` is None, as torch gives no gradient for an
+        absent parameter.
+    grad_bias : numpy.ndarray or None
+        dL/dbias, as ``grad_weight``.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x has fewer than 2 dims (or is 0-d); ``channel_axis`` is out of range; ``grad_out``, a
+        statistic or ``weight`` has the wrong shape; ``invstd`` holds a value <= 0 (running
+        statistics passed for ``(mean, invstd)``?: NumPy arrays only, the check is skipped for
+        CUDA arrays); ``out`` overlaps an input other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.arange(12.0).reshape(2, 3, 2), np.ones(3)
+    >>> y, mean, invstd = nb.batch_norm(x, None, None, w, training=True, return_stats=True)
+    >>> g = np.arange(12.0).reshape(2, 3, 2) % 5
+    >>> grad_x, grad_w, grad_b = nb.batch_norm_backward(g, x, mean, invstd, w)
+    >>> print(grad_x[:, 0].round(4))
+    [[-0.1111  0.1555]
+     [-0.1555  0.1111]]
+    >>> print(grad_w.round(4), grad_b)
+    [ 2.3016  2.3016 -3.4524] [ 4. 12.  5.]
     """
     if type(x) is np.ndarray:
         C = -1 if not training else bn_backward_common_channels(grad_out, x, mean, invstd, weight, channel_axis)
@@ -109,11 +280,14 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
             # tiny and common: checked, one serial dispatch
             return _tiny.batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out)
     elif is_device_array(x):
-        return device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
-                                                 channel_axis=channel_axis, out=out)
+        on_device: Grads = device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
+                                                             channel_axis=channel_axis, out=out)
+        return on_device
     x = _float_input(x)
     axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
                                                                          channel_axis, out)
+    if (invstd <= 0.0).any():  # (NaN passes: statistics of NaN data propagate, as in torch)
+        raise ValueError(INVSTD_MESSAGE)
     view = input_view(x, axis)
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     output = channel_output(out, x, view, axis)
@@ -126,9 +300,12 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     return result, grad_weight, s_dy.astype(x.dtype)
 
 
-def _batch_norm_backward_kernels(g3, x3, mean, invstd, weight, training, target):
+def _batch_norm_backward_kernels(g3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
+                                 weight: np.ndarray | None, training: bool,
+                                 target: np.ndarray) -> tuple[Any, Any]:
     """grad_x into ``target`` and the per-channel (Σdy, Σdy·(x - mean)) (None, None without
-    weight in eval) on the canonical views; mean/invstd/weight float64."""
+    weight in eval) on the canonical views; mean/invstd/weight float64. (Typed ``Any``: which of
+    the two it is follows from ``weight`` and ``training``, as the caller knows.)"""
     C = x3.shape[1]
     count = float(x3.size // C) if C else 0.0
     # np.errstate: IEEE values as the kernels give them (0 * inf = nan) without a RuntimeWarning,
@@ -145,13 +322,15 @@ def _batch_norm_backward_kernels(g3, x3, mean, invstd, weight, training, target)
             cpu.channel_grad_input(g3, x3, mean, scale, q, r, target, nthreads)
             return s_dy, s_dyx
         if weight is not None:  # statistics are constants: grad_x written during the sums' pass
-            return cpu.channel_grad_sums(g3, x3, mean, scale, target, nthreads)
+            sums: tuple[Any, Any] = cpu.channel_grad_sums(g3, x3, mean, scale, target, nthreads)
+            return sums
         zeros = np.zeros(C)  # nothing to reduce: grad_x = dy * invstd, x is not even read
         cpu.channel_grad_input(g3, None, mean, scale, zeros, zeros, target, nthreads)
     return None, None
 
 
-def _grad_coefficients(scale, invstd, s_dy, s_dyx, count):
+def _grad_coefficients(scale: np.ndarray, invstd: np.ndarray, s_dy: np.ndarray, s_dyx: np.ndarray,
+                       count: float) -> tuple[np.ndarray, np.ndarray]:
     """BatchNorm training's grad_x = p·dy - q·(x - mean) + r, p = scale: (q, r) per channel."""
     with np.errstate(all="ignore"):  # inf/nan data, or count = 0 (an empty batch)
         if count:  # in place, the order of the expression below (same bits), no temporaries
@@ -167,7 +346,7 @@ def _grad_coefficients(scale, invstd, s_dy, s_dyx, count):
     return q, r
 
 
-def _common_out(out: object, x: np.ndarray, grad_out: np.ndarray, *others: object) -> bool:
+def _common_out(out: object, x: np.ndarray, grad_out: object, *others: object) -> bool:
     """Whether ``out`` can take the common (fast) path as it is: a writeable C-contiguous ndarray
     of x's shape and dtype that is ``grad_out`` or ``x`` itself or, by ownership, shares memory
     with neither, nor with ``others`` (the statistics and weight). Anything else goes through the
@@ -185,14 +364,66 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
                         out: np.ndarray | None = None) -> Grads:
     """Gradients of ``group_norm(x, num_groups, weight, bias)`` given ``grad_out`` = dL/dy.
 
-    ``mean``/``rstd`` (shape ``(N, num_groups)``) are from ``group_norm(..., return_stats=True)``,
-    as for torch's ``native_group_norm_backward``. Returns ``(grad_x, grad_weight, grad_bias)``;
-    the last two (shape ``(C,)``, summed over the batch) are None when ``weight`` is None. ``out``
-    receives grad_x (may be ``grad_out``). ``channel_axis=-1``: channels-last, as in the forward.
+    They match torch's ``native_group_norm_backward``.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        dL/dy: x's shape and dtype.
+    x : array_like
+        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
+        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        in them to float64.
+    num_groups : int
+        As in the forward.
+    mean : array_like
+        From ``group_norm(..., return_stats=True)``, shape ``(N, num_groups)``.
+    rstd : array_like
+        From ``group_norm(..., return_stats=True)``, as ``mean``.
+    weight : array_like, optional
+        The forward's weight (shape (C,), x's dtype); None if it had none.
+    channel_axis : int, default 1
+        As in the forward (``-1``: channels-last).
+    out : numpy.ndarray, optional
+        Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        dL/dx, x's shape and dtype (``out`` when given).
+    grad_weight : numpy.ndarray or None
+        dL/dweight, shape (C,), summed over the batch; None when ``weight`` is None.
+    grad_bias : numpy.ndarray or None
+        dL/dbias, as ``grad_weight``.
+
+    Raises
+    ------
+    TypeError
+        x is None, not float32/float64, or an argument has the wrong dtype or type.
+    ValueError
+        x has fewer than 2 dims (or is 0-d); ``channel_axis`` or ``num_groups`` is invalid;
+        ``grad_out``, a statistic or ``weight`` has the wrong shape; ``out`` overlaps an input
+        other than ``grad_out``.
+
+    Notes
+    -----
+    A CUDA array runs on the GPU and gives arrays of the same kind, after the same checks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x, w = np.arange(16.0).reshape(2, 4, 2), np.ones(4)
+    >>> y, mean, rstd = nb.group_norm(x, 2, w, return_stats=True)
+    >>> g = np.arange(16.0).reshape(2, 4, 2) % 3
+    >>> grad_x, grad_w, grad_b = nb.group_norm_backward(g, x, 2, mean, rstd, w)
+    >>> print(grad_w.round(4), grad_b)
+    [-3.1305  4.0249 -2.6833  2.2361] [3. 5. 4. 3.]
     """
     if is_device_array(x):
-        return device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
-                                                 channel_axis=channel_axis, out=out)
+        on_device: Grads = device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
+                                                             channel_axis=channel_axis, out=out)
+        return on_device
     x = _float_input(x)
     axis, G, grad_out, mean, rstd, weight, out = group_norm_backward_args(HOST, x, num_groups, grad_out, mean, rstd,
                                                                           weight, channel_axis, out)

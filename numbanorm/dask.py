@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Literal, overload
 
 import numba
 import numpy as np
+from numpy.typing import ArrayLike
 
 try:
     import dask.array as da
@@ -47,7 +49,21 @@ __all__ = ["RechunkWarning", "moments", "batch_norm", "layer_norm", "standardize
 
 
 class RechunkWarning(UserWarning):
-    """The input's chunks split dims that must be whole in each block, so it was rechunked."""
+    """The input's chunks split dims that must be whole in each block, so it was rechunked.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import numbanorm.dask as nbd
+    >>> x = da.from_array(np.arange(24.0).reshape(6, 4), chunks=(3, 2))  # rows split in two blocks
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     y = nbd.layer_norm(x, 4)
+    >>> [type(w.message).__name__ for w in caught], y.chunks
+    (['RechunkWarning'], ((3, 3), (4,)))
+    """
 
 
 @contextlib.contextmanager
@@ -92,20 +108,61 @@ def _merge_records(rec: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np
     return np.expand_dims(out, axis) if keepdims else out
 
 
-def _moments_graph(darr: da.Array, reduced: tuple[int, ...], keepdims: bool, split_every) -> da.Array:
+def _moments_graph(darr: da.Array, reduced: tuple[int, ...], keepdims: bool, split_every: int | None) -> da.Array:
     ndim = darr.ndim if keepdims else darr.ndim - len(reduced)
-    return da.reduction(darr, _chunk_moments, _merge_records, combine=_merge_records, axis=reduced,
+    graph: da.Array = da.reduction(darr, _chunk_moments, _merge_records, combine=_merge_records, axis=reduced,
                         keepdims=keepdims, dtype=MOMENTS_DTYPE, split_every=split_every, concatenate=True,
                         meta=np.empty((0,) * ndim, MOMENTS_DTYPE), name="numbanorm-moments")
+    return graph
 
 
+@overload
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, channel_axis: int | None = ...,
+            split_every: int | None = ..., compute: Literal[True] = ...) -> Moments: ...
+@overload
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, channel_axis: int | None = ...,
+            split_every: int | None = ..., compute: Literal[False]) -> da.Array: ...
+@overload
+def moments(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, channel_axis: int | None = ...,
+            split_every: int | None = ..., compute: bool) -> Moments | da.Array: ...
 def moments(darr: da.Array, axis: int | tuple[int, ...] | None = None, *, channel_axis: int | None = None,
             split_every: int | None = None, compute: bool = True) -> Moments | da.Array:
     """``numbanorm.moments`` of a dask array: per-chunk kernels, then a tree of exact merges.
 
-    ``axis``/``channel_axis`` mean what they mean for ``numbanorm.moments``. Returns the
-    computed ``Moments``, or with ``compute=False`` a lazy dask array of ``MOMENTS_DTYPE``
-    records (``Moments.from_records(arr.compute())``). ``split_every``: merge fan-in of the tree.
+    Parameters
+    ----------
+    darr : dask.array.Array
+        A float32 or float64 dask array.
+    axis : int or tuple of int, optional
+        The axes reduced over (None: all), as for ``numbanorm.moments``.
+    channel_axis : int, optional
+        The one axis kept, as for ``numbanorm.moments``; give ``axis`` or ``channel_axis``.
+    split_every : int, optional
+        Merge fan-in of the reduction tree (dask's default when None).
+    compute : bool, default True
+        Compute now and return the ``Moments``, or return the lazy graph.
+
+    Returns
+    -------
+    Moments or dask.array.Array
+        The computed ``Moments``; with ``compute=False`` a lazy dask array of ``MOMENTS_DTYPE``
+        records (``Moments.from_records(arr.compute())``).
+
+    Raises
+    ------
+    TypeError
+        ``darr`` is not a dask array of float32/float64; ``axis`` is not an int (or ints).
+    ValueError
+        Both ``axis`` and ``channel_axis``; an axis out of range or repeated.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import numbanorm.dask as nbd
+    >>> x = da.from_array(np.arange(24.0).reshape(6, 4), chunks=(2, 4))
+    >>> nbd.moments(x, 0)
+    Moments(shape=(4,), count=6, mean=[10., 11., 12., 13.], var=[46.666667, 46.666667, 46.666667, 46.666667])
     """
     darr = _check_darr(darr)
     keep = _kept_axes(darr.ndim, axis, channel_axis)
@@ -118,13 +175,15 @@ def _stats_array(stats: Moments, darr: da.Array, keep: tuple[int, ...]) -> da.Ar
     """Computed stats as records broadcastable against ``darr``, chunked like its kept axes."""
     shape = tuple(darr.shape[i] if i in keep else 1 for i in range(darr.ndim))
     chunks = tuple(darr.chunks[i] if i in keep else (1,) for i in range(darr.ndim))
-    return da.from_array(stats.to_records().reshape(shape), chunks=chunks)
+    records: da.Array = da.from_array(stats.to_records().reshape(shape), chunks=chunks)
+    return records
 
 
 # ------------------------------------------------------------------------------------------
 # BatchNorm and standardize: statistics over the reduced axes, then blockwise normalize
 # ------------------------------------------------------------------------------------------
-def _bn_block(x, st, *params, channel_axis, eps, has_weight, has_bias):
+def _bn_block(x: np.ndarray, st: np.ndarray, *params: np.ndarray, channel_axis: int, eps: float, has_weight: bool,
+              has_bias: bool) -> np.ndarray:
     it = iter(params)
     weight = next(it).reshape(-1) if has_weight else None
     bias = next(it).reshape(-1) if has_bias else None
@@ -134,15 +193,72 @@ def _bn_block(x, st, *params, channel_axis, eps, has_weight, has_bias):
 
 
 def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None,
-               weight=None, bias=None, training: bool = True, momentum: float = 0.1, eps: float = 1e-5, *,
+               weight: ArrayLike | None = None, bias: ArrayLike | None = None, training: bool = True,
+               momentum: float = 0.1, eps: float = 1e-5, *,
                channel_axis: int = 1, stats: Moments | None = None,
                split_every: int | None = None) -> tuple[da.Array, Moments | None]:
     """Batch normalization of a dask array, as ``numbanorm.batch_norm`` on the whole array.
 
-    Returns ``(y, stats)``: ``y`` lazy, ``stats`` the ``Moments`` (shape (C,)) it was normalized
-    with. ``training=True`` computes them now (tree reduction over all chunks) and updates the
-    NumPy running stats in place; ``training=False`` uses the running stats and returns
-    ``stats=None``. ``stats`` given: used instead, as in ``numbanorm.batch_norm(stats=...)``.
+    ``training=True`` computes the statistics now (tree reduction over all chunks) and updates
+    the NumPy running stats in place; ``training=False`` uses the running stats. The normalized
+    array is lazy (a second pass when computed).
+
+    Parameters
+    ----------
+    darr : dask.array.Array
+        A float32 or float64 dask array. Shape ``(N, C, ...)``, channels on ``channel_axis``.
+    running_mean : numpy.ndarray, optional
+        Running mean, shape (C,), x's dtype; updated in place when training.
+    running_var : numpy.ndarray, optional
+        Running variance, as ``running_mean``; give both or neither.
+    weight : array_like, optional
+        Per-channel scale, shape (C,), x's dtype.
+    bias : array_like, optional
+        Per-channel offset, as ``weight``.
+    training : bool, default True
+        Normalize with the statistics of the whole array (and update the running ones), or with
+        the running statistics.
+    momentum : float, default 0.1
+        Weight of the batch statistics in the running-stats update; in [0, 1].
+    eps : float, default 1e-5
+        Added to the variance; positive and finite.
+    channel_axis : int, default 1
+        The channel axis.
+    stats : Moments, optional
+        Statistics of shape (C,) to use instead, as in ``numbanorm.batch_norm(stats=...)``.
+    split_every : int, optional
+        Merge fan-in of the statistics' reduction tree.
+
+    Returns
+    -------
+    y : dask.array.Array
+        The normalized array (lazy).
+    stats : Moments or None
+        The statistics it was normalized with (shape (C,)); None with ``training=False``.
+
+    Raises
+    ------
+    TypeError
+        ``darr`` is not a dask array of float32/float64; a parameter has the wrong type or dtype.
+    ValueError
+        ``darr`` has fewer than 2 dims; a shape is wrong; only one running stat, or none with
+        ``training=False``; one value per channel when training; ``momentum`` or ``eps`` out of
+        range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import numbanorm.dask as nbd
+    >>> x = da.from_array(np.arange(24.0).reshape(4, 3, 2), chunks=(2, 3, 2))
+    >>> running_mean, running_var = np.zeros(3), np.ones(3)
+    >>> y, stats = nbd.batch_norm(x, running_mean, running_var)
+    >>> print(stats.mean, running_mean.round(3))
+    [ 9.5 11.5 13.5] [0.95 1.15 1.35]
+    >>> print(y.compute()[0].round(4))
+    [[-1.4123 -1.2636]
+     [-1.4123 -1.2636]
+     [-1.4123 -1.2636]]
     """
     darr = _check_darr(darr, 2)
     axis = check_channel_axis(channel_axis, darr.ndim)
@@ -155,8 +271,10 @@ def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_v
         reduced = tuple(i for i in range(darr.ndim) if i != axis)
         stats = returned = Moments.from_records(np.asarray(_moments_graph(darr, reduced, False, split_every).compute()))
     elif stats is None:  # eval: running stats as moments with count 1, so var() is running_var
+        if running_mean is None or running_var is None:  # pragma: no cover - _check_batch_norm refused it
+            raise ValueError("training=False needs running_mean and running_var (pass them, or training=True)")
         stats = Moments(1.0, running_mean, running_var)
-    if update:
+    if update and running_mean is not None and running_var is not None:  # (update: they are given)
         functional._update_running(running_mean, running_var, stats.mean, stats.var(1), momentum)
 
     bshape = tuple(C if i == axis else 1 for i in range(darr.ndim))
@@ -168,7 +286,9 @@ def batch_norm(darr: da.Array, running_mean: np.ndarray | None = None, running_v
     return y, returned
 
 
-def _check_batch_norm(darr, C, running_mean, running_var, weight, bias, training, update, momentum, eps, stats):
+def _check_batch_norm(darr: da.Array, C: int, running_mean: object, running_var: object, weight: object,
+                      bias: object, training: object, update: bool, momentum: object, eps: object,
+                      stats: object) -> tuple[np.ndarray | None, np.ndarray | None, list[np.ndarray], float, float]:
     """``batch_norm``'s checks, before anything is computed: (running_mean, running_var, the
     given parameters, momentum, eps)."""
     if (running_mean is None) != (running_var is None):
@@ -187,11 +307,23 @@ def _check_batch_norm(darr, C, running_mean, running_var, weight, bias, training
     return running_mean, running_var, params, momentum, eps
 
 
-def _std_block(x, st, *, axis, ddof, eps):
+def _std_block(x: np.ndarray, st: np.ndarray, *, axis: tuple[int, ...], ddof: int, eps: float) -> np.ndarray:
     with _one_thread():
         return _np_standardize(x, axis, stats=Moments.from_records(np.squeeze(st, axis)), ddof=ddof, eps=eps)
 
 
+@overload
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, ddof: int = ..., eps: float = ...,
+                stats: Moments | None = ..., split_every: int | None = ...,
+                return_stats: Literal[False] = ...) -> da.Array: ...
+@overload
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, ddof: int = ..., eps: float = ...,
+                stats: Moments | None = ..., split_every: int | None = ...,
+                return_stats: Literal[True]) -> tuple[da.Array, Moments]: ...
+@overload
+def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = ..., *, ddof: int = ..., eps: float = ...,
+                stats: Moments | None = ..., split_every: int | None = ...,
+                return_stats: bool) -> da.Array | tuple[da.Array, Moments]: ...
 def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof: int = 0, eps: float = 0.0,
                 stats: Moments | None = None, split_every: int | None = None,
                 return_stats: bool = False) -> da.Array | tuple[da.Array, Moments]:
@@ -199,6 +331,48 @@ def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof:
 
     As ``numbanorm.standardize`` on the whole array (zero-variance columns are only centred).
     Statistics are computed now (or taken from ``stats``); the result is lazy.
+
+    Parameters
+    ----------
+    darr : dask.array.Array
+        A float32 or float64 dask array.
+    axis : int or tuple of int, optional
+        The axes the statistics are computed over (None: all). Default 0.
+    ddof : int, default 0
+        Delta degrees of freedom of the variance.
+    eps : float, default 0.0
+        Added to the variance; finite and >= 0.
+    stats : Moments, optional
+        Statistics to use instead, of ``darr``'s shape without the ``axis`` dims.
+    split_every : int, optional
+        Merge fan-in of the statistics' reduction tree.
+    return_stats : bool, default False
+        Also return the statistics used.
+
+    Returns
+    -------
+    y : dask.array.Array
+        The standardized array (lazy). Alone unless ``return_stats``.
+    stats : Moments
+        With ``return_stats=True``: the statistics used.
+
+    Raises
+    ------
+    TypeError
+        ``darr`` is not a dask array of float32/float64; ``axis`` is not an int (or ints).
+    ValueError
+        An axis out of range or repeated; ``ddof`` or ``eps`` out of range; ``stats`` of the wrong
+        shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import numbanorm.dask as nbd
+    >>> x = da.from_array(np.arange(24.0).reshape(6, 4), chunks=(2, 4))
+    >>> print(nbd.standardize(x).compute()[:2].round(4))
+    [[-1.4639 -1.4639 -1.4639 -1.4639]
+     [-0.8783 -0.8783 -0.8783 -0.8783]]
     """
     darr = _check_darr(darr)
     reduced = check_axes(axis, darr.ndim)
@@ -217,15 +391,55 @@ def standardize(darr: da.Array, axis: int | tuple[int, ...] | None = 0, *, ddof:
 # ------------------------------------------------------------------------------------------
 # LayerNorm: rows are independent, so it is purely blockwise once each block holds whole rows
 # ------------------------------------------------------------------------------------------
-def _ln_block(x, *, normalized_shape, weight, bias, eps):
+def _ln_block(x: np.ndarray, *, normalized_shape: tuple[int, ...], weight: np.ndarray | None,
+              bias: np.ndarray | None, eps: float) -> np.ndarray:
     with _one_thread():
         return functional.layer_norm(x, normalized_shape, weight, bias, eps)
 
 
-def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight=None, bias=None,
-               eps: float = 1e-5) -> da.Array:
-    """``numbanorm.layer_norm`` blockwise (lazy). Blocks must span the normalized (trailing)
-    dims; if the chunks split them, the array is rechunked there with a ``RechunkWarning``."""
+def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, eps: float = 1e-5) -> da.Array:
+    """``numbanorm.layer_norm`` blockwise (lazy).
+
+    Rows are independent, so it is purely blockwise once each block holds whole rows: blocks must
+    span the normalized (trailing) dims, and if the chunks split them, the array is rechunked there
+    with a ``RechunkWarning``.
+
+    Parameters
+    ----------
+    darr : dask.array.Array
+        A float32 or float64 dask array.
+    normalized_shape : int or sequence of int
+        The trailing dims normalized over.
+    weight : array_like, optional
+        Elementwise scale of shape ``normalized_shape``, x's dtype.
+    bias : array_like, optional
+        Elementwise offset, as ``weight``.
+    eps : float, default 1e-5
+        Added to the variance; positive and finite.
+
+    Returns
+    -------
+    dask.array.Array
+        The normalized array (lazy).
+
+    Raises
+    ------
+    TypeError
+        ``darr`` is not a dask array of float32/float64; a parameter has the wrong dtype.
+    ValueError
+        ``normalized_shape`` is not the trailing dims; a parameter has the wrong shape; ``eps`` is
+        out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import numbanorm.dask as nbd
+    >>> x = da.from_array(np.arange(24.0).reshape(6, 4), chunks=(2, 4))
+    >>> print(nbd.layer_norm(x, 4).compute()[:1].round(4))
+    [[-1.3416 -0.4472  0.4472  1.3416]]
+    """
     darr = _check_darr(darr)
     shape = check_normalized_shape(normalized_shape, darr.shape)
     weight = check_param(weight, "weight", shape, darr.dtype)
@@ -241,5 +455,7 @@ def layer_norm(darr: da.Array, normalized_shape: int | Sequence[int], weight=Non
         weight = weight.reshape(shape)
     if bias is not None:
         bias = bias.reshape(shape)
-    return darr.map_blocks(_ln_block, normalized_shape=shape, weight=weight, bias=bias, eps=eps,
-                           dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype), token="numbanorm-layer-norm")
+    y: da.Array = da.map_blocks(_ln_block, darr, normalized_shape=shape, weight=weight, bias=bias, eps=eps,
+                                dtype=darr.dtype, meta=np.empty((0,) * darr.ndim, darr.dtype),
+                                token="numbanorm-layer-norm")
+    return y

@@ -24,7 +24,8 @@ MOMENTS_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np
 
 
 class _Fields(NamedTuple):
-    count: np.ndarray
+    # (a field named like tuple.count, which mypy reports as an incompatible override)
+    count: np.ndarray  # type: ignore[assignment]
     mean: np.ndarray
     m2: np.ndarray
 
@@ -32,14 +33,55 @@ class _Fields(NamedTuple):
 class Moments(_Fields):
     """Count, mean and M2 = sum((x - mean)**2) per channel (or row), all float64 arrays of one shape.
 
-    A NamedTuple, so ``count, mean, m2 = m`` works. ``count`` may differ between entries
-    (e.g. masked data); a scalar count is broadcast. An entry with count 0 is the identity of
-    ``merge`` (its mean and m2 are ignored, and ``var`` is NaN there).
+    A NamedTuple, so ``count, mean, m2 = m`` works. ``count`` may differ between entries (e.g.
+    masked data); a scalar count is broadcast. An entry with count 0 is the identity of ``merge``
+    (its mean and m2 are ignored, and ``var`` is NaN there). ``Moments(count, mean, m2)``
+    builds one (see ``__new__``).
+
+    See Also
+    --------
+    numbanorm.moments : compute them from an array, in one pass.
+    merge_moments : combine two sets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> m = nb.Moments(3, [3.0, 6.0], [8.0, 32.0])
+    >>> m
+    Moments(shape=(2,), count=3, mean=[3., 6.], var=[ 2.666667, 10.666667])
+    >>> print(m.var(ddof=1), m.std(ddof=1))
+    [ 4. 16.] [2. 4.]
+    >>> count, mean, m2 = m
+    >>> print(count)
+    [3. 3.]
     """
 
     __slots__ = ()
 
     def __new__(cls, count: ArrayLike, mean: ArrayLike, m2: ArrayLike) -> Moments:
+        """Moments from their three fields, converted to float64 arrays of one shape.
+
+        Parameters
+        ----------
+        count : array_like
+            The number of values per entry: a scalar, or of ``mean``'s shape; finite and >= 0.
+        mean : array_like
+            The mean per entry.
+        m2 : array_like
+            The sum of squared deviations from the mean per entry (>= 0), of ``mean``'s shape.
+
+        Returns
+        -------
+        Moments
+            The moments.
+
+        Raises
+        ------
+        ValueError
+            ``mean`` and ``m2`` differ in shape; ``count`` does not broadcast to it, or is negative or
+            not finite; ``m2`` is negative.
+        """
         mean = np.array(mean, dtype=np.float64)
         m2 = np.array(m2, dtype=np.float64)
         if mean.shape != m2.shape:
@@ -57,36 +99,108 @@ class Moments(_Fields):
     # -- construction and conversion -------------------------------------------------------
     @classmethod
     def empty(cls, shape: int | tuple[int, ...]) -> Moments:
-        """Moments of no data (count 0): the identity of ``merge``, to start a running merge."""
+        """Moments of no data (count 0): the identity of ``merge``, to start a running merge.
+
+        Parameters
+        ----------
+        shape : int or tuple of int
+            The shape of the entries.
+
+        Returns
+        -------
+        Moments
+            Count 0, mean and m2 0, of ``shape``.
+        """
         return cls(0.0, np.zeros(shape), np.zeros(shape))
 
     @classmethod
     def from_mean_var(cls, count: ArrayLike, mean: ArrayLike, var: ArrayLike, ddof: int = 0) -> Moments:
-        """From a count, mean and variance computed with ``ddof`` (e.g. stored statistics)."""
+        """From a count, mean and variance computed with ``ddof`` (e.g. stored statistics).
+
+        Parameters
+        ----------
+        count : array_like
+            The number of values per entry (a scalar, or of ``mean``'s shape).
+        mean : array_like
+            The mean per entry.
+        var : array_like
+            The variance per entry, ``m2 / (count - ddof)``.
+        ddof : int, default 0
+            The delta degrees of freedom ``var`` was computed with (1: unbiased).
+
+        Returns
+        -------
+        Moments
+            ``m2 = var * max(count - ddof, 0)``.
+        """
         count = np.asarray(count, np.float64)
         return cls(count, mean, np.asarray(var, np.float64) * np.maximum(count - ddof, 0.0))
 
     def to_array(self) -> np.ndarray:
-        """One float64 buffer ``(3, *shape)``: rows count, mean, m2 (e.g. for MPI)."""
+        """One float64 buffer ``(3, *shape)``: rows count, mean, m2 (e.g. for MPI).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``np.stack([count, mean, m2])``; ``from_array`` is the inverse.
+        """
         return np.stack([self.count, self.mean, self.m2])
 
     @classmethod
     def from_array(cls, buf: ArrayLike) -> Moments:
-        """Inverse of ``to_array``."""
+        """Inverse of ``to_array``.
+
+        Parameters
+        ----------
+        buf : array_like
+            Shape ``(3, ...)``: count, mean, m2.
+
+        Returns
+        -------
+        Moments
+            The moments ``buf`` holds.
+
+        Raises
+        ------
+        ValueError
+            ``buf`` is not of shape ``(3, ...)``.
+        """
         buf = np.asarray(buf, np.float64)
         if buf.ndim < 1 or buf.shape[0] != 3:
             raise ValueError(f"buf must have shape (3, ...) (count, mean, m2), got {buf.shape}")
         return cls(buf[0], buf[1], buf[2])
 
     def to_records(self) -> np.ndarray:
-        """A structured array of ``MOMENTS_DTYPE`` with this shape."""
+        """A structured array of ``MOMENTS_DTYPE`` with this shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            Fields ``count``, ``mean``, ``m2``; ``from_records`` is the inverse.
+        """
         rec = np.empty(self.shape, MOMENTS_DTYPE)
         rec["count"], rec["mean"], rec["m2"] = self.count, self.mean, self.m2
         return rec
 
     @classmethod
     def from_records(cls, rec: np.ndarray) -> Moments:
-        """Inverse of ``to_records``."""
+        """Inverse of ``to_records``.
+
+        Parameters
+        ----------
+        rec : numpy.ndarray or numpy.void
+            A structured array (or one record) of ``MOMENTS_DTYPE``.
+
+        Returns
+        -------
+        Moments
+            The moments ``rec`` holds.
+
+        Raises
+        ------
+        TypeError
+            ``rec`` is not of ``MOMENTS_DTYPE``.
+        """
         if isinstance(rec, np.void):  # one record, e.g. an element of a record array
             rec = np.asarray(rec)
         if not isinstance(rec, np.ndarray) or rec.dtype != MOMENTS_DTYPE:
@@ -97,18 +211,60 @@ class Moments(_Fields):
     # -- statistics ------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the entries (of ``mean``)."""
         return self.mean.shape
 
     def var(self, ddof: int = 0) -> np.ndarray:
-        """Variance ``m2 / (count - ddof)``; NaN where ``count <= ddof``."""
+        """Variance ``m2 / (count - ddof)``; NaN where ``count <= ddof``.
+
+        Parameters
+        ----------
+        ddof : int, default 0
+            Delta degrees of freedom (1: the unbiased variance).
+
+        Returns
+        -------
+        numpy.ndarray
+            Float64, of this shape.
+        """
         denom = self.count - ddof
-        return np.divide(self.m2, denom, out=np.full(self.shape, np.nan), where=denom > 0)
+        var: np.ndarray = np.divide(self.m2, denom, out=np.full(self.shape, np.nan), where=denom > 0)
+        return var
 
     def std(self, ddof: int = 0) -> np.ndarray:
-        return np.sqrt(self.var(ddof))
+        """Standard deviation ``sqrt(var(ddof))``.
+
+        Parameters
+        ----------
+        ddof : int, default 0
+            Delta degrees of freedom.
+
+        Returns
+        -------
+        numpy.ndarray
+            Float64, of this shape; NaN where ``count <= ddof``.
+        """
+        std: np.ndarray = np.sqrt(self.var(ddof))
+        return std
 
     def merge(self, *others: Moments) -> Moments:
-        """Moments of the union of this data and ``others``' (Chan's formula, left to right)."""
+        """Moments of the union of this data and ``others``' (Chan's formula, left to right).
+
+        Parameters
+        ----------
+        *others : Moments
+            Moments of this shape.
+
+        Returns
+        -------
+        Moments
+            The merged moments.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As ``merge_moments``.
+        """
         result = self
         for other in others:
             result = merge_moments(result, other)
@@ -138,6 +294,36 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     processes or machines reproduces the moments of the whole up to float64 rounding. An entry
     with count 0 is the identity; one whose mean is ±inf or nan gives ±inf or nan (as the sum of
     all values would) and M2 nan, as the kernels do.
+
+    Parameters
+    ----------
+    a : Moments
+        Moments of one part of the data.
+    b : Moments
+        Moments of another part, of ``a``'s shape.
+
+    Returns
+    -------
+    Moments
+        Moments of both parts.
+
+    Raises
+    ------
+    TypeError
+        ``a`` or ``b`` is not a ``Moments``.
+    ValueError
+        Their shapes differ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nb
+    >>> x = np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])
+    >>> merged = nb.merge_moments(nb.moments(x[:1], 0), nb.moments(x[1:], 0))
+    >>> merged == nb.moments(x, 0)
+    True
+    >>> print(merged.mean, merged.var())
+    [3. 6.] [ 2.66666667 10.66666667]
     """
     if not isinstance(a, Moments) or not isinstance(b, Moments):
         raise TypeError(f"merge_moments needs two Moments, got {type(a).__name__} and {type(b).__name__}")

@@ -191,10 +191,33 @@ def set_arena_limit(nbytes: int) -> int:
     """Set how many bytes of freed big outputs numbanorm keeps for reuse; return the old limit.
 
     Outputs of at least 16 MiB are taken from cached blocks, which avoids the page faults and
-    zeroing of fresh memory (the allocating call then runs about as fast as with ``out=``).
-    ``0`` disables the cache and releases what it holds. Default: ``$NUMBANORM_ARENA_BYTES``, else
-    256 MiB or 1/8 of physical memory, whichever is smaller. Memory still used by arrays is never
-    counted nor reclaimed.
+    zeroing of fresh memory (the allocating call then runs about as fast as with ``out=``). Memory
+    still used by arrays is never counted nor reclaimed.
+
+    Parameters
+    ----------
+    nbytes : int
+        The new limit, in bytes; ``0`` disables the cache and releases what it holds. Default
+        (before any call): ``$NUMBANORM_ARENA_BYTES``, else 256 MiB or 1/8 of physical memory,
+        whichever is smaller.
+
+    Returns
+    -------
+    int
+        The previous limit.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes`` is not a non-negative integer.
+
+    Examples
+    --------
+    >>> import numbanorm as nb
+    >>> old = nb.set_arena_limit(0)  # no cache: every big output is a fresh allocation
+    >>> nb.arena_info()["limit"], nb.arena_info()["free_bytes"]
+    (0, 0)
+    >>> _ = nb.set_arena_limit(old)
     """
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
         raise ValueError(f"nbytes must be a non-negative integer, got {nbytes!r}")
@@ -202,5 +225,18 @@ def set_arena_limit(nbytes: int) -> int:
 
 
 def arena_info() -> dict[str, int]:
-    """``limit``, ``free_bytes``, ``free_blocks`` cached now, and ``hits``/``misses`` so far."""
+    """The output arena's state: its limit, what it caches now, and its hits and misses so far.
+
+    Returns
+    -------
+    dict of str to int
+        ``limit`` (bytes), ``free_bytes`` and ``free_blocks`` cached now, and ``hits``/``misses``
+        (outputs served from a cached block / freshly allocated).
+
+    Examples
+    --------
+    >>> import numbanorm as nb
+    >>> sorted(nb.arena_info())
+    ['free_blocks', 'free_bytes', 'hits', 'limit', 'misses']
+    """
     return _ARENA.info()

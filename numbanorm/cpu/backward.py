@@ -67,6 +67,9 @@ def run_grad_sums_scaled(grun, xrun, m, scale, orun):
 #: (``cl_sweep_sums``); rows of at least ``_SWEEP_ONE_ROW_C`` channels one at a time, narrower
 #: ones four at a time.
 _SWEEP_MIN_C = 32
+#: ``batch_norm_backward_serial``'s error for an invstd <= 0 (the text of ``numbanorm.backward.INVSTD_MESSAGE``).
+_INVSTD_MESSAGE = ("invstd must be positive (1 / sqrt(var + eps), as batch_norm(..., return_stats=True) returns it), "
+                   "got a value <= 0: running_mean / running_var are not the (mean, invstd) a backward takes")
 
 _SWEEP_ONE_ROW_C = 128
 
@@ -397,10 +400,14 @@ def batch_norm_backward_serial(g3, x3, mean, invstd, weight, out3, grads):
     inv = np.empty(C)
     scale = np.empty(C)
     has_weight = weight.size > 0
+    bad = False  # invstd <= 0 somewhere (NaN passes): a flag, not a branch, keeps the loop vectorized
     for c in range(C):
         m[c] = mean[c]
         inv[c] = invstd[c]
+        bad |= inv[c] <= 0.0
         scale[c] = np.float64(weight[c]) * inv[c] if has_weight else inv[c]
+    if bad:
+        raise ValueError(_INVSTD_MESSAGE)
     s_dy = np.empty(C)
     s_dyx = np.empty(C)
     block_grad_sums(g3, x3, 0, outer, 0, inner, m, scale, None, s_dy, s_dyx)

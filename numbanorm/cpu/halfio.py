@@ -22,6 +22,8 @@ data, and it costs nothing, unlike a record dtype or an extra flag argument on e
 
 from __future__ import annotations
 
+import typing
+
 import numba
 import numpy as np
 from llvmlite import binding as llvm
@@ -58,6 +60,10 @@ def is_half(dtype: np.dtype) -> bool:
     return dtype == np.float16 or is_bfloat16(dtype)
 
 
+@typing.overload
+def kernel_array(a: np.ndarray) -> np.ndarray: ...
+@typing.overload
+def kernel_array(a: None) -> None: ...
 def kernel_array(a: np.ndarray | None) -> np.ndarray | None:
     """The array the kernels take: half arrays as their 16-bit marker view, others unchanged."""
     if a is None:
