@@ -44,7 +44,7 @@ def test_cuda_kernels_under_simulator():
 @pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed")
 def test_gpu_check_script_runs_under_simulator():
-    proc = _run(["benchmarks/gpu_check.py", "--sim"], NUMBA_ENABLE_CUDASIM="1")
+    proc = _run(["tools/gpu_check.py", "--sim"], NUMBA_ENABLE_CUDASIM="1")
     print(proc.stdout[-20000:], proc.stderr[-5000:])
     assert proc.returncode == 0 and "all checks passed" in proc.stdout
 
@@ -233,6 +233,6 @@ HAVE_NVVM = os.path.isdir(os.path.join(os.environ.get("CUDA_HOME", "/nonexistent
 def test_every_kernel_compiles_for_hardware():
     """The simulator runs the kernels as Python; this compiles each specialization to sm_90 PTX
     (and, with ptxas, checks registers, spills and that every launched block fits an SM)."""
-    proc = _run(["benchmarks/ptx_check.py"], NUMBA_ENABLE_CUDASIM="0")
+    proc = _run(["tools/ptx_check.py"], NUMBA_ENABLE_CUDASIM="0")
     print(proc.stdout[-5000:], proc.stderr[-3000:])
     assert proc.returncode == 0 and "all kernels compiled" in proc.stdout

@@ -56,7 +56,7 @@ def layer_norm_backward_kernel(acc: int, xio: str, pio: str, sio: str, regs: int
     reduction and the write (the rest is read again, from L2); the grad_weight/grad_bias
     accumulators of the first ``wregs * T`` columns stay in registers across rows (columns past
     that add into the block's partial row in global memory). Both loops over register slots have
-    compile-time bounds, so the local arrays live in registers (benchmarks/ptx_check.py reports
+    compile-time bounds, so the local arrays live in registers (tools/ptx_check.py reports
     registers, spills and stack per kernel)."""
     ld_x, st_x, ld_p, ld_s = loader(acc, xio), storer(xio), loader(acc, pio), loader(acc, sio)
     A, nbt = np_float(acc), numba_float(acc)

@@ -7,7 +7,7 @@ lean launch path.
 * ``kernel[grid, block, stream]`` builds a launch configuration object on every call; reusing
   it saves about 18 us per launch on an H200 (DESIGN.md), so configured kernels are cached by
   (kernel, grid, block, stream).
-* ``NUMBANORM_CUDA_FAST_LAUNCH=1`` (opt-in until measured on a GPU by benchmarks/gpu_check.py):
+* ``NUMBANORM_CUDA_FAST_LAUNCH=1`` (opt-in until measured on a GPU by tools/gpu_check.py):
   after the first call of a kernel has compiled it through numba's normal path, later calls
   pack the arguments themselves (numba's ABI for a 1-D C-contiguous array: meminfo, parent,
   nitems, itemsize, data, shape, stride) from raw pointers and call ``cuda.core.launch`` on the
@@ -71,7 +71,7 @@ def configured(kernel, grid: tuple, block: tuple, stream) -> object:
     return cfg
 
 
-#: Read per call, so that benchmarks/gpu_check.py can compare both paths in one process.
+#: Read per call, so that tools/gpu_check.py can compare both paths in one process.
 FAST_LAUNCH = [os.environ.get("NUMBANORM_CUDA_FAST_LAUNCH", "0") == "1" and not SIM]
 _FAST: dict = {}
 _CORE_STREAMS: dict = {}

@@ -6,9 +6,9 @@ simulator tests (``tests/cuda/simtools.py``) patch them small so tiny inputs sti
 blocks and every code path runs.
 
 What stands behind them: the hardware limits (1024 threads a block, 65535 blocks in grid.y/z,
-64K registers an SM, checked by ``benchmarks/ptx_check.py``) and the H200's 132 SMs. The block
+64K registers an SM, checked by ``tools/ptx_check.py``) and the H200's 132 SMs. The block
 sizes and register budgets themselves were not tuned by a recorded GPU run: that is what
-``benchmarks/gpu_check.py`` times when a GPU is lent. Every launch size feeds a reduction order,
+``tools/gpu_check.py`` times when a GPU is lent. Every launch size feeds a reduction order,
 so changing one changes the float results at rounding level (the simulator tests bound them).
 """
 
@@ -42,7 +42,7 @@ MAX_GRID_Y = 65535
 LN_BWD_BLOCKS = 528
 #: LayerNorm backward register budget per thread: row elements cached (x̂ and dy·γ), and
 #: grad_weight/grad_bias column accumulators; with at most LN_BWD_MAX_THREADS threads a block
-#: stays within the 64K registers of an SM (benchmarks/ptx_check.py checks it: sm_90 float32
+#: stays within the 64K registers of an SM (tools/ptx_check.py checks it: sm_90 float32
 #: needs 168 registers per thread, float64 233). Rows up to 4 * 256 elements are cached between
 #: the reduction and the write; columns up to 16 * 256 accumulate in registers, further ones in
 #: the block's float64 partial row in global memory.

@@ -1,7 +1,7 @@
 """One-shot GPU check of numbanorm's CUDA backend against torch (finishes in < 3 minutes).
 
-    python benchmarks/gpu_check.py            # on a machine with an NVIDIA GPU and CUDA torch
-    NUMBA_ENABLE_CUDASIM=1 python benchmarks/gpu_check.py --sim   # tiny smoke run, no GPU
+    python tools/gpu_check.py            # on a machine with an NVIDIA GPU and CUDA torch
+    NUMBA_ENABLE_CUDASIM=1 python tools/gpu_check.py --sim   # tiny smoke run, no GPU
 
 1. device and library versions;
 2. correctness of every op and layout (LN over 1 and 2 dims; BN train/eval NCHW, torch

@@ -1,6 +1,6 @@
 """Compile every CUDA kernel specialization for real hardware, without a GPU.
 
-    CUDA_HOME=/path/to/cuda python benchmarks/ptx_check.py [--cc 9.0]
+    CUDA_HOME=/path/to/cuda python tools/ptx_check.py [--cc 9.0]
 
 The simulator runs the kernels' Python, not numba-cuda's compiler, so a kernel can pass every
 simulator test and still fail to compile for a GPU (typing, shuffles, libdevice). This script

@@ -5,9 +5,9 @@ both contenders read it from worker memory; each chunk of the result is written 
 drops it. Timed: statistics alone, and statistics + normalization of every chunk. Best of
 ``--repeat`` runs, contenders alternating; one process, one scheduler, side by side.
 
-    python benchmarks/dask_bench.py                      # LocalCluster: 2 workers x 1 thread
-    python benchmarks/dask_bench.py --gb 0.25 --repeat 1 # quick smoke run
-    python benchmarks/dask_bench.py --scheduler tcp://10.0.0.5:8786   # a real cluster
+    python tools/dask_bench.py                      # LocalCluster: 2 workers x 1 thread
+    python tools/dask_bench.py --gb 0.25 --repeat 1 # quick smoke run
+    python tools/dask_bench.py --scheduler tcp://10.0.0.5:8786   # a real cluster
 
 On a real cluster every worker needs numbanorm installed (the same version as the client).
 """

@@ -1,6 +1,6 @@
 """Cold (empty cache) and warm first-call times per op, in fresh processes, with a compile profile.
 
-    PYTHONPATH=$PWD python benchmarks/compile_probe.py [--root DIR ...] [--reps N] [--only SUBSTR]
+    PYTHONPATH=$PWD python tools/compile_probe.py [--root DIR ...] [--reps N] [--only SUBSTR]
                                                        [--warm] [--profile]
 
 Each (rep, case, root) runs ``import numbanorm`` and one first call in a fresh interpreter with a

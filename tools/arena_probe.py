@@ -1,6 +1,6 @@
 """Allocating calls with and without the output arena, side by side with ``out=`` and the peers.
 
-Usage: PYTHONPATH=$PWD python benchmarks/arena_probe.py [--threads 1 2] [--repeats 15] [--only TEXT]
+Usage: PYTHONPATH=$PWD python tools/arena_probe.py [--threads 1 2] [--repeats 15] [--only TEXT]
 
 Per case, round-robin in one process: numbanorm allocating (arena on), numbanorm allocating with
 the arena bypassed (limit 0 for that one call: a fresh ``np.empty`` per call, the old behaviour),
