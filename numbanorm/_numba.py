@@ -22,6 +22,12 @@ no-locator fallback       a read-only install still computes   (the fallback its
 ``choose_threading_layer``  a thread-safe layer when one loads  numba's default (with the lock)
 ``cgutils`` (LLVM IR      the SIMD kernels of ``cpu/simd.py``  ``SIMD = False``: the plain numba
 helpers)                                                       loops
+``reload_init`` entries   a user's ``cache=True`` function     numba's cache (stamped with the
+(``tag_reload``)          that inlined numbanorm kernels is    user's file only: stale code
+                          stale when numbanorm changed         after a numbanorm change)
+``native_num_threads``:   the thread count in jitted code      1: njit calls plan for one
+the threading layer's     without a dynamic global (numba's    thread (bits as the Python-level
+``get_num_threads``       ``get_num_threads()`` cannot cache)  call with one numba thread)
 ========================  ===================================  =================================
 
 ``NUMBANORM_PLAIN_NUMBA=1`` forces every fallback, so a future numba release that breaks one of
@@ -31,6 +37,7 @@ them makes numbanorm at worst slower, never broken; the test suite runs a slice 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pathlib
 import warnings
@@ -91,6 +98,124 @@ def disk_cache(py_func):
 
 
 # --------------------------------------------------------------------------------------------
+# Users' cached functions that inlined numbanorm kernels
+# --------------------------------------------------------------------------------------------
+# A jitted function that calls a numbanorm op (its numba overload, ``numbanorm/_njit.py``) links a
+# copy of the kernels' machine code, and numba's cache of *that* function is stamped with its own
+# file only: after a numbanorm change it would load the old kernels. numba runs the entries of a
+# compile result's ``reload_init`` when it loads cached code, pickles them with the cached data,
+# and a caller inherits its callees' entries. So every numbanorm kernel carries a ``_Reload``
+# entry holding the package stamp; unpickling it in a later process compares that with the
+# current stamp and, when they differ, raises an ``OSError``, which numba's cache takes for a
+# missing data file: a cache miss, so the caller compiles again (and overwrites the stale entry).
+class StaleKernelCache(OSError):
+    """Cached machine code holds numbanorm kernels of another version of the package."""
+
+
+@functools.cache
+def stamp_digest() -> str:
+    """A short digest of ``package_stamp`` (it goes into every cached function that inlined a kernel)."""
+    return hashlib.sha256(repr(package_stamp()).encode()).hexdigest()[:20]
+
+
+class _Reload:
+    """A ``reload_init`` entry: the stamp of the numbanorm that compiled the code; ``threads``:
+    the code calls the threading layer's ``get_num_threads`` (``native_num_threads``), which
+    must be loaded before the code is linked."""
+
+    __slots__ = ("digest", "threads")
+
+    def __init__(self, digest: str, threads: bool = False) -> None:
+        self.digest = digest
+        self.threads = threads
+
+    def __call__(self) -> None:
+        if self.threads:
+            _launch_threads()
+
+    def __reduce__(self):
+        return _reloaded, (self.digest, self.threads)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reload) and (self.digest, self.threads) == (other.digest, other.threads)
+
+    def __hash__(self) -> int:
+        return hash((self.digest, self.threads))
+
+
+def _reloaded(digest: str, threads: bool) -> _Reload:
+    """Unpickling a ``_Reload`` (numba loading cached code): refuse code of another numbanorm."""
+    if digest != stamp_digest():
+        raise StaleKernelCache(f"cached code holds numbanorm kernels of another version ({digest}, now "
+                               f"{stamp_digest()}): compiling again")
+    return _Reload(digest, threads)
+
+
+def _reload_supported() -> bool:
+    try:
+        from numba.core.compiler import CompileResult
+    except ImportError:
+        return False
+    return not PLAIN and "reload_init" in getattr(CompileResult, "_fields", ())
+
+
+RELOAD = _reload_supported()
+
+
+def tag_reload(cres) -> None:
+    """Give a numbanorm kernel's compile result the package stamp entry, and its library every
+    entry of the result (a library loaded from the cache starts with none, so callers compiled
+    later would not inherit them)."""
+    init = getattr(cres, "reload_init", None)
+    lib_init = getattr(getattr(cres, "library", None), "_reload_init", None)
+    if not RELOAD or not isinstance(init, list) or not isinstance(lib_init, set):
+        return
+    entry = _Reload(stamp_digest())
+    if entry not in init:
+        init.append(entry)
+    lib_init.update(init)
+
+
+def _launch_threads() -> None:
+    from numba.np.ufunc.parallel import _launch_threads as launch
+
+    launch()
+
+
+def _native_num_threads():
+    """An intrinsic returning numba's thread count of the calling thread (``numba.get_num_threads``
+    compiles to a call through a ctypes pointer, which numba cannot cache), or None."""
+    if not RELOAD:
+        return None
+    try:
+        from llvmlite import ir
+        from numba.core import types
+        from numba.extending import intrinsic
+        from numba.np.ufunc import parallel
+
+        if not callable(getattr(parallel, "_launch_threads", None)) or cgutils is None:
+            return None
+    except ImportError:
+        return None
+
+    @intrinsic
+    def native_num_threads(typingctx):
+        _launch_threads()  # registers the symbol
+
+        def codegen(context, builder, signature, args):
+            library = getattr(context, "active_code_library", None)
+            if isinstance(getattr(library, "_reload_init", None), set):
+                library._reload_init.add(_Reload(stamp_digest(), True))
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                "get_num_threads")
+            return builder.sext(builder.call(fn, []), ir.IntType(64))
+
+        return types.int64(), codegen
+
+    return native_num_threads
+
+
+# --------------------------------------------------------------------------------------------
 # The dispatcher
 # --------------------------------------------------------------------------------------------
 def _dispatcher_class():
@@ -115,6 +240,10 @@ def _dispatcher_class():
             args = tuple(types.unliteral(a) for a in args)
             kws = {k: types.unliteral(v) for k, v in kws.items()}
             return super().get_call_template(args, kws)
+
+        def add_overload(self, cres):
+            super().add_overload(cres)
+            tag_reload(cres)
 
         def compile(self, sig):
             # Attached at the first compile or cache load, not at import: attaching tests the
@@ -200,3 +329,15 @@ try:
 except ImportError:
     cgutils = None
     SIMD = False
+
+
+# --------------------------------------------------------------------------------------------
+# The thread count in jitted code
+# --------------------------------------------------------------------------------------------
+native_num_threads = _native_num_threads()
+if native_num_threads is None:
+    from numba.extending import register_jitable
+
+    @register_jitable
+    def native_num_threads():
+        return 1

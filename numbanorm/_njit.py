@@ -1,0 +1,738 @@
+"""numbanorm's ops inside users' ``@njit`` code: ``numba.extending.overload`` of the public functions.
+
+``numbanorm.layer_norm(...)`` and the other ops typed inside a jitted function resolve to the
+overloads below. Each is the Python-level front door in jitted form: the checks of ``_checks``
+(``_njit_checks``: type-level ones at compile time, the rest at run time with the same exception
+types and messages), the canonical view, then ``cpu/njit.py``, which makes the Python dispatch's
+choice of kernels and plan and runs it on the calling thread, so the results are those of the
+Python-level call bit for bit (made with the same numba thread count). No overload starts a
+parallel region: they are safe inside the user's own ``prange`` loop. What numba code cannot pass
+(float16/bfloat16 arrays, ``stats=``, a ``return_stats`` known only at run time) is a
+``TypingError`` that says what to write instead; ``docs/njit.md`` has the table.
+
+The forward ops are here, the backward ones in ``_njit_backward``. Registered on
+``import numbanorm``; typing an overload imports nothing more.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import types
+from numba.core.errors import TypingError
+from numba.extending import overload, register_jitable
+from numba.np.unsafe.ndarray import to_fixed_tuple
+
+from . import _njit_checks as chk
+from . import family, functional
+from ._njit_checks import (
+    NjitCheck,
+    as_shape,
+    axis_value,
+    eps_value,
+    like_shape,
+    momentum_value,
+    outputs_message,
+    overlap_message,
+    refuse_overlap,
+    refuse_partial_overlap,
+    shape_is,
+    trailing,
+    tuple_size,
+)
+from .cpu import njit as kernels
+from .cpu.njit import instance_running_update
+
+_STATS_HINT = "write return_stats=True (a constant), or leave it out"
+
+
+def stats_dtype(dt):
+    """numba dtype of returned statistics: float64 for float64 x, else float32 (``_layout``)."""
+    return np.float64 if dt == types.float64 else np.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Jitted helpers (typed per argument type at compile time)
+# --------------------------------------------------------------------------------------------
+def row_param(p, shape, D, name):
+    """weight/bias of a row op: None, or checked against ``shape`` and flattened to (D,) C-contiguous
+    (``check_param``; jit-only)."""
+
+
+@overload(row_param)
+def _row_param(p, shape, D, name):
+    if chk.is_none(p):
+        return lambda p, shape, D, name: None
+
+    def impl(p, shape, D, name):
+        shape_is(p.shape, shape, name)
+        return np.ascontiguousarray(p).reshape(D)
+    return impl
+
+
+def channel_param(p, C, name):
+    """A per-channel parameter: None, or checked to be (C,) and C-contiguous (jit-only)."""
+
+
+@overload(channel_param)
+def _channel_param(p, C, name):
+    if chk.is_none(p):
+        return lambda p, C, name: None
+
+    def impl(p, C, name):
+        shape_is(p.shape, (C,), name)
+        return np.ascontiguousarray(p).reshape(C)
+    return impl
+
+
+def out_shape(out, x_shape, name, x_name):
+    """``check_out``'s shape test for an optional output (jit-only)."""
+
+
+@overload(out_shape)
+def _out_shape(out, x_shape, name, x_name):
+    if chk.is_none(out):
+        return lambda out, x_shape, name, x_name: None
+    return lambda out, x_shape, name, x_name: like_shape(out.shape, x_shape, name, x_name)
+
+
+def result_of(out, x):
+    """The array an op returns: ``out``, or a new C-contiguous array like x (jit-only)."""
+
+
+@overload(result_of)
+def _result_of(out, x):
+    if chk.is_none(out):
+        return lambda out, x: np.empty(x.shape, x.dtype)
+    return lambda out, x: out
+
+
+def target_of(result, shape):
+    """Where the kernel writes ``result`` as ``shape`` (C-contiguous): ``result`` itself when it
+    is C-contiguous, else scratch that ``finish`` copies back (``_layout.Output``; jit-only)."""
+
+
+@overload(target_of)
+def _target_of(result, shape):
+    if result.layout == "C":
+        return lambda result, shape: result.reshape(shape)
+    return lambda result, shape: np.empty(shape, result.dtype)
+
+
+def finish(result, target):
+    """Copy scratch ``target`` into a non-C-contiguous ``result`` (jit-only)."""
+
+
+@overload(finish)
+def _finish(result, target):
+    if result.layout == "C":
+        return lambda result, target: None
+
+    def impl(result, target):
+        result[...] = target.reshape(result.shape)
+    return impl
+
+
+def rms_eps(eps, machine_eps):
+    """rms_norm's eps: checked, or ``machine_eps`` for None (jit-only)."""
+
+
+@overload(rms_eps)
+def _rms_eps(eps, machine_eps):
+    if chk.is_none(eps):
+        return lambda eps, machine_eps: machine_eps
+    return lambda eps, machine_eps: eps_value(eps)
+
+
+@register_jitable
+def rows_input(x, R, D):
+    """x as C-contiguous (R, D) rows (``_layout.rows_view``; copies a non-C-contiguous x)."""
+    return np.ascontiguousarray(x).reshape(R, D)
+
+
+# --------------------------------------------------------------------------------------------
+# The canonical (outer, C, inner) view of a channel op (``_layout.input_view`` / ``channel_output``)
+# --------------------------------------------------------------------------------------------
+@register_jitable
+def split(shape, axis):
+    """``_layout.split_shape``: (outer, C, inner) around ``axis``."""
+    outer = 1
+    inner = 1
+    for i in range(len(shape)):
+        if i < axis:
+            outer *= shape[i]
+        elif i > axis:
+            inner *= shape[i]
+    return outer, shape[axis], inner
+
+
+@register_jitable
+def dense(shape, strides, itemsize):
+    """Whether (shape, strides) is C-contiguous, as NumPy's flag (``_layout.dense``)."""
+    expected = itemsize
+    empty = False
+    for i in range(len(shape)):
+        empty = empty or shape[i] == 0
+    if empty:
+        return True
+    for i in range(len(shape) - 1, -1, -1):
+        if shape[i] != 1 and strides[i] != expected:
+            return False
+        expected *= shape[i]
+    return True
+
+
+@register_jitable
+def last_perm(ndim, axis):
+    """The axes with ``axis`` moved last (``np.moveaxis(a, axis, -1)``), and back."""
+    perm = np.empty(ndim, np.int64)
+    back = np.empty(ndim, np.int64)
+    k = 0
+    for i in range(ndim):
+        if i != axis:
+            perm[k] = i
+            k += 1
+    perm[ndim - 1] = axis
+    for i in range(ndim):
+        back[perm[i]] = i
+    return perm, back
+
+
+@register_jitable
+def moved_dense(a, axis):
+    """Whether ``np.moveaxis(a, axis, -1)`` is C-contiguous (an NCHW array stored NHWC)."""
+    perm, _ = last_perm(a.ndim, axis)
+    shape = np.empty(a.ndim, np.int64)
+    strides = np.empty(a.ndim, np.int64)
+    for i in range(a.ndim):
+        shape[i] = a.shape[perm[i]]
+        strides[i] = a.strides[perm[i]]
+    return dense(shape, strides, a.itemsize)
+
+
+def channel_io(x, out, axis, ndim):
+    """(x3, result, target, moved) of a channel op (jit-only): x's copy-free canonical view (a
+    C-contiguous copy when x is typed non-C-contiguous), the array returned, the C-contiguous
+    array the kernel writes (``result``'s memory, or scratch ``channel_finish`` copies), and
+    whether x's channels were moved last (a channels-last copy, as ``_layout.canonical_view``)."""
+
+
+@overload(channel_io)
+def _channel_io(x, out, axis, ndim):
+    no_out = chk.is_none(out)
+    if x.layout == "C":
+        def impl(x, out, axis, ndim):
+            shape3 = split(x.shape, axis)
+            x3 = x.reshape(shape3)
+            if out is None:
+                y = np.empty(x.shape, x.dtype)
+                return x3, y, y.reshape(shape3), False
+            return x3, out, target_of(out, shape3), False
+        return impl
+
+    def impl(x, out, axis, ndim):
+        outer, C, inner = split(x.shape, axis)
+        if dense(x.shape, x.strides, x.itemsize) or not moved_dense(x, axis):
+            x3 = np.ascontiguousarray(x).reshape(outer, C, inner)
+            if no_out:
+                y = np.empty(x.shape, x.dtype)
+                return x3, y, y.reshape(x3.shape), False
+            return x3, out, np.empty(x3.shape, x.dtype), False
+        perm, back = last_perm(ndim, axis)
+        rows = x.size // C if C else 0
+        moved = np.ascontiguousarray(np.transpose(x, to_fixed_tuple(perm, ndim)))
+        x3 = moved.reshape(rows, C, 1)
+        if no_out:
+            ym = np.empty(moved.shape, x.dtype)
+            return x3, np.transpose(ym, to_fixed_tuple(back, ndim)), ym.reshape(x3.shape), True
+        return x3, out, np.empty(x3.shape, x.dtype), True
+    return impl
+
+
+def channel_finish(out, target, moved, axis, ndim):
+    """Copy scratch ``target`` into ``out`` (jit-only; nothing when the kernel wrote ``out``)."""
+
+
+@overload(channel_finish)
+def _channel_finish(out, target, moved, axis, ndim):
+    if chk.is_none(out):
+        return lambda out, target, moved, axis, ndim: None
+
+    def impl(out, target, moved, axis, ndim):
+        if out.size == 0 or target.ctypes.data == out.ctypes.data:
+            return
+        if moved:
+            perm, _ = last_perm(ndim, axis)
+            dest = np.transpose(out, to_fixed_tuple(perm, ndim))
+            dest[...] = target.reshape(dest.shape)
+        else:
+            out[...] = target.reshape(out.shape)
+    return impl
+
+
+def register(target, typing, **options):
+    """``numba.extending.overload(target)(typing)``, with the options every overload here uses."""
+    return overload(target, prefer_literal=False, **options)(typing)
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNorm / RMSNorm / residual-add LayerNorm
+# --------------------------------------------------------------------------------------------
+def _row_types(x, normalized_shape, op):
+    """Type-level checks of a row op's x and normalized_shape: (dtype, k, batch dims)."""
+    dt = chk.float_array(x, "x", op)
+    k = chk.rank(normalized_shape)
+    return dt, k, x.ndim - k
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+    dt, k, nb = _row_types(x, normalized_shape, "layer_norm")
+    chk.param(weight, "weight", dt, k)
+    chk.param(bias, "bias", dt, k)
+    chk.real(eps, "eps")
+    chk.output(out, dt)
+    want_stats = chk.const_bool(return_stats, "return_stats", _STATS_HINT)
+    sdt = stats_dtype(dt)
+    m_x, m_w, m_b = (overlap_message("out", "x", True), overlap_message("out", "weight", False),
+                     overlap_message("out", "bias", False))
+
+    @register_jitable
+    def run(x, normalized_shape, weight, bias, eps, out, mean, rstd):
+        shape = as_shape(normalized_shape)
+        trailing(shape, x.shape)
+        D = tuple_size(shape)
+        R = tuple_size(x.shape[:nb])
+        w = row_param(weight, shape, D, "weight")
+        b = row_param(bias, shape, D, "bias")
+        e = eps_value(eps)
+        out_shape(out, x.shape, "out", "x")
+        if out is not None:
+            refuse_partial_overlap(out, x, m_x)
+            refuse_overlap(out, weight, m_w)
+            refuse_overlap(out, bias, m_b)
+        y = result_of(out, x)
+        y2 = target_of(y, (R, D))
+        kernels.layer_norm(rows_input(x, R, D), w, b, e, y2, mean, rstd)
+        finish(y, y2)
+        return y
+
+    if want_stats:
+        def impl(x, normalized_shape, weight=None, bias=None, eps=1e-5, out=None, return_stats=False):
+            R = tuple_size(x.shape[:nb])
+            mean = np.empty(R, sdt)
+            rstd = np.empty(R, sdt)
+            y = run(x, normalized_shape, weight, bias, eps, out, mean, rstd)
+            return y, mean.reshape(x.shape[:nb]), rstd.reshape(x.shape[:nb])
+    else:
+        def impl(x, normalized_shape, weight=None, bias=None, eps=1e-5, out=None, return_stats=False):
+            # statistics nobody reads: one scratch for both, as the Python tiny path
+            scratch = np.empty(tuple_size(x.shape[:nb]), sdt)
+            return run(x, normalized_shape, weight, bias, eps, out, scratch, scratch)
+    return impl
+
+
+def _rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+    dt, k, nb = _row_types(x, normalized_shape, "rms_norm")
+    chk.param(weight, "weight", dt, k)
+    if not chk.is_none(eps):
+        chk.real(eps, "eps")
+    chk.output(out, dt)
+    want_stats = chk.const_bool(return_stats, "return_stats", _STATS_HINT)
+    sdt = stats_dtype(dt)
+    # eps=None: the machine epsilon of the compute type, as rms_norm_args
+    machine_eps = float(np.finfo(np.float64 if dt == types.float64 else np.float32).eps)
+    m_x, m_w = overlap_message("out", "x", True), overlap_message("out", "weight", False)
+
+    @register_jitable
+    def run(x, normalized_shape, weight, eps, out, rstd):
+        shape = as_shape(normalized_shape)
+        trailing(shape, x.shape)
+        D = tuple_size(shape)
+        R = tuple_size(x.shape[:nb])
+        w = row_param(weight, shape, D, "weight")
+        e = rms_eps(eps, machine_eps)
+        out_shape(out, x.shape, "out", "x")
+        if out is not None:
+            refuse_partial_overlap(out, x, m_x)
+            refuse_overlap(out, weight, m_w)
+        y = result_of(out, x)
+        y2 = target_of(y, (R, D))
+        kernels.rms_norm(rows_input(x, R, D), w, e, y2, rstd)
+        finish(y, y2)
+        return y
+
+    if want_stats:
+        def impl(x, normalized_shape, weight=None, eps=None, out=None, return_stats=False):
+            rstd = np.empty(tuple_size(x.shape[:nb]), sdt)
+            y = run(x, normalized_shape, weight, eps, out, rstd)
+            return y, rstd.reshape(x.shape[:nb])
+    else:
+        def impl(x, normalized_shape, weight=None, eps=None, out=None, return_stats=False):
+            return run(x, normalized_shape, weight, eps, out, np.empty(tuple_size(x.shape[:nb]), sdt))
+    return impl
+
+
+def _add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
+                    residual_out=None):
+    dt, k, nb = _row_types(x, normalized_shape, "add_layer_norm")
+    rdt = chk.float_array(residual, "residual", "add_layer_norm")
+    if rdt != dt or residual.ndim != x.ndim:
+        raise TypingError(f"residual must have the shape and dtype of x: got a {residual.ndim}-D {rdt} array for a "
+                          f"{x.ndim}-D {dt} x")
+    chk.param(weight, "weight", dt, k)
+    chk.param(bias, "bias", dt, k)
+    chk.real(eps, "eps")
+    chk.output(out, dt, "out")
+    chk.output(residual_out, dt, "residual_out")
+    sdt = stats_dtype(dt)
+    inputs = ("x", "residual", "weight", "bias")
+    m_out = tuple(overlap_message("out", name, name in ("x", "residual")) for name in inputs)
+    m_res = tuple(overlap_message("residual_out", name, name in ("x", "residual")) for name in inputs)
+    m_both = outputs_message("out", "residual_out")
+    xdt = str(dt)
+
+    def impl(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, out=None, residual_out=None):
+        if residual.shape != x.shape:
+            raise NjitCheck("residual", x.shape, xdt, residual.shape, xdt)
+        shape = as_shape(normalized_shape)
+        trailing(shape, x.shape)
+        D = tuple_size(shape)
+        R = tuple_size(x.shape[:nb])
+        w = row_param(weight, shape, D, "weight")
+        b = row_param(bias, shape, D, "bias")
+        e = eps_value(eps)
+        out_shape(out, x.shape, "out", "x")
+        out_shape(residual_out, x.shape, "residual_out", "x")
+        if out is not None:
+            refuse_partial_overlap(out, x, m_out[0])
+            refuse_partial_overlap(out, residual, m_out[1])
+            refuse_overlap(out, weight, m_out[2])
+            refuse_overlap(out, bias, m_out[3])
+            refuse_overlap(out, residual_out, m_both)
+        if residual_out is not None:
+            refuse_partial_overlap(residual_out, x, m_res[0])
+            refuse_partial_overlap(residual_out, residual, m_res[1])
+            refuse_overlap(residual_out, weight, m_res[2])
+            refuse_overlap(residual_out, bias, m_res[3])
+        y = result_of(out, x)
+        s = result_of(residual_out, x)
+        y2 = target_of(y, (R, D))
+        s2 = target_of(s, (R, D))
+        stats = np.empty(R, sdt)  # mean and rstd, which add_layer_norm does not return
+        kernels.add_layer_norm(rows_input(x, R, D), rows_input(residual, R, D), w, b, e, y2, s2, stats, stats)
+        finish(y, y2)
+        finish(s, s2)
+        return y, s
+    return impl
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm / GroupNorm / InstanceNorm
+# --------------------------------------------------------------------------------------------
+def running_shape(p, C, name):
+    """``check_running_stat``'s shape test (jit-only; None passes)."""
+
+
+@overload(running_shape)
+def _running_shape(p, C, name):
+    if chk.is_none(p):
+        return lambda p, C, name: None
+    return lambda p, C, name: shape_is(p.shape, (C,), name)
+
+
+def or_empty(p, dtype):
+    """``p``, or the zero-length stand-in the BN entries take for an absent array (jit-only)."""
+
+
+@overload(or_empty)
+def _or_empty(p, dtype):
+    if chk.is_none(p):
+        return lambda p, dtype: np.empty(0, dtype)
+    return lambda p, dtype: p
+
+
+def constant_flag(t):
+    """A flag's value when it is known at compile time (omitted, or a literal), else None."""
+    if isinstance(t, bool):
+        return t
+    if isinstance(t, types.BooleanLiteral):
+        return t.literal_value
+    if isinstance(t, types.Omitted) and isinstance(t.value, bool):
+        return t.value
+    return None
+
+
+def _channel_types(x, channel_axis, op, at_least=2):
+    dt = chk.float_array(x, "x", op)
+    if x.ndim < at_least:
+        raise TypingError(f"x must have at least 2 dims (N, C, ...) for {op}, got a {x.ndim}-D array")
+    chk.integer(channel_axis, "channel_axis")
+    return dt
+
+
+def _running_types(running_mean, running_var, dt, update, update_name):
+    """Type-level checks of the running statistics (``batch_norm_args``/``instance_norm_args``);
+    ``update``: the type of the flag under which they are updated in place."""
+    if chk.is_none(running_mean) != chk.is_none(running_var):
+        raise TypingError("running_mean and running_var must be given together or both be None")
+    for name, p in (("running_mean", running_mean), ("running_var", running_var)):
+        chk.param(p, name, dt, 1)
+        never = update is False or isinstance(update, types.BooleanLiteral) and not update.literal_value or (
+            isinstance(update, types.Omitted) and not update.value)
+        if not chk.is_none(p) and not p.mutable and not never:
+            raise TypingError(f"{name} must be writeable: {update_name}=True updates it in place (got a read-only "
+                              f"array; pass a writeable one, or {update_name}=False as a constant)")
+
+
+@register_jitable
+def train(x3, weight, bias, running_mean, running_var, momentum, eps, out3, stats_out):
+    """``functional._batch_norm_kernels`` in training, after the checks."""
+    if x3.size:
+        kernels.batch_norm_train(x3, weight, bias, or_empty(running_mean, x3.dtype), or_empty(running_var, x3.dtype),
+                                 momentum, eps, out3, stats_out)
+    elif stats_out.size:  # an empty batch: no statistics (torch leaves the running stats alone)
+        kernels.empty_batch_stats(x3.shape[1], weight, bias, eps, stats_out)
+
+
+def evaluate(x3, running_mean, running_var, weight, bias, eps, out3, stats_out):
+    """``functional._batch_norm_kernels`` in eval, after the checks (jit-only; nothing without
+    running stats: the checks refused that call)."""
+
+
+@overload(evaluate)
+def _evaluate(x3, running_mean, running_var, weight, bias, eps, out3, stats_out):
+    if chk.is_none(running_mean):
+        return lambda x3, running_mean, running_var, weight, bias, eps, out3, stats_out: None
+
+    def impl(x3, running_mean, running_var, weight, bias, eps, out3, stats_out):
+        kernels.batch_norm_eval(x3, running_mean, running_var, weight, bias, eps, out3, stats_out)
+    return impl
+
+
+def _batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
+                eps=1e-5, *, channel_axis=1, out=None, return_stats=False, stats=None):
+    dt = _channel_types(x, channel_axis, "batch_norm")
+    chk.absent(stats, "stats", "normalizing with merged statistics (numbanorm.Moments) needs the Python-level call")
+    _running_types(running_mean, running_var, dt, training, "training")
+    chk.param(weight, "weight", dt, 1)
+    chk.param(bias, "bias", dt, 1)
+    chk.flag(training, "training")
+    chk.real(momentum, "momentum")
+    chk.real(eps, "eps")
+    chk.output(out, dt)
+    want_stats = chk.const_bool(return_stats, "return_stats", _STATS_HINT)
+    sdt = stats_dtype(dt)
+    ndim = x.ndim
+    # training known at compile time (omitted: False): the other mode is not compiled
+    mode = constant_flag(training)
+    any_mode, train_mode = mode is None, mode is True
+    # check_disjoint's messages: output "o" overlapping input "i" (m_o_i), two outputs (m2_a_b)
+    m_out_x, m_out_w, m_out_b = (overlap_message("out", i, i == "x") for i in ("x", "weight", "bias"))
+    m_out_rm, m_out_rv = overlap_message("out", "running_mean", False), overlap_message("out", "running_var", False)
+    m_rm_x, m_rm_w, m_rm_b = (overlap_message("running_mean", i, False) for i in ("x", "weight", "bias"))
+    m_rv_x, m_rv_w, m_rv_b = (overlap_message("running_var", i, False) for i in ("x", "weight", "bias"))
+    m2_out_rm, m2_out_rv = outputs_message("out", "running_mean"), outputs_message("out", "running_var")
+    m2_rm_rv = outputs_message("running_mean", "running_var")
+
+    @register_jitable
+    def run(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out, stats_out):
+        axis = axis_value(channel_axis, ndim)
+        C = x.shape[axis]
+        running_shape(running_mean, C, "running_mean")
+        running_shape(running_var, C, "running_var")
+        w = channel_param(weight, C, "weight")
+        b = channel_param(bias, C, "bias")
+        m = momentum_value(momentum)
+        e = eps_value(eps)
+        if running_mean is None and not training:
+            raise NjitCheck("bn", x.shape, False, channel_axis)
+        if training and C and x.size // C == 1:
+            raise NjitCheck("bn", x.shape, True, channel_axis)
+        out_shape(out, x.shape, "out", "x")
+        if training:  # the running stats are updated in place: outputs
+            if out is not None:
+                refuse_partial_overlap(out, x, m_out_x)
+                refuse_overlap(out, weight, m_out_w)
+                refuse_overlap(out, bias, m_out_b)
+                refuse_overlap(out, running_mean, m2_out_rm)
+                refuse_overlap(out, running_var, m2_out_rv)
+            if running_mean is not None:
+                refuse_overlap(running_mean, x, m_rm_x)
+                refuse_overlap(running_mean, weight, m_rm_w)
+                refuse_overlap(running_mean, bias, m_rm_b)
+                refuse_overlap(running_mean, running_var, m2_rm_rv)
+                refuse_overlap(running_var, x, m_rv_x)
+                refuse_overlap(running_var, weight, m_rv_w)
+                refuse_overlap(running_var, bias, m_rv_b)
+        elif out is not None:
+            refuse_partial_overlap(out, x, m_out_x)
+            refuse_overlap(out, weight, m_out_w)
+            refuse_overlap(out, bias, m_out_b)
+            refuse_overlap(out, running_mean, m_out_rm)
+            refuse_overlap(out, running_var, m_out_rv)
+        x3, y, y3, moved = channel_io(x, out, axis, ndim)
+        wk = or_empty(w, x.dtype)
+        bk = or_empty(b, x.dtype)
+        if any_mode:
+            if training:
+                train(x3, wk, bk, running_mean, running_var, m, e, y3, stats_out)
+            else:
+                evaluate(x3, running_mean, running_var, wk, bk, e, y3, stats_out)
+        elif train_mode:
+            train(x3, wk, bk, running_mean, running_var, m, e, y3, stats_out)
+        else:
+            evaluate(x3, running_mean, running_var, wk, bk, e, y3, stats_out)
+        channel_finish(out, y3, moved, axis, ndim)
+        return y, C
+
+    if want_stats:
+        def impl(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
+                 eps=1e-5, channel_axis=1, out=None, return_stats=False, stats=None):
+            C = x.shape[axis_value(channel_axis, ndim)]
+            stats_out = np.empty((2, C), sdt)
+            y, _ = run(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
+                       stats_out)
+            return y, stats_out[0], stats_out[1]
+    else:
+        def impl(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1,
+                 eps=1e-5, channel_axis=1, out=None, return_stats=False, stats=None):
+            return run(x, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis, out,
+                       np.empty((0, 0), sdt))[0]
+    return impl
+
+
+@register_jitable
+def sample_axis(x, channel_axis, ndim, op):
+    """``check_sample_layout`` after its type-level part: the channel axis, not 0 (the batch)."""
+    axis = axis_value(channel_axis, ndim)
+    if axis == 0:
+        raise NjitCheck("sample_layout", x.shape, channel_axis, op)
+    return axis
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, out=None, return_stats=False):
+    dt = _channel_types(x, channel_axis, "group_norm")
+    chk.integer(num_groups, "num_groups")
+    chk.param(weight, "weight", dt, 1)
+    chk.param(bias, "bias", dt, 1)
+    chk.real(eps, "eps")
+    chk.output(out, dt)
+    want_stats = chk.const_bool(return_stats, "return_stats", _STATS_HINT)
+    sdt = stats_dtype(dt)
+    ndim = x.ndim
+    m_x, m_w, m_b = (overlap_message("out", "x", True), overlap_message("out", "weight", False),
+                     overlap_message("out", "bias", False))
+
+    @register_jitable
+    def run(x, num_groups, weight, bias, eps, channel_axis, out):
+        axis = sample_axis(x, channel_axis, ndim, "group_norm")
+        C = x.shape[axis]
+        G = np.int64(num_groups)
+        if G <= 0 or C % G:
+            raise NjitCheck("group_layout", x.shape, channel_axis, G)
+        w = channel_param(weight, C, "weight")
+        b = channel_param(bias, C, "bias")
+        N = x.shape[0]
+        if x.size and C // G * (x.size // (N * C)) == 1:
+            raise NjitCheck("group", x.shape, G, channel_axis)
+        e = eps_value(eps)
+        out_shape(out, x.shape, "out", "x")
+        if out is not None:
+            refuse_partial_overlap(out, x, m_x)
+            refuse_overlap(out, weight, m_w)
+            refuse_overlap(out, bias, m_b)
+        x3, y, y3, moved = channel_io(x, out, axis, ndim)
+        if x.size == 0:  # nothing to normalize, stats undefined
+            gmean = np.full((N, G), np.nan)
+            grstd = np.full((N, G), np.nan)
+        else:
+            shape4 = (N, x3.shape[0] // N, C, x3.shape[2])
+            _, _, _, gmean, grstd = kernels.group_norm(x3.reshape(shape4), G, w, b, e, y3.reshape(shape4))
+        channel_finish(out, y3, moved, axis, ndim)
+        return y, gmean, grstd
+
+    if want_stats:
+        def impl(x, num_groups, weight=None, bias=None, eps=1e-5, channel_axis=1, out=None, return_stats=False):
+            y, gmean, grstd = run(x, num_groups, weight, bias, eps, channel_axis, out)
+            return y, gmean.astype(sdt), grstd.astype(sdt)
+    else:
+        def impl(x, num_groups, weight=None, bias=None, eps=1e-5, channel_axis=1, out=None, return_stats=False):
+            return run(x, num_groups, weight, bias, eps, channel_axis, out)[0]
+    return impl
+
+
+def _instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                   momentum=0.1, eps=1e-5, *, channel_axis=1, out=None):
+    dt = _channel_types(x, channel_axis, "instance_norm")
+    _running_types(running_mean, running_var, dt, use_input_stats, "use_input_stats")
+    chk.param(weight, "weight", dt, 1)
+    chk.param(bias, "bias", dt, 1)
+    chk.flag(use_input_stats, "use_input_stats")
+    chk.real(momentum, "momentum")
+    chk.real(eps, "eps")
+    chk.output(out, dt)
+    ndim = x.ndim
+    # check_disjoint's messages: output "o" overlapping input "i" (m_o_i), two outputs (m2_a_b)
+    m_out_x, m_out_w, m_out_b = (overlap_message("out", i, i == "x") for i in ("x", "weight", "bias"))
+    m_rm_x, m_rm_w, m_rm_b = (overlap_message("running_mean", i, False) for i in ("x", "weight", "bias"))
+    m_rv_x, m_rv_w, m_rv_b = (overlap_message("running_var", i, False) for i in ("x", "weight", "bias"))
+    m2_out_rm, m2_out_rv = outputs_message("out", "running_mean"), outputs_message("out", "running_var")
+    m2_rm_rv = outputs_message("running_mean", "running_var")
+
+    batch_norm = functional.batch_norm
+    eval_possible = constant_flag(use_input_stats) is not True  # (omitted: True, not compiled)
+
+    def impl(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True, momentum=0.1,
+             eps=1e-5, channel_axis=1, out=None):
+        axis = sample_axis(x, channel_axis, ndim, "instance_norm")
+        C = x.shape[axis]
+        running_shape(running_mean, C, "running_mean")
+        running_shape(running_var, C, "running_var")
+        m = momentum_value(momentum)
+        eps_value(eps)
+        if eval_possible:
+            if not use_input_stats:
+                if running_mean is None:
+                    raise ValueError("use_input_stats=False needs running_mean and running_var")
+                # normalizing with the running stats is BatchNorm in eval mode (its checks included)
+                return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
+                                  channel_axis=channel_axis, out=out)
+        w = channel_param(weight, C, "weight")
+        b = channel_param(bias, C, "bias")
+        N = x.shape[0]
+        if N * C and x.size // (N * C) == 1:
+            raise NjitCheck("instance", x.shape, channel_axis)
+        e = eps_value(eps)
+        out_shape(out, x.shape, "out", "x")
+        if out is not None:
+            refuse_partial_overlap(out, x, m_out_x)
+            refuse_overlap(out, weight, m_out_w)
+            refuse_overlap(out, bias, m_out_b)
+            refuse_overlap(out, running_mean, m2_out_rm)
+            refuse_overlap(out, running_var, m2_out_rv)
+        if running_mean is not None:
+            refuse_overlap(running_mean, x, m_rm_x)
+            refuse_overlap(running_mean, weight, m_rm_w)
+            refuse_overlap(running_mean, bias, m_rm_b)
+            refuse_overlap(running_mean, running_var, m2_rm_rv)
+            refuse_overlap(running_var, x, m_rv_x)
+            refuse_overlap(running_var, weight, m_rv_w)
+            refuse_overlap(running_var, bias, m_rv_b)
+        x3, y, y3, moved = channel_io(x, out, axis, ndim)
+        if x.size:
+            shape4 = (N, x3.shape[0] // N, C, x3.shape[2])
+            count, mean, m2, _, _ = kernels.group_norm(x3.reshape(shape4), C, w, b, e, y3.reshape(shape4))
+            channel_finish(out, y3, moved, axis, ndim)
+            if running_mean is not None:  # (use_input_stats here) updated as torch does
+                instance_running_update(running_mean, running_var, count, mean, m2, m)
+        else:
+            channel_finish(out, y3, moved, axis, ndim)
+        return y
+    return impl
+
+
+register(functional.layer_norm, _layer_norm)
+register(family.rms_norm, _rms_norm)
+register(family.add_layer_norm, _add_layer_norm)
+register(functional.batch_norm, _batch_norm)
+register(family.group_norm, _group_norm)
+register(family.instance_norm, _instance_norm)
