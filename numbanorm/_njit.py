@@ -692,7 +692,7 @@ def _instance_norm(x, running_mean=None, running_var=None, weight=None, bias=Non
         if eval_possible:
             if not use_input_stats:
                 if running_mean is None:
-                    raise ValueError("use_input_stats=False needs running_mean and running_var")
+                    raise NjitCheck("instance_eval", x.shape, channel_axis)
                 # normalizing with the running stats is BatchNorm in eval mode (its checks included)
                 return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps,
                                   channel_axis=channel_axis, out=out)

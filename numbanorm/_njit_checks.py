@@ -75,6 +75,8 @@ _REPLAY = {
                                                          None),
     "instance": lambda shape, axis: instance_norm_args(HOST, _stand_in(shape), None, None, None, None, True, 0.1,
                                                        1e-5, axis, None),
+    "instance_eval": lambda shape, axis: instance_norm_args(HOST, _stand_in(shape), None, None, None, None, False,
+                                                            0.1, 1e-5, axis, None),
     "residual": lambda shape, dtype, rshape, rdtype: add_layer_norm_args(
         HOST, _stand_in(shape, dtype), _stand_in(rshape, rdtype), shape[-1:] or 1, None, None, 1e-5, None, None),
 }

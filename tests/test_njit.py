@@ -2,26 +2,40 @@
 (every op, layouts, dtypes, sizes whose Python dispatch is parallel), close to the float64
 references, and serial inside the user's own ``prange`` loop.
 
-The jitted callers are ``cache=True``: each compiles once per machine (numba is slow to compile
-here), and a numbanorm change recompiles them (``test_njit_cache.py``).
+The jitted callers (``njit_callers``) are ``cache=True``: each compiles once per machine (numba is
+slow to compile here), and a numbanorm change recompiles them (``test_njit_cache.py``).
 """
 
 from __future__ import annotations
 
 import re
 
-import numba
 import numpy as np
 import pytest
 from family_reference import group_norm_ref, instance_norm_running_ref, rms_norm_ref
+from njit_callers import (
+    add_ln,
+    bn,
+    bn_bwd,
+    bn_each,
+    bn_eval,
+    bn_out,
+    gn,
+    gn_bwd,
+    inorm,
+    ln_bwd,
+    ln_each,
+    ln_out,
+    ln_stats,
+    rms_bwd,
+    rms_default,
+    rms_stats,
+)
 from reference import TOL, batch_norm_ref, layer_norm_ref, rel_l2
 
 import numbanorm as nb
 
 F32, F64 = np.float32, np.float64
-njit = numba.njit(cache=True)
-
-
 def same(a, b) -> bool:
     """Bit for bit (NaN where NaN), recursively through tuples; None only equals None."""
     if isinstance(a, tuple):
@@ -38,79 +52,6 @@ def data(rng, shape, dtype=F32, loc=3.0):
 
 def params(rng, n, dtype=F32):
     return (1 + 0.5 * rng.standard_normal(n)).astype(dtype), rng.standard_normal(n).astype(dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# The jitted callers
-# --------------------------------------------------------------------------------------------
-@njit
-def ln_stats(x, shape, w, b, eps):
-    return nb.layer_norm(x, shape, w, b, eps, return_stats=True)
-
-
-@njit
-def ln_out(x, w, b, out):
-    return nb.layer_norm(x, x.shape[-1], w, b, out=out)
-
-
-@njit
-def rms_stats(x, shape, w, eps):
-    return nb.rms_norm(x, shape, w, eps, return_stats=True)
-
-
-@njit
-def rms_default(x, w):
-    return nb.rms_norm(x, x.shape[-1], w)
-
-
-@njit
-def add_ln(x, r, w, b, out, rout):
-    return nb.add_layer_norm(x, r, x.shape[-1], w, b, 1e-5, out=out, residual_out=rout)
-
-
-@njit
-def bn(x, rm, rv, w, b, training, momentum, eps, axis):
-    return nb.batch_norm(x, rm, rv, w, b, training, momentum, eps, channel_axis=axis, return_stats=True)
-
-
-@njit
-def bn_eval(x, rm, rv, w, b):
-    return nb.batch_norm(x, rm, rv, w, b)
-
-
-@njit
-def bn_out(x, rm, rv, w, b, training, axis, out):
-    return nb.batch_norm(x, rm, rv, w, b, training, channel_axis=axis, out=out)
-
-
-@njit
-def gn(x, groups, w, b, eps, axis):
-    return nb.group_norm(x, groups, w, b, eps, channel_axis=axis, return_stats=True)
-
-
-@njit
-def inorm(x, rm, rv, w, b, use_input_stats, momentum, eps, axis):
-    return nb.instance_norm(x, rm, rv, w, b, use_input_stats, momentum, eps, channel_axis=axis)
-
-
-@njit
-def ln_bwd(g, x, shape, mean, rstd, w):
-    return nb.layer_norm_backward(g, x, shape, mean, rstd, w)
-
-
-@njit
-def rms_bwd(g, x, shape, rstd, w):
-    return nb.rms_norm_backward(g, x, shape, rstd, w)
-
-
-@njit
-def bn_bwd(g, x, mean, invstd, w, training, axis):
-    return nb.batch_norm_backward(g, x, mean, invstd, w, training, channel_axis=axis)
-
-
-@njit
-def gn_bwd(g, x, groups, mean, rstd, w, axis):
-    return nb.group_norm_backward(g, x, groups, mean, rstd, w, channel_axis=axis)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,9 +279,10 @@ def test_batch_norm_backward(rng, case):
         got = bn_bwd(dy, x, mean, invstd, w, training, axis)
         assert same(got, nb.batch_norm_backward(dy, x, mean, invstd, w, training, channel_axis=axis))
     got = bn_bwd(dy, x, mean, invstd, w, True, axis)
-    perm = (0, 3, 1, 2) if axis == -1 else (0, 1, 2, 3)
-    ref = _torch_grads(lambda t, p, q: torch.nn.functional.batch_norm(t.permute(perm), None, None, p, q, True),
-                       x, (w, b), dy)
+    perm, back = ((0, 3, 1, 2), (0, 2, 3, 1)) if axis == -1 else ((0, 1, 2, 3),) * 2
+    ref = _torch_grads(
+        lambda t, p, q: torch.nn.functional.batch_norm(t.permute(perm), None, None, p, q, True).permute(back),
+        x, (w, b), dy)
     assert all(rel_l2(g, r) <= 1e-5 for g, r in zip(got, ref, strict=True))
     assert same(bn_bwd(dy, x, mean, invstd, None, True, axis),
                 nb.batch_norm_backward(dy, x, mean, invstd, None, True, channel_axis=axis))
@@ -358,8 +300,9 @@ def test_group_norm_backward(rng, shape, G, axis):
     _, mean, rstd = nb.group_norm(x, G, w, b, channel_axis=axis, return_stats=True)
     got = gn_bwd(dy, x, G, mean, rstd, w, axis)
     assert same(got, nb.group_norm_backward(dy, x, G, mean, rstd, w, channel_axis=axis))
-    perm = (0, 3, 1, 2) if axis == -1 else (0, 1, 2, 3)
-    ref = _torch_grads(lambda t, p, q: torch.nn.functional.group_norm(t.permute(perm), G, p, q), x, (w, b), dy)
+    perm, back = ((0, 3, 1, 2), (0, 2, 3, 1)) if axis == -1 else ((0, 1, 2, 3),) * 2
+    ref = _torch_grads(lambda t, p, q: torch.nn.functional.group_norm(t.permute(perm), G, p, q).permute(back),
+                       x, (w, b), dy)
     assert all(rel_l2(g, r) <= 1e-5 for g, r in zip(got, ref, strict=True))
     assert same(gn_bwd(dy, x, G, mean, rstd, None, axis),
                 nb.group_norm_backward(dy, x, G, mean, rstd, channel_axis=axis))
@@ -368,22 +311,6 @@ def test_group_norm_backward(rng, shape, G, axis):
 # --------------------------------------------------------------------------------------------
 # Inside the user's prange loop: serial kernels, no nested parallel region
 # --------------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True)
-def ln_each(x, w, b):
-    out = np.empty_like(x)
-    for i in numba.prange(x.shape[0]):
-        out[i] = nb.layer_norm(x[i], x.shape[-1], w, b)
-    return out
-
-
-@numba.njit(parallel=True, cache=True)
-def bn_each(x, w, b):
-    out = np.empty_like(x)
-    for i in numba.prange(x.shape[0]):
-        out[i] = nb.batch_norm(x[i], None, None, w, b, True)
-    return out
-
-
 def parallel_launches(dispatcher) -> int:
     """Call sites of numba's parallel-region launcher in a compiled function, callees included."""
     return sum(len(re.findall(r"call [^\n]*@numba_parallel_for\(", ir)) for ir in dispatcher.inspect_llvm().values())
@@ -409,7 +336,7 @@ def test_inside_prange_workqueue(tmp_path):
     import subprocess
     import sys
 
-    code = ("import numpy as np, numba, test_njit as t\n"
+    code = ("import numpy as np, numba, njit_callers as t\n"
             "x = np.random.default_rng(0).standard_normal((4, 160, 1024)).astype(np.float32)\n"
             "w = np.ones(1024, np.float32)\n"
             "y = t.ln_each(x, w, w)\n"

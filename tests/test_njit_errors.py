@@ -2,7 +2,7 @@
 and message of the Python-level call; what can never pass is a compile-time ``TypingError`` with
 the Python message, or one that says what to write instead.
 
-The run-time cases reuse the jitted callers of ``test_njit`` (compiled and cached once)."""
+The run-time cases reuse the jitted callers of ``test_njit`` (``njit_callers``, cached)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import re
 import numba
 import numpy as np
 import pytest
+from njit_callers import add_ln, bn, bn_bwd, gn, gn_bwd, inorm, ln_bwd, ln_out, ln_stats, rms_stats
 from numba.core.errors import TypingError
-from test_njit import add_ln, bn, bn_bwd, gn, gn_bwd, inorm, ln_bwd, ln_out, ln_stats, rms_stats
 
 import numbanorm as nb
 

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from .._numba import jit, native_num_threads
-from .affine import block_affine, channel_scale_offset, cl_affine, rows_affine
+from .affine import block_affine, channel_scale_offset
 from .backward import (
     _grad_input_task,
     _grad_sums_task,
@@ -455,7 +455,3 @@ def group_norm_backward(g4, x4, mean, rstd, weight, out4):
     for t in range(tasks.shape[0]):
         _grad_input_task(g4, x4, tasks[t], cmean, p, q, r, out4)
     return gw, gb
-
-
-# the glue kernels these entries inline (kept referenced for readers: the parfor bodies they mirror)
-_MIRRORED = (rows_affine, cl_affine)
