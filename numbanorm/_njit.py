@@ -5,7 +5,9 @@ overloads below. Each is the Python-level front door in jitted form: the checks 
 (``_njit_checks``: type-level ones at compile time, the rest at run time with the same exception
 types and messages), the canonical view, then ``cpu/njit.py``, which makes the Python dispatch's
 choice of kernels and plan and runs it on the calling thread, so the results are those of the
-Python-level call bit for bit (made with the same numba thread count). No overload starts a
+Python-level call bit for bit (made with the same numba thread count). The entries are called
+through ``_numba.native_call``: the user's function calls the kernels' own machine code, linking
+no copy of it (so compiling it optimizes only its own code). No overload starts a
 parallel region: they are safe inside the user's own ``prange`` loop. What numba code cannot pass
 (float16/bfloat16 arrays, ``stats=``, a ``return_stats`` known only at run time) is a
 ``TypingError`` that says what to write instead; ``docs/njit.md`` has the table.
@@ -39,6 +41,7 @@ from ._njit_checks import (
     trailing,
     tuple_size,
 )
+from ._numba import native_call
 from .cpu import njit as kernels
 from .cpu.njit import instance_running_update
 
@@ -311,7 +314,7 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=No
             refuse_overlap(out, bias, m_b)
         y = result_of(out, x)
         y2 = target_of(y, (R, D))
-        kernels.layer_norm(rows_input(x, R, D), w, b, e, y2, mean, rstd)
+        native_call(kernels.layer_norm, (rows_input(x, R, D), w, b, e, y2, mean, rstd))
         finish(y, y2)
         return y
 
@@ -356,7 +359,7 @@ def _rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_st
             refuse_overlap(out, weight, m_w)
         y = result_of(out, x)
         y2 = target_of(y, (R, D))
-        kernels.rms_norm(rows_input(x, R, D), w, e, y2, rstd)
+        native_call(kernels.rms_norm, (rows_input(x, R, D), w, e, y2, rstd))
         finish(y, y2)
         return y
 
@@ -418,7 +421,8 @@ def _add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1
         y2 = target_of(y, (R, D))
         s2 = target_of(s, (R, D))
         stats = np.empty(R, sdt)  # mean and rstd, which add_layer_norm does not return
-        kernels.add_layer_norm(rows_input(x, R, D), rows_input(residual, R, D), w, b, e, y2, s2, stats, stats)
+        native_call(kernels.add_layer_norm,
+                    (rows_input(x, R, D), rows_input(residual, R, D), w, b, e, y2, s2, stats, stats))
         finish(y, y2)
         finish(s, s2)
         return y, s
@@ -487,10 +491,10 @@ def _running_types(running_mean, running_var, dt, update, update_name):
 def train(x3, weight, bias, running_mean, running_var, momentum, eps, out3, stats_out):
     """``functional._batch_norm_kernels`` in training, after the checks."""
     if x3.size:
-        kernels.batch_norm_train(x3, weight, bias, or_empty(running_mean, x3.dtype), or_empty(running_var, x3.dtype),
-                                 momentum, eps, out3, stats_out)
+        native_call(kernels.batch_norm_train, (x3, weight, bias, or_empty(running_mean, x3.dtype),
+                                               or_empty(running_var, x3.dtype), momentum, eps, out3, stats_out))
     elif stats_out.size:  # an empty batch: no statistics (torch leaves the running stats alone)
-        kernels.empty_batch_stats(x3.shape[1], weight, bias, eps, stats_out)
+        native_call(kernels.empty_batch_stats, (x3.shape[1], weight, bias, eps, stats_out))
 
 
 def evaluate(x3, running_mean, running_var, weight, bias, eps, out3, stats_out):
@@ -504,7 +508,7 @@ def _evaluate(x3, running_mean, running_var, weight, bias, eps, out3, stats_out)
         return lambda x3, running_mean, running_var, weight, bias, eps, out3, stats_out: None
 
     def impl(x3, running_mean, running_var, weight, bias, eps, out3, stats_out):
-        kernels.batch_norm_eval(x3, running_mean, running_var, weight, bias, eps, out3, stats_out)
+        native_call(kernels.batch_norm_eval, (x3, running_mean, running_var, weight, bias, eps, out3, stats_out))
     return impl
 
 
@@ -646,7 +650,8 @@ def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis
             grstd = np.full((N, G), np.nan)
         else:
             shape4 = (N, x3.shape[0] // N, C, x3.shape[2])
-            _, _, _, gmean, grstd = kernels.group_norm(x3.reshape(shape4), G, w, b, e, y3.reshape(shape4))
+            _, _, _, gmean, grstd = native_call(kernels.group_norm,
+                                                (x3.reshape(shape4), G, w, b, e, y3.reshape(shape4)))
         channel_finish(out, y3, moved, axis, ndim)
         return y, gmean, grstd
 
@@ -720,7 +725,8 @@ def _instance_norm(x, running_mean=None, running_var=None, weight=None, bias=Non
         x3, y, y3, moved = channel_io(x, out, axis, ndim)
         if x.size:
             shape4 = (N, x3.shape[0] // N, C, x3.shape[2])
-            count, mean, m2, _, _ = kernels.group_norm(x3.reshape(shape4), C, w, b, e, y3.reshape(shape4))
+            count, mean, m2, _, _ = native_call(kernels.group_norm,
+                                                (x3.reshape(shape4), C, w, b, e, y3.reshape(shape4)))
             channel_finish(out, y3, moved, axis, ndim)
             if running_mean is not None:  # (use_input_stats here) updated as torch does
                 instance_running_update(running_mean, running_var, count, mean, m2, m)

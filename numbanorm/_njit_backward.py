@@ -39,6 +39,7 @@ from ._njit_checks import (
     trailing,
     tuple_size,
 )
+from ._numba import native_call
 from .cpu import njit as kernels
 from .cpu.plan import SERIAL_SIZE
 
@@ -133,8 +134,8 @@ def _rows_backward_typing(op, centered):
                 refuse_overlap(out, weight, m_w)
             y = result_of(out, x)
             y2 = target_of(y, (R, D))
-            dw, db = kernels.layer_norm_backward(rows_input(grad_out, R, D), rows_input(x, R, D), m, s, w, y2,
-                                                 0 if no_weight else D)
+            dw, db = native_call(kernels.layer_norm_backward, (rows_input(grad_out, R, D), rows_input(x, R, D), m, s,
+                                                               w, y2, 0 if no_weight else D))
             finish(y, y2)
             if no_weight:  # (the caller drops them)
                 return y, dw.astype(x.dtype), db.astype(x.dtype)
@@ -219,10 +220,10 @@ def _batch_norm_backward(grad_out, x, mean, invstd, weight=None, training=True, 
                 return tiny(grad_out, x, mean, invstd, weight, axis, C, out)
         x3, y, y3, moved = channel_io(x, out, axis, ndim)
         g3 = matching(grad_out, moved, axis, ndim, x3.shape)
-        s_dy, s_dyx = kernels.batch_norm_backward(g3, x3, m, s, w, training, y3)
+        s_dy, s_dyx = native_call(kernels.batch_norm_backward, (g3, x3, m, s, w, training, y3))
         channel_finish(out, y3, moved, axis, ndim)
         gw = np.empty(s_dyx.shape[0], x.dtype)
-        kernels.bn_grad_weight(s_dyx, s, gw)
+        native_call(kernels.bn_grad_weight, (s_dyx, s, gw))
         return y, gw, s_dy.astype(x.dtype)
 
     @register_jitable
@@ -234,9 +235,10 @@ def _batch_norm_backward(grad_out, x, mean, invstd, weight=None, training=True, 
         y = result_of(out, x)
         y3 = target_of(y, shape3)
         grads = np.empty((0, 0), x.dtype) if no_weight else np.empty((2, C), x.dtype)
-        kernels.batch_norm_backward_tiny(g3, x3, np.ascontiguousarray(mean), np.ascontiguousarray(invstd),
+        native_call(kernels.batch_norm_backward_tiny, (g3, x3, np.ascontiguousarray(mean),
+                                                       np.ascontiguousarray(invstd),
                                          np.empty(0, x.dtype) if no_weight else np.ascontiguousarray(weight), y3,
-                                         grads)
+                                         grads))
         finish(y, y3)
         if no_weight:  # (the caller drops them)
             return y, np.empty(0, x.dtype), np.empty(0, x.dtype)
@@ -304,7 +306,8 @@ def _group_norm_backward(grad_out, x, num_groups, mean, rstd, weight=None, *, ch
             return y, np.zeros(C, x.dtype), np.zeros(C, x.dtype)
         g3 = matching(grad_out, moved, axis, ndim, x3.shape)
         shape4 = (N, x3.shape[0] // N, C, x3.shape[2])
-        gw, gb = kernels.group_norm_backward(g3.reshape(shape4), x3.reshape(shape4), m, s, w, y3.reshape(shape4))
+        gw, gb = native_call(kernels.group_norm_backward,
+                             (g3.reshape(shape4), x3.reshape(shape4), m, s, w, y3.reshape(shape4)))
         channel_finish(out, y3, moved, axis, ndim)
         return y, gw.astype(x.dtype), gb.astype(x.dtype)
 

@@ -25,6 +25,9 @@ helpers)                                                       loops
 ``reload_init`` entries   a user's ``cache=True`` function     numba's cache (stamped with the
 (``tag_reload``)          that inlined numbanorm kernels is    user's file only: stale code
                           stale when numbanorm changed         after a numbanorm change)
+``native_call``: a call   njit code runs the kernels' own      ``kernel(*args)``: numba's
+to a kernel's symbol      machine code (the Python-level       linked copy, optimized again in
+                          call's), not a re-optimized copy     the caller
 ``native_num_threads``:   the thread count in jitted code      1: njit calls plan for one
 the threading layer's     without a dynamic global (numba's    thread (bits as the Python-level
 ``get_num_threads``       ``get_num_threads()`` cannot cache)  call with one numba thread)
@@ -329,6 +332,107 @@ try:
 except ImportError:
     cgutils = None
     SIMD = False
+
+
+# --------------------------------------------------------------------------------------------
+# Calls to a kernel's own machine code from other jitted code
+# --------------------------------------------------------------------------------------------
+# A jitted function that calls another links a copy of the callee's code into its own module, and
+# LLVM optimizes that copy again in its caller's context, where fastmath reassociation can round
+# differently; which copy then runs depends on which was loaded into the process first. The
+# overloads (``_njit``) and the entries of ``cpu/njit.py`` promise the Python-level call's bits, so
+# they call kernels through ``native_call``: a call to the symbol of the kernel's own compiled code
+# (compiled, or loaded from the cache, at the caller's typing), with nothing linked. The caller's
+# code then holds a reference by name, so each such call adds a ``_Link`` entry to its
+# ``reload_init``: a process that loads the caller's cached code first loads that kernel (from
+# numbanorm's cache) under the same symbol, or takes the cache entry for stale (another package
+# stamp, or a kernel compiled again under another name).
+class _Link:
+    """A ``reload_init`` entry: the kernel ``module.qualname`` compiled for ``argtypes`` must be
+    loaded, as symbol ``name``, before the code that calls it is linked."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, module: str, qualname: str, argtypes: tuple, name: str, digest: str) -> None:
+        self.key = (module, qualname, argtypes, name, digest)
+
+    def __call__(self) -> None:
+        return None
+
+    def __reduce__(self):
+        return _linked, self.key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Link) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _linked(module: str, qualname: str, argtypes: tuple, name: str, digest: str) -> _Link:
+    """Unpickling a ``_Link`` (numba loading a caller's cached code): load the kernel, or refuse."""
+    if digest != stamp_digest():
+        raise StaleKernelCache(f"cached code calls numbanorm kernels of another version ({digest}, now "
+                               f"{stamp_digest()}): compiling again")
+    import importlib
+
+    dispatcher = importlib.import_module(module)
+    for part in qualname.split("."):
+        dispatcher = getattr(dispatcher, part)
+    dispatcher.compile(argtypes)
+    if dispatcher.overloads[argtypes].fndesc.mangled_name != name:
+        raise StaleKernelCache(f"{qualname} was compiled again under another symbol: compiling its caller again")
+    return _Link(module, qualname, argtypes, name, digest)
+
+
+def _native_call():
+    """An intrinsic ``native_call(kernel, args)`` calling ``kernel(*args)``'s own compiled code,
+    or None (then ``kernel(*args)``, numba's linked copy)."""
+    if not RELOAD or numba.config.DISABLE_JIT:
+        return None
+    try:
+        from numba.core import types
+        from numba.extending import intrinsic
+    except ImportError:
+        return None
+
+    @intrinsic
+    def native_call(typingctx, kernel, args):
+        if not isinstance(kernel, types.Dispatcher) or not isinstance(args, types.BaseTuple):
+            return None
+        dispatcher = kernel.dispatcher
+        argtypes = tuple(types.unliteral(a) for a in args.types)
+        dispatcher.compile(argtypes)
+        cres = dispatcher.overloads.get(argtypes)
+        fndesc = getattr(cres, "fndesc", None)
+        if fndesc is None or getattr(cres, "objectmode", True):
+            return None
+        py_func = dispatcher.py_func
+        link = _Link(py_func.__module__, py_func.__qualname__, argtypes, fndesc.mangled_name, stamp_digest())
+
+        def codegen(context, builder, signature, llargs):
+            library = context.active_code_library
+            library._reload_init.add(link)
+            values = [context.cast(builder, builder.extract_value(llargs[1], i), args.types[i], argtypes[i])
+                      for i in range(len(argtypes))]
+            return context.call_internal(builder, fndesc, cres.signature, values)
+
+        return cres.signature.return_type(kernel, args), codegen
+
+    return native_call
+
+
+native_call = _native_call()
+if native_call is None:
+    from numba.extending import overload
+
+    def native_call(kernel, args):
+        """``kernel(*args)`` (numba's linked copy of the kernel: the fallback)."""
+        return kernel(*args)
+
+    @overload(native_call)
+    def _native_call_fallback(kernel, args):
+        return lambda kernel, args: kernel(*args)
 
 
 # --------------------------------------------------------------------------------------------

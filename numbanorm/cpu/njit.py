@@ -12,9 +12,12 @@ entry here makes the same choice in jitted code and runs it on the calling threa
   those of the Python-level call made with the same numba thread count
   (``numba.get_num_threads()``, which inside a ``prange`` body is the launching thread's).
 
-Arithmetic that the Python dispatch does with NumPy between kernels (GroupNorm's two-pass rstd,
-InstanceNorm's running stats, BatchNorm backward's coefficients) is done here by ``exact``
-kernels, compiled without fastmath, so it rounds as NumPy does.
+Kernels are called through ``_numba.native_call``: their own compiled code, the code the Python
+dispatch runs, not a copy linked into this module and optimized again (which can round
+differently under fastmath). Arithmetic that the Python dispatch does with NumPy between
+kernels (GroupNorm's two-pass rstd, InstanceNorm's running stats, BatchNorm backward's
+coefficients) is done here by ``exact`` kernels, compiled without fastmath, so it rounds as NumPy
+does.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 
 import numpy as np
 
-from .._numba import jit, native_num_threads
+from .._numba import jit, native_call, native_num_threads
 from .affine import block_affine, channel_scale_offset
 from .backward import (
     _grad_input_task,
@@ -94,28 +97,28 @@ def layer_norm(x2, weight, bias, eps, out2, mean, rstd):
     plan's blocks in order, as ``parallel_layer_norm_pipelined`` does."""
     R, D = x2.shape
     if x2.size < LN_PIPELINE_ELEMENTS:
-        layer_norm_serial_cached(x2, weight, bias, eps, out2, mean, rstd)
+        native_call(layer_norm_serial_cached, (x2, weight, bias, eps, out2, mean, rstd))
         return
     nblocks = plan(R, 1, D, threads(x2.size))[0]
     if nblocks == 1:
-        layer_norm_serial_pipelined(x2, weight, bias, eps, out2, mean, rstd)
+        native_call(layer_norm_serial_pipelined, (x2, weight, bias, eps, out2, mean, rstd))
         return
     for b in range(nblocks):
         r0, r1 = block_bounds(R, nblocks, np.int64(b))
-        layer_norm_rows(x2, r0, r1, weight, bias, eps, out2, mean, rstd)
+        native_call(layer_norm_rows, (x2, r0, r1, weight, bias, eps, out2, mean, rstd))
 
 
 @serial
 def rms_norm(x2, weight, eps, out2, rstd):
     """``layer_norm.rms_norm_forward`` on the calling thread (rows are independent of the plan)."""
-    rms_norm_rows(x2, 0, x2.shape[0], weight, eps, out2, rstd)
+    native_call(rms_norm_rows, (x2, 0, x2.shape[0], weight, eps, out2, rstd))
 
 
 @serial
 def add_layer_norm(x2, res2, weight, bias, eps, out2, sum2, mean, rstd):
     """``layer_norm.add_layer_norm_forward`` on the calling thread (each row is normalized on its
     own whatever the plan)."""
-    add_layer_norm_rows(x2, res2, 0, x2.shape[0], weight, bias, eps, out2, sum2, mean, rstd)
+    native_call(add_layer_norm_rows, (x2, res2, 0, x2.shape[0], weight, bias, eps, out2, sum2, mean, rstd))
 
 
 @serial
@@ -127,14 +130,14 @@ def layer_norm_backward(g2, x2, mean, rstd, weight, out2, width):
     if nblocks == 1:
         dw = np.empty(width)
         db = np.empty(width)
-        layer_norm_grad_rows(g2, x2, 0, R, mean, rstd, weight, out2, dw, db)
+        native_call(layer_norm_grad_rows, (g2, x2, 0, R, mean, rstd, weight, out2, dw, db))
         return dw, db
     part_dw = np.empty((nblocks, width))
     part_db = np.empty((nblocks, width))
     for t in range(nblocks):
         r0, r1 = block_bounds(R, nblocks, t)
-        layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t])
-    return sum_pieces(part_dw, nblocks)[0], sum_pieces(part_db, nblocks)[0]
+        native_call(layer_norm_grad_rows, (g2, x2, r0, r1, mean, rstd, weight, out2, part_dw[t], part_db[t]))
+    return native_call(sum_pieces, (part_dw, nblocks))[0], native_call(sum_pieces, (part_db, nblocks))[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ def _affine_tasks(x3, shift, scale, offset, out3, n_o, n_i):
         u = ntask - 1 - t
         o0, o1 = block_bounds(outer, n_o, u // n_i)
         i0, i1 = block_bounds(inner, n_i, u % n_i)
-        block_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3)
+        native_call(block_affine, (x3, o0, o1, i0, i1, shift, scale, offset, out3))
 
 
 @serial
@@ -160,9 +163,11 @@ def batch_norm_train(x3, weight, bias, running_mean, running_var, momentum, eps,
     n_o, n_i = plan(outer, C, inner, threads(x3.size))
     if n_o * n_i == 1:
         if inner != 1:
-            batch_norm_train_rows(x3, weight, bias, running_mean, running_var, momentum, eps, out3, stats_out)
+            native_call(batch_norm_train_rows,
+                        (x3, weight, bias, running_mean, running_var, momentum, eps, out3, stats_out))
         else:
-            batch_norm_train_cl(x3, weight, bias, running_mean, running_var, momentum, eps, out3, stats_out)
+            native_call(batch_norm_train_cl,
+                        (x3, weight, bias, running_mean, running_var, momentum, eps, out3, stats_out))
         return
     ntask = n_o * n_i
     part_n = np.empty((ntask, C))
@@ -171,10 +176,10 @@ def batch_norm_train(x3, weight, bias, running_mean, running_var, momentum, eps,
     for t in range(ntask):
         o0, o1 = block_bounds(outer, n_o, t // n_i)
         i0, i1 = block_bounds(inner, n_i, t % n_i)
-        part_n[t, :] = block_moments(x3, o0, o1, i0, i1, part_mean[t], part_m2[t])
-    count, mean, m2 = merge_partials(part_n, part_mean, part_m2)
-    invstd, scale, offset = train_scale_offset(count, mean, m2, weight, bias, running_mean, running_var, momentum,
-                                               eps)
+        part_n[t, :] = native_call(block_moments, (x3, o0, o1, i0, i1, part_mean[t], part_m2[t]))
+    count, mean, m2 = native_call(merge_partials, (part_n, part_mean, part_m2))
+    invstd, scale, offset = native_call(train_scale_offset,
+                                        (count, mean, m2, weight, bias, running_mean, running_var, momentum, eps))
     _affine_tasks(x3, mean, scale, offset, out3, n_o, n_i)
     if stats_out.size:
         stats_out[0] = mean
@@ -188,9 +193,9 @@ def batch_norm_eval(x3, running_mean, running_var, weight, bias, eps, out3, stat
     n_o, n_i = plan(outer, C, inner, threads(x3.size))
     if n_o * n_i == 1:
         if inner != 1:
-            batch_norm_eval_rows(x3, running_mean, running_var, weight, bias, eps, out3, stats_out)
+            native_call(batch_norm_eval_rows, (x3, running_mean, running_var, weight, bias, eps, out3, stats_out))
         else:
-            batch_norm_eval_cl(x3, running_mean, running_var, weight, bias, eps, out3, stats_out)
+            native_call(batch_norm_eval_cl, (x3, running_mean, running_var, weight, bias, eps, out3, stats_out))
         return
     mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
     _affine_tasks(x3, mean, scale, offset, out3, n_o, n_i)
@@ -205,13 +210,13 @@ def empty_batch_stats(C, weight, bias, eps, stats_out):
     ``functional._batch_norm_kernels``)."""
     mean = np.full(C, np.nan)
     stats_out[0] = mean
-    stats_out[1] = channel_scale_offset(mean, mean, weight, bias, eps)[0]
+    stats_out[1] = native_call(channel_scale_offset, (mean, mean, weight, bias, eps))[0]
 
 
 @serial
 def batch_norm_backward_tiny(g3, x3, mean, invstd, weight, out3, grads):
     """``_tiny.batch_norm_backward_tiny``'s one dispatch."""
-    batch_norm_backward_serial(g3, x3, mean, invstd, weight, out3, grads)
+    native_call(batch_norm_backward_serial, (g3, x3, mean, invstd, weight, out3, grads))
 
 
 @serial
@@ -235,13 +240,13 @@ def _grad_sums(g3, x3, mean, scale, out3, nthreads):
             o0, o1 = block_bounds(outer, n_o, t // n_i)
             i0, i1 = block_bounds(inner, n_i, t % n_i)
             rows_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, part_dy[t], part_dyx[t])
-        return sum_pieces(part_dy, ntask)[0], sum_pieces(part_dyx, ntask)[0]
+        return native_call(sum_pieces, (part_dy, ntask))[0], native_call(sum_pieces, (part_dyx, ntask))[0]
     part_dy = np.empty((n_o, C))
     part_dyx = np.empty((n_o, C))
     for t in range(n_o):
         o0, o1 = block_bounds(outer, n_o, t)
         cl_grad_sums_fast(g3, x3, o0, o1, 0, 1, mean, scale, out3, part_dy[t], part_dyx[t])
-    return sum_pieces(part_dy, n_o)[0], sum_pieces(part_dyx, n_o)[0]
+    return native_call(sum_pieces, (part_dy, n_o))[0], native_call(sum_pieces, (part_dyx, n_o))[0]
 
 
 @serial
@@ -354,7 +359,8 @@ def group_norm(x4, G, weight, bias, eps, out4):
         grstd = np.empty((N, G))
         for t in range(ntask):
             u0, u1 = block_bounds(nunits, ntask, t)
-            group_norm_units(x4, u0, u1, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd)
+            native_call(group_norm_units,
+                        (x4, u0, u1, G, fused_groups, weight, bias, eps, out4, mean, m2, gmean, grstd))
         return float(outer * inner), mean, m2, gmean, grstd
     # family.sample_channel_moments, its tasks in order
     tasks, pieces, per = _sample_tasks(N, outer, C, inner, nthreads)
@@ -362,17 +368,17 @@ def group_norm(x4, G, weight, bias, eps, out4):
     part_mean = np.empty((pieces, C))
     part_m2 = np.empty((pieces, C))
     for t in range(tasks.shape[0]):
-        _moments_task(x4, tasks[t], part_n, part_mean, part_m2)
-    mean, m2 = _merge_pieces(part_n, part_mean, part_m2, per)
+        native_call(_moments_task, (x4, tasks[t], part_n, part_mean, part_m2))
+    mean, m2 = native_call(_merge_pieces, (part_n, part_mean, part_m2, per))
     count = float(outer * inner)
     if G == C:
         gmean, gm2 = mean, m2
     else:
-        gmean, gm2 = merge_groups(mean, m2, count, G)
+        gmean, gm2 = native_call(merge_groups, (mean, m2, count, G))
     grstd = _group_rstd(gm2, count, C // G, eps)
-    shift, scale, offset = group_scale_offset(gmean, grstd, weight, bias, C)
+    shift, scale, offset = native_call(group_scale_offset, (gmean, grstd, weight, bias, C))
     for t in range(tasks.shape[0]):  # family.sample_channel_affine
-        _affine_task(x4, tasks[t], shift, scale, offset, out4)
+        native_call(_affine_task, (x4, tasks[t], shift, scale, offset, out4))
     return count, mean, m2, gmean, grstd
 
 
@@ -449,9 +455,9 @@ def group_norm_backward(g4, x4, mean, rstd, weight, out4):
     part_dy = np.empty((pieces, C))
     part_dyx = np.empty((pieces, C))
     for t in range(tasks.shape[0]):
-        _grad_sums_task(g4, x4, tasks[t], cmean, part_dy, part_dyx)
-    s_dy, s_dyx = sum_pieces(part_dy, per), sum_pieces(part_dyx, per)
-    p, q, r, gw, gb = group_grad_coefficients(s_dy, s_dyx, rstd, weight, count)
+        native_call(_grad_sums_task, (g4, x4, tasks[t], cmean, part_dy, part_dyx))
+    s_dy, s_dyx = native_call(sum_pieces, (part_dy, per)), native_call(sum_pieces, (part_dyx, per))
+    p, q, r, gw, gb = native_call(group_grad_coefficients, (s_dy, s_dyx, rstd, weight, count))
     for t in range(tasks.shape[0]):
-        _grad_input_task(g4, x4, tasks[t], cmean, p, q, r, out4)
+        native_call(_grad_input_task, (g4, x4, tasks[t], cmean, p, q, r, out4))
     return gw, gb
