@@ -430,9 +430,12 @@ if native_call is None:
         """``kernel(*args)`` (numba's linked copy of the kernel: the fallback)."""
         return kernel(*args)
 
-    @overload(native_call)
+    @overload(native_call, inline="always")
     def _native_call_fallback(kernel, args):
-        return lambda kernel, args: kernel(*args)
+        # The kernel by reference, not the argument's value: a dispatcher value is a dynamic
+        # address, which would make every caller uncacheable (inlined, the argument is dead).
+        dispatcher = kernel.dispatcher
+        return lambda kernel, args: dispatcher(*args)
 
 
 # --------------------------------------------------------------------------------------------
