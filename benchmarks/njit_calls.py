@@ -1,8 +1,9 @@
 """Per-call cost of numbanorm ops called from inside ``@njit`` code (issue #20), next to the
 kernel's own time, the Python-level call and torch, in one process.
 
-Usage: ``python benchmarks/njit_calls.py [SAMPLES] [CALLS]``; ``njit_call_costs()`` returns the
-numbers (µs per call) for the benchmark CLI. ``python benchmarks/njit_calls.py large``:
+Usage, from the repository root (so that its ``numbanorm`` is the one imported):
+``python -m benchmarks.njit_calls [SAMPLES] [CALLS]``; ``njit_call_costs()`` returns the
+numbers (µs per call) for the benchmark CLI. ``python -m benchmarks.njit_calls large``:
 ``serial_cost()``, what the overloads' serial-only rule costs on large inputs against the
 Python-level call's parallel plan. Each sample times CALLS calls in a loop (the njit
 rows: a jitted loop, so no Python in between) with ``time.thread_time`` (CPU time of the calling
@@ -158,29 +159,31 @@ def njit_call_costs(samples: int = 11, calls: int = 2000, seed: int = 0) -> dict
 
 
 @numba.njit(cache=True)
-def _ln_big(x, w, b):
-    return nb.layer_norm(x, x.shape[-1], w, b)
+def _ln_big(x, w, b, out):
+    return nb.layer_norm(x, x.shape[-1], w, b, out=out)
 
 
 @numba.njit(cache=True)
-def _rms_big(x, w):
-    return nb.rms_norm(x, x.shape[-1], w, 1e-6)
+def _rms_big(x, w, out):
+    return nb.rms_norm(x, x.shape[-1], w, 1e-6, out=out)
 
 
 @numba.njit(cache=True)
-def _bn_train_big(x, rm, rv, w, b):
-    return nb.batch_norm(x, rm, rv, w, b, True)
+def _bn_train_big(x, rm, rv, w, b, out):
+    return nb.batch_norm(x, rm, rv, w, b, True, out=out)
 
 
 @numba.njit(cache=True)
-def _gn_big(x, w, b):
-    return nb.group_norm(x, 8, w, b)
+def _gn_big(x, w, b, out):
+    return nb.group_norm(x, 8, w, b, out=out)
 
 
 def serial_cost(repeats: int = 7, seed: int = 0) -> dict[str, dict[str, float]]:
     """Large inputs called from jitted code (serial, always) against the Python-level call (its
-    parallel plan with numba's threads): {case: {"njit ms", "python ms", "ratio"}}, best of
-    ``repeats`` wall times."""
+    plan for numba's threads): {case: {"njit ms", "njit out= ms", "python ms", "python out= ms"}},
+    best of ``repeats`` wall times, interleaved. ``njit``: the output allocated by numba (its
+    ``np.empty`` takes no huge pages, so a large output pays a 4 KiB page fault per page where
+    NumPy's and numbanorm's arena do not); ``out=``: a preallocated output."""
     rng = np.random.default_rng(seed)
     f32 = np.float32
     x = rng.standard_normal((4096, 4096)).astype(f32)
@@ -188,24 +191,28 @@ def serial_cost(repeats: int = 7, seed: int = 0) -> dict[str, dict[str, float]]:
     xb = rng.standard_normal((32, 64, 56, 56)).astype(f32)
     c, z = rng.standard_normal(64).astype(f32), rng.standard_normal(64).astype(f32)
     rm, rv = np.zeros(64, f32), np.ones(64, f32)
+    o, ob = np.empty_like(x), np.empty_like(xb)
     cases = {
-        "LN (4096,4096)": (lambda: _ln_big(x, w, b), lambda: nb.layer_norm(x, 4096, w, b)),
-        "RMSNorm (4096,4096)": (lambda: _rms_big(x, w), lambda: nb.rms_norm(x, 4096, w, 1e-6)),
-        "BN train (32,64,56,56)": (lambda: _bn_train_big(xb, rm, rv, c, z),
-                                   lambda: nb.batch_norm(xb, rm, rv, c, z, True)),
-        "GroupNorm (32,64,56,56) G=8": (lambda: _gn_big(xb, c, z), lambda: nb.group_norm(xb, 8, c, z)),
+        "LN (4096,4096)": (lambda out: _ln_big(x, w, b, out), lambda out: nb.layer_norm(x, 4096, w, b, out=out), o),
+        "RMSNorm (4096,4096)": (lambda out: _rms_big(x, w, out), lambda out: nb.rms_norm(x, 4096, w, 1e-6, out=out), o),
+        "BN train (32,64,56,56)": (lambda out: _bn_train_big(xb, rm, rv, c, z, out),
+                                   lambda out: nb.batch_norm(xb, rm, rv, c, z, True, out=out), ob),
+        "GroupNorm (32,64,56,56) G=8": (lambda out: _gn_big(xb, c, z, out),
+                                        lambda out: nb.group_norm(xb, 8, c, z, out=out), ob),
     }
     result = {}
-    for case, (jitted, python) in cases.items():
-        jitted(), python()  # compile / warm up
-        best = {"njit": float("inf"), "python": float("inf")}
+    for case, (jitted, python, out) in cases.items():
+        runs = {"njit ms": lambda j=jitted: j(None), "njit out= ms": lambda j=jitted, o=out: j(o),
+                "python ms": lambda p=python: p(None), "python out= ms": lambda p=python, o=out: p(o)}
+        best = dict.fromkeys(runs, float("inf"))
+        for run in runs.values():  # compile / warm up
+            run()
         for _ in range(repeats):
-            for kind, run in (("njit", jitted), ("python", python)):
+            for kind, run in runs.items():
                 t0 = time.perf_counter()
                 run()
-                best[kind] = min(best[kind], time.perf_counter() - t0)
-        result[case] = {"njit ms": best["njit"] * 1e3, "python ms": best["python"] * 1e3,
-                        "ratio": best["njit"] / best["python"]}
+                best[kind] = min(best[kind], (time.perf_counter() - t0) * 1e3)
+        result[case] = best
     return result
 
 
@@ -222,7 +229,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["large"]:
         print(f"large inputs, {numba.get_num_threads()} numba threads (njit: serial; python: its plan), best ms:")
         for case, row in serial_cost().items():
-            print(f"  {case:30s} njit {row['njit ms']:8.2f}  python {row['python ms']:8.2f}  ratio {row['ratio']:.2f}")
+            print(f"  {case:30s} " + "  ".join(f"{k} {v:7.2f}" for k, v in row.items()))
     else:
         args = [int(a) for a in sys.argv[1:3]]
         print(format_table(njit_call_costs(*args)))
