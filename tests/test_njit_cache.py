@@ -1,11 +1,13 @@
 """The on-disk cache of a user's ``@njit(cache=True)`` function that calls numbanorm.
 
-Such a function links a copy of numbanorm's kernels, and numba's cache index is stamped with the
-user's file only. numbanorm tags every kernel's compile result with its package stamp
-(``_numba.tag_reload``): a later process that loads the user's cached code with another numbanorm
-compiles it again. These tests run a copy of the package in fresh processes: a cache hit, then an
-edit of a kernel module, which must give a miss and the edited kernel's results; and, with the
-plain-numba fallback (no stamp), what numba alone does: a hit, with the old kernel's results.
+Such a function holds numbanorm's code (the overloads' checks, inlined), and numba's cache index is
+stamped with the user's file only. Every kernel call from an overload goes through
+``_numba.native_call``, which adds a ``reload_init`` entry (the kernel, its symbol and numbanorm's
+package stamp) to the caller's cached code: a later process that loads it with another numbanorm
+gets a miss and compiles it again. These tests run a copy of the package in fresh processes: a
+cache hit, then an edit of a kernel module, which must give a miss and the edited kernel's
+results; and, with the plain-numba fallback (no stamp), what numba alone does: a hit, with the old
+kernel's results.
 """
 
 from __future__ import annotations
