@@ -181,9 +181,10 @@ def _gn_big(x, w, b, out):
 def serial_cost(repeats: int = 7, seed: int = 0) -> dict[str, dict[str, float]]:
     """Large inputs called from jitted code (serial, always) against the Python-level call (its
     plan for numba's threads): {case: {"njit ms", "njit out= ms", "python ms", "python out= ms"}},
-    best of ``repeats`` wall times, interleaved. ``njit``: the output allocated by numba (its
-    ``np.empty`` takes no huge pages, so a large output pays a 4 KiB page fault per page where
-    NumPy's and numbanorm's arena do not); ``out=``: a preallocated output."""
+    best of ``repeats`` wall times, interleaved. ``njit``: the output allocated by numba (malloc
+    maps a block above its mmap threshold afresh each call, so a 64 MB output pays a fault per
+    4 KiB page, where the Python-level call reuses a touched block of numbanorm's arena);
+    ``out=``: a preallocated output."""
     rng = np.random.default_rng(seed)
     f32 = np.float32
     x = rng.standard_normal((4096, 4096)).astype(f32)

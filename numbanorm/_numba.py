@@ -347,6 +347,10 @@ except ImportError:
 # ``reload_init``: a process that loads the caller's cached code first loads that kernel (from
 # numbanorm's cache) under the same symbol, or takes the cache entry for stale (another package
 # stamp, or a kernel compiled again under another name).
+# ``numbanorm._numba._linked`` and ``numbanorm._numba._Reload`` are pickled by name into users'
+# cache files: keep those names. numba takes only an OSError for a miss, so a numbanorm without
+# them (an older release, another checkout sharing the user's cache) fails the load with
+# AttributeError instead of compiling again.
 class _Link:
     """A ``reload_init`` entry: the kernel ``module.qualname`` compiled for ``argtypes`` must be
     loaded, as symbol ``name``, before the code that calls it is linked."""
