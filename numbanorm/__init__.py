@@ -1,6 +1,7 @@
 """numbanorm: fast, numerically stable normalization ops (Batch/Layer/RMS/Group/Instance norm,
 residual-add LayerNorm; forward and backward) with Numba kernels for the CPU and CUDA GPUs."""
 
+from . import _njit, _njit_backward, _njit_channels  # noqa: F401 - register the numba overloads (the ops in @njit code)
 from ._numba import CacheUnavailableWarning
 from ._precompile import precompile
 from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
