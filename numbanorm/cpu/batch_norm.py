@@ -18,7 +18,7 @@ from .jit import glue, serial
 from .moments import cl_moments, parallel_cl_moments, parallel_rows_moments, rows_moments
 from .plan import plan
 
-_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
 
 #: Zero-length arrays that stand for an absent weight, bias or running stats in the BN entry
 #: points: None is a compile-time type in numba, so each None/array combination compiled (and
@@ -44,10 +44,10 @@ _NO_STATS: dict = {}
 
 def _absent(p, x3):
     """``p``, or the zero-length stand-in of the dtype ``check_param`` gives a parameter for x3:
-    x's float dtype, float64 for the 16-bit views of half arrays."""
+    x's float dtype, float32 for the 16-bit views of half arrays."""
     if p is not None:
         return p
-    return none_of(x3.dtype if x3.dtype.kind == "f" else _F64)
+    return none_of(x3.dtype if x3.dtype.kind == "f" else _F32)
 
 
 @serial
