@@ -13,17 +13,34 @@ import numpy as np
 
 from ._overlap import owned_apart
 
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _INF = math.inf
+#: ml_dtypes' bfloat16 dtype once seen (recognized without importing ml_dtypes).
+_BF16: list = []
+
+
+def param_dtype(dt: np.dtype) -> np.dtype | None:
+    """The dtype the fast paths accept for the parameters (and running stats) of an x of dtype
+    ``dt``: x's own for float32/float64, float32 for float16/bfloat16 (mixed precision, as AMP
+    runs it: the kernels take float32 parameters of half x unconverted); None for any other."""
+    if dt is _F32 or dt is _F64:
+        return dt
+    if dt is _F16 or (_BF16 and dt is _BF16[0]):
+        return _F32
+    if dt.kind == "V" and dt.itemsize == 2 and dt.name == "bfloat16":
+        _BF16.append(dt)
+        return _F32
+    return None
 
 
 def bn_common_channels(x: object, running_mean: object, running_var: object, weight: object, bias: object,
                        training: object, momentum: object, eps: object, channel_axis: object) -> int:
     """The channel count when every ``batch_norm`` argument has its common form, else -1.
 
-    Common: ``x`` a non-empty C-contiguous float32/float64 ndarray, ``channel_axis`` an in-range
-    int, ``momentum``/``eps`` floats in range, and each given statistic/parameter an ndarray of
-    shape (C,), x's dtype, C-contiguous (running stats writeable when training). Everything the
+    Common: ``x`` a non-empty C-contiguous float32/float64/float16/bfloat16 ndarray,
+    ``channel_axis`` an in-range int, ``momentum``/``eps`` floats in range, and each given
+    statistic/parameter an ndarray of shape (C,), C-contiguous (running stats writeable when
+    training), of x's dtype (float32 for half x: ``param_dtype``). Everything the
     full check (``functional._check_batch_norm``) accepts without conversion; anything else,
     including every error, goes to it. A few plain tests, so a tiny call does not pay ~3 µs of
     checks for a ~3 µs kernel.
@@ -32,8 +49,8 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
     if (type(x) is not np.ndarray or type(channel_axis) is not int or type(eps) is not float
             or type(momentum) is not float):
         return -1
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64):
+    dt = param_dtype(x.dtype)  # parameters' and running stats' dtype
+    if dt is None:
         return -1
     shape = x.shape
     ndim = len(shape)
@@ -67,13 +84,13 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
 def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bias: object, eps: object) -> int:
     """The row width D when every ``layer_norm`` argument has its common form, else -1.
 
-    Common: ``x`` (an ndarray) C-contiguous float32/float64 with a last dim D > 0,
-    ``normalized_shape`` D or (D,) as ints, ``eps`` a float in range, and weight/bias None or
-    C-contiguous ndarrays of shape (D,) and x's dtype: what ``layer_norm_args`` accepts
-    unchanged. Anything else, every error included, goes to the full check.
+    Common: ``x`` (an ndarray) C-contiguous float32/float64/float16/bfloat16 with a last dim
+    D > 0, ``normalized_shape`` D or (D,) as ints, ``eps`` a float in range, and weight/bias None
+    or C-contiguous ndarrays of shape (D,) and x's dtype (float32 for half x: ``param_dtype``):
+    what ``layer_norm_args`` accepts unchanged. Anything else, every error included, goes to the full check.
     """
-    dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or not x.flags.c_contiguous:
+    dt = param_dtype(x.dtype)  # the parameters' dtype
+    if dt is None or not x.flags.c_contiguous:
         return -1
     shape = x.shape
     tn = type(normalized_shape)

@@ -24,13 +24,16 @@ _F32 = np.dtype(np.float32)
 def layer_norm_tiny(x, D, weight, bias, eps, return_stats):
     """layer_norm of a small input whose arguments ``ln_common_width`` accepted (rows of D)."""
     dt = x.dtype
-    tiny = _TINY[dt]
+    tiny = _TINY.get(dt) or _tiny_path(dt)
     R = x.size // D
-    target = np.empty((R, D), dt)
+    kdt = tiny.kdt
+    target = np.empty((R, D), kdt)
     if x.ndim == 2:
         x2, result = x, target
     else:
         x2, result = x.reshape(R, D), target.reshape(x.shape)
+    if kdt is not dt:  # float16/bfloat16: the kernels' 16-bit views (cpu/halfio.py)
+        x2, result = x2.view(kdt), result.view(dt)
     if return_stats:
         mean, rstd = np.empty(R, tiny.sdt), np.empty(R, tiny.sdt)
     else:
@@ -52,10 +55,12 @@ def batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mom
     the serial jitted entry called directly (per-call Python is most of a tiny call's time)."""
     shape = x.shape
     dt = x.dtype
-    tiny = _TINY[dt]
+    tiny = _TINY.get(dt) or _tiny_path(dt)
     shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
     x3 = x.reshape(shape3)
-    target = np.empty(shape3, dt)
+    target = np.empty(shape3, tiny.kdt)
+    if tiny.kdt is not dt:  # float16/bfloat16: the kernels' 16-bit views (cpu/halfio.py)
+        x3 = x3.view(tiny.kdt)
     stats_out = np.empty((2, C), tiny.sdt) if return_stats else tiny.no_stats
     none = tiny.none
     w = none if weight is None else weight
@@ -72,6 +77,8 @@ def batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mom
         entry = tiny.entries[k] or tiny.entry(k)
         entry(x3, running_mean, running_var, w, b, eps, target, stats_out)
     result = target.reshape(shape)
+    if tiny.kdt is not dt:
+        result = result.view(dt)
     if return_stats:
         return result, stats_out[0], stats_out[1]
     return result
@@ -86,19 +93,23 @@ _TINY_LN = (cpu.layer_norm_serial_cached if cpu.SERIAL_SIZE <= cpu.LN_PIPELINE_E
 
 
 class _TinyPath:
-    """What the tiny paths need per x dtype (float32/float64), found with one lookup per call.
+    """What the tiny paths need per x dtype (float32/float64, float16/bfloat16), found with one
+    lookup per call.
 
     They call the serial entries' compiled specializations directly (``compiled_entry``): their
     fast-path checks have fixed every argument's numba type. Until a specialization exists (the
-    first call compiles it or loads it from the on-disk cache) the dispatcher is called.
+    first call compiles it or loads it from the on-disk cache) the dispatcher is called. Half x
+    reaches the kernels as its 16-bit view (``kdt``), with float32 parameters and running stats.
     """
 
-    __slots__ = ("dtype", "sdt", "none", "no_stats", "scratch", "entries", "argtypes")
+    __slots__ = ("dtype", "kdt", "pdt", "sdt", "none", "no_stats", "scratch", "entries", "argtypes")
 
     def __init__(self, dt: np.dtype) -> None:
         self.dtype = dt
+        self.kdt = cpu.kernel_array(np.empty(0, dt)).dtype
+        self.pdt = dt if self.kdt is dt else _F32
         self.sdt = stats_dtype(dt)
-        self.none = cpu.none_of(dt)
+        self.none = cpu.none_of(self.pdt)
         self.no_stats = cpu.no_stats(self.sdt)
         # LN statistics nobody reads; a tiny input has fewer rows than this (pages untouched
         # until written, so the unused part costs no memory).
@@ -121,21 +132,28 @@ class _TinyPath:
 
     def _argtypes(self, k: int) -> tuple:
         """The numba types of the tiny path's arguments to entry ``k``."""
-        a = types.Array(numba.from_dtype(self.dtype), 1, "C")
+        e = numba.from_dtype(self.kdt)
+        a = types.Array(numba.from_dtype(self.pdt), 1, "C")
         s = numba.from_dtype(self.sdt)
         if k < _LN or k >= _CL:
-            x3 = types.Array(a.dtype, 3, "C")
+            x3 = types.Array(e, 3, "C")
             stats = types.Array(s, 2, "C")
             if k % _CL == _TRAIN:
                 return (x3, a, a, a, a, types.float64, types.float64, x3, stats)
             return (x3, a, a, a, a, types.float64, x3, stats)
-        x2 = types.Array(a.dtype, 2, "C")
+        x2 = types.Array(e, 2, "C")
         s1 = types.Array(s, 1, "C")
         variant = k - _LN
         return (x2, types.none if variant & 2 else a, types.none if variant & 1 else a, types.float64, x2, s1, s1)
 
 
-_TINY = {dt: _TinyPath(dt) for dt in (_F32, _F64)}
+_TINY = {dt: _TinyPath(dt) for dt in (_F32, _F64, np.dtype(np.float16))}
+
+
+def _tiny_path(dt: np.dtype) -> _TinyPath:
+    """The ``_TinyPath`` of a dtype first seen now (bfloat16: ml_dtypes is never imported here)."""
+    tiny = _TINY[dt] = _TinyPath(dt)
+    return tiny
 
 
 def batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C, out=None):
