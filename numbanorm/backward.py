@@ -3,7 +3,9 @@ weight and bias.
 
 All take the statistics the forward returned with ``return_stats=True``, so nothing is
 recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / ``F.rms_norm`` /
-``F.group_norm``.
+``F.group_norm``. float16/bfloat16 ``grad_out``/``x`` are computed in float32 with float64 sums
+(the weight may be float32 or x's dtype); grad_x has x's dtype and grad_weight/grad_bias the
+weight's, as torch's mixed-dtype rules give them.
 """
 
 from __future__ import annotations
@@ -74,12 +76,15 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
         x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
         mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
         rstd = rstd.astype(_F64).reshape(R)
+        gdt = x.dtype
     else:
         x = _float_input(x)
+        gdt = _grad_param_dtype(weight, x.dtype)
         shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean,
                                                                       rstd, weight, out, centered)
         k = len(shape)
-        x2, g2 = rows_view(x, k), rows_view(grad_out, k)
+        # (float16/bfloat16: the kernels' 16-bit views, cpu/halfio.py)
+        x2, g2 = cpu.kernel_array(rows_view(x, k)), cpu.kernel_array(rows_view(grad_out, k))
     output = rows_output(out, x, x2.shape)
     if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock
         gw, gb = cpu.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, 1)
@@ -89,7 +94,7 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
     result = output.finish()
     if weight is None:
         return result, None, None
-    return result, gw.astype(x.dtype).reshape(shape), gb.astype(x.dtype).reshape(shape)
+    return result, gw.astype(gdt).reshape(shape), gb.astype(gdt).reshape(shape)
 
 
 def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
@@ -112,18 +117,20 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
         return device_op("batch_norm_backward")(grad_out, x, mean, invstd, weight, training,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
+    gdt = _grad_param_dtype(weight, x.dtype)
     axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
                                                                          channel_axis, out)
     view = input_view(x, axis)
-    g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
+    g3 = cpu.kernel_array(_matching_view(grad_out, axis, view.channels_moved, view.x3.shape))
     output = channel_output(out, x, view, axis)
-    s_dy, s_dyx = _batch_norm_backward_kernels(g3, view.x3, mean, invstd, weight, training, output.kernel)
+    s_dy, s_dyx = _batch_norm_backward_kernels(g3, cpu.kernel_array(view.x3), mean, invstd, weight, training,
+                                               output.kernel)
     result = output.finish()
     if weight is None:
         return result, None, None
     with np.errstate(all="ignore"):
-        grad_weight = (s_dyx * invstd).astype(x.dtype)
-    return result, grad_weight, s_dy.astype(x.dtype)
+        grad_weight = (s_dyx * invstd).astype(gdt)
+    return result, grad_weight, s_dy.astype(gdt)
 
 
 def _batch_norm_backward_kernels(g3, x3, mean, invstd, weight, training, target):
@@ -194,6 +201,7 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
         return device_op("group_norm_backward")(grad_out, x, num_groups, mean, rstd, weight,
                                                  channel_axis=channel_axis, out=out)
     x = _float_input(x)
+    gdt = _grad_param_dtype(weight, x.dtype)
     axis, G, grad_out, mean, rstd, weight, out = group_norm_backward_args(HOST, x, num_groups, grad_out, mean, rstd,
                                                                           weight, channel_axis, out)
     N, C = x.shape[0], x.shape[axis]
@@ -202,12 +210,13 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     view = input_view(x, axis)
     output = channel_output(out, x, view, axis)
     if x.size == 0:
-        zeros = np.zeros(C, x.dtype)
+        zeros = np.zeros(C, gdt)
         result = output.finish()
         return (result, None, None) if weight is None else (result, zeros, zeros.copy())
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     shape4 = (N, -1, C, view.x3.shape[2])
-    x4, g4, t4 = view.x3.reshape(shape4), g3.reshape(shape4), output.kernel.reshape(shape4)
+    x4, g4 = cpu.kernel_array(view.x3).reshape(shape4), cpu.kernel_array(g3).reshape(shape4)
+    t4 = output.kernel.reshape(shape4)
     cmean = np.repeat(mean, C // G, axis=1)  # the group's mean for each of its channels
     count = float(x.size // (N * C))
     nthreads = cpu.num_threads()
@@ -218,16 +227,20 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     result = output.finish()
     if weight is None:
         return result, None, None
-    return result, gw.astype(x.dtype), gb.astype(x.dtype)
+    return result, gw.astype(gdt), gb.astype(gdt)
 
 
 def _float_input(x: ArrayLike) -> np.ndarray:
-    """x for a backward: float32 or float64 (the backward kernels have no half I/O yet)."""
-    x = as_float_array(x)
-    if is_half(x.dtype):
-        raise TypeError(f"x must have dtype float32 or float64 for a backward, got {x.dtype} (the backward "
-                        "kernels have no half I/O yet: convert x, grad_out and the parameters to float32)")
-    return x
+    """x for a backward: float32, float64, float16 or bfloat16."""
+    return as_float_array(x)
+
+
+def _grad_param_dtype(weight: object, dtype: np.dtype) -> np.dtype:
+    """dtype of grad_weight/grad_bias: the weight's, as torch gives them (a float32 weight of half
+    x gets float32 gradients); x's for float32/float64 x (``check_param`` insists on it)."""
+    if is_half(dtype) and getattr(weight, "dtype", None) == np.float32:
+        return np.dtype(np.float32)
+    return dtype
 
 
 def _matching_view(a: np.ndarray, axis: int, channels_moved: bool, shape: tuple[int, int, int]) -> np.ndarray:

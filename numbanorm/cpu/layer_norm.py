@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from .affine import fold_affine
-from .halfio import compute, flush_row, load, row_scratch, row_target, store
+from .halfio import compute, flush_row, is_half_view, load, row_scratch, row_target, store
 from .jit import glue, parallel, serial
 from .moments import finite_shift, run_sums, sum_pieces, sums_to_moments
 from .plan import block_bounds, plan
@@ -331,7 +331,8 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
     """grad_x for rows ``r0:r1``; adds Σ dy·x̂ and Σ dy per column into ``dw``/``db`` (with weight).
 
     With g = dy·γ: grad_x = rstd·(g - mean(g) - x̂·mean(g·x̂)). ``mean`` None is RMSNorm
-    (x̂ = x·rstd, nothing centered): grad_x = rstd·(g - x̂·mean(g·x̂)).
+    (x̂ = x·rstd, nothing centered): grad_x = rstd·(g - x̂·mean(g·x̂)). The sums are float64;
+    half rows (16-bit views) compute grad_x in float32 (``half_grad_row``), others in float64.
     """
     D = x2.shape[1]
     dw[:] = 0.0
@@ -344,8 +345,8 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
         a = 0.0
         b = 0.0
         for j in range(D):
-            xh = (xrow[j] - m) * s
-            d = np.float64(grow[j])
+            xh = (load(xrow[j]) - m) * s
+            d = np.float64(load(grow[j]))
             if weight is not None:
                 dw[j] += d * xh
                 db[j] += d
@@ -357,13 +358,30 @@ def layer_norm_grad_rows(g2, x2, r0, r1, mean, rstd, weight, out2, dw, db):
         if mean is None:  # RMSNorm: nothing was centered, so no mean(g) term
             a = 0.0
         dst = out2[r]
-        for j in range(D):
-            xh = (xrow[j] - m) * s
-            d = np.float64(grow[j])
-            if weight is not None:
-                d *= weight[j]
-            dst[j] = (d - a - xh * b) * s
+        if is_half_view(dst):
+            half_grad_row(grow, xrow, m, s, a, b, weight, dst)
+        else:
+            for j in range(D):
+                xh = (xrow[j] - m) * s
+                d = np.float64(grow[j])
+                if weight is not None:
+                    d *= weight[j]
+                dst[j] = (d - a - xh * b) * s
 
+
+@serial
+def half_grad_row(grow, xrow, m, s, a, b, weight, dst):
+    """``dst = (dy·γ - a - x̂·b)·s`` of a half row in float32: x̂ = (x - mh)·rs + tail as the
+    forward normalizes (``fold_affine``: mh the float32 head of the mean, the rest in tail)."""
+    mh, rs, tail = fold_affine(m, s, 0.0, xrow)
+    ac = np.float32(a)
+    bc = np.float32(b)
+    for j in range(np.uint64(xrow.shape[0])):
+        xh = (load(xrow[j]) - mh) * rs + tail
+        d = load(grow[j])
+        if weight is not None:
+            d = d * weight[j]
+        dst[j] = store((d - ac - xh * bc) * rs, dst)
 
 
 def layer_norm_backward(g2, x2, mean, rstd, weight, out2, nthreads):
