@@ -49,9 +49,11 @@ def bn_common_channels(x: object, running_mean: object, running_var: object, wei
     if (type(x) is not np.ndarray or type(channel_axis) is not int or type(eps) is not float
             or type(momentum) is not float):
         return -1
-    dt = param_dtype(x.dtype)  # parameters' and running stats' dtype
-    if dt is None:
-        return -1
+    dt = x.dtype  # then the parameters' and running stats' dtype (param_dtype, inlined: ~60 ns a call)
+    if not (dt is _F32 or dt is _F64):
+        dt = param_dtype(dt)
+        if dt is None:
+            return -1
     shape = x.shape
     ndim = len(shape)
     if ndim < 2 or not -ndim <= channel_axis < ndim or not 0.0 < eps < _INF or not 0.0 <= momentum <= 1.0:
@@ -89,8 +91,12 @@ def ln_common_width(x: np.ndarray, normalized_shape: object, weight: object, bia
     or C-contiguous ndarrays of shape (D,) and x's dtype (float32 for half x: ``param_dtype``):
     what ``layer_norm_args`` accepts unchanged. Anything else, every error included, goes to the full check.
     """
-    dt = param_dtype(x.dtype)  # the parameters' dtype
-    if dt is None or not x.flags.c_contiguous:
+    dt = x.dtype  # then the parameters' dtype (param_dtype, inlined: ~60 ns a call)
+    if not (dt is _F32 or dt is _F64):
+        dt = param_dtype(dt)
+        if dt is None:
+            return -1
+    if not x.flags.c_contiguous:
         return -1
     shape = x.shape
     tn = type(normalized_shape)

@@ -27,13 +27,16 @@ def layer_norm_tiny(x, D, weight, bias, eps, return_stats):
     tiny = _TINY.get(dt) or _tiny_path(dt)
     R = x.size // D
     kdt = tiny.kdt
-    target = np.empty((R, D), kdt)
-    if x.ndim == 2:
-        x2, result = x, target
-    else:
-        x2, result = x.reshape(R, D), target.reshape(x.shape)
-    if kdt is not dt:  # float16/bfloat16: the kernels' 16-bit views (cpu/halfio.py)
-        x2, result = x2.view(kdt), result.view(dt)
+    if kdt is dt:
+        target = np.empty((R, D), dt)
+        if x.ndim == 2:
+            x2, result = x, target
+        else:
+            x2, result = x.reshape(R, D), target.reshape(x.shape)
+    else:  # float16/bfloat16: the kernels' 16-bit views (cpu/halfio.py), N-D (layer_norm_serial_nd)
+        x2 = x.view(kdt)
+        target = np.empty(x.shape, kdt)
+        result = target.view(dt)
     if return_stats:
         mean, rstd = np.empty(R, tiny.sdt), np.empty(R, tiny.sdt)
     else:
@@ -41,7 +44,9 @@ def layer_norm_tiny(x, D, weight, bias, eps, return_stats):
         # both (and serves concurrent calls too: whatever they leave in it is never read).
         mean = rstd = tiny.scratch
     k = _LN + (weight is None) * 2 + (bias is None)
-    entry = tiny.entries[k] or tiny.entry(k)
+    if kdt is not dt:
+        k += _ND * x.ndim
+    entry = tiny.entries.get(k) or tiny.entry(k)
     entry(x2, weight, bias, eps, target, mean, rstd)
     if not return_stats:
         return result
@@ -56,36 +61,47 @@ def batch_norm_tiny(x, C, running_mean, running_var, weight, bias, training, mom
     shape = x.shape
     dt = x.dtype
     tiny = _TINY.get(dt) or _tiny_path(dt)
-    shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
-    x3 = x.reshape(shape3)
-    target = np.empty(shape3, tiny.kdt)
-    if tiny.kdt is not dt:  # float16/bfloat16: the kernels' 16-bit views (cpu/halfio.py)
-        x3 = x3.view(tiny.kdt)
+    ndim = len(shape)
+    axis = channel_axis % ndim
+    kdt = tiny.kdt
+    if kdt is not dt and (axis == 1 or axis == ndim - 1):
+        # float16/bfloat16: N-D 16-bit views (cpu/batch_norm.*_nd_*: channels on axis 1 or last;
+        # an (N, C, 1, ...) input takes the row entry, correct for runs of one too)
+        x3 = x.view(kdt)
+        target = np.empty(shape, kdt)
+        k = (_CL if axis == ndim - 1 else 0) + _ND * ndim
+    else:
+        shape3 = contiguous_shape3(shape, x.size, axis, C)
+        k = _CL if shape3[2] == 1 else 0  # one entry per layout (batch_norm.train_serial_entry)
+        x3 = x.reshape(shape3)
+        target = np.empty(shape3, kdt)
+        if kdt is not dt:
+            x3 = x3.view(kdt)
     stats_out = np.empty((2, C), tiny.sdt) if return_stats else tiny.no_stats
     none = tiny.none
     w = none if weight is None else weight
     b = none if bias is None else bias
-    k = _CL if shape3[2] == 1 else 0  # one entry per layout (batch_norm.train_serial_entry)
     if training:
         if running_mean is None:
             running_mean = running_var = none
         k += _TRAIN
-        entry = tiny.entries[k] or tiny.entry(k)
+        entry = tiny.entries.get(k) or tiny.entry(k)
         entry(x3, w, b, running_mean, running_var, momentum, eps, target, stats_out)
     else:
         k += _EVAL
-        entry = tiny.entries[k] or tiny.entry(k)
+        entry = tiny.entries.get(k) or tiny.entry(k)
         entry(x3, running_mean, running_var, w, b, eps, target, stats_out)
-    result = target.reshape(shape)
-    if tiny.kdt is not dt:
+    result = target.reshape(shape) if k < _ND else target
+    if kdt is not dt:
         result = result.view(dt)
     if return_stats:
         return result, stats_out[0], stats_out[1]
     return result
 
 
-#: Indices of _TinyPath.entries: BN (+ _CL for channels-last), LN (+ 2 * (weight is None) + (bias is None)).
-_TRAIN, _EVAL, _LN, _CL = 0, 1, 2, 6
+#: Keys of _TinyPath.entries: BN (+ _CL for channels-last), LN (+ 2 * (weight is None) + (bias is None)),
+#: + _ND * ndim for the N-D entries of the half path.
+_TRAIN, _EVAL, _LN, _CL, _ND = 0, 1, 2, 6, 8
 #: LayerNorm's serial entry for tiny inputs (the one of their size class; the pipelined one is
 #: correct for any size, only slower on small ones).
 _TINY_LN = (cpu.layer_norm_serial_cached if cpu.SERIAL_SIZE <= cpu.LN_PIPELINE_ELEMENTS
@@ -114,34 +130,40 @@ class _TinyPath:
         # LN statistics nobody reads; a tiny input has fewer rows than this (pages untouched
         # until written, so the unused part costs no memory).
         self.scratch = np.empty(cpu.SERIAL_SIZE, self.sdt)
-        self.entries: list = [None] * 8
-        self.argtypes: list = [None] * 8
+        self.entries: dict = {}
+        self.argtypes: dict = {}
 
     def entry(self, k: int):
         """Entry ``k`` (see ``_TRAIN``...): the compiled one once it exists, else the dispatcher."""
-        dispatcher = (cpu.batch_norm_train_rows, cpu.batch_norm_eval_rows, *[_TINY_LN] * 4, cpu.batch_norm_train_cl,
-                      cpu.batch_norm_eval_cl)[k]
-        argtypes = self.argtypes[k]
+        ndim, j = divmod(k, _ND)
+        if ndim:  # the N-D entries of the half path
+            dispatcher = (cpu.batch_norm_train_nd_rows, cpu.batch_norm_eval_nd_rows, *[cpu.layer_norm_serial_nd] * 4,
+                          cpu.batch_norm_train_nd_cl, cpu.batch_norm_eval_nd_cl)[j]
+        else:
+            dispatcher = (cpu.batch_norm_train_rows, cpu.batch_norm_eval_rows, *[_TINY_LN] * 4,
+                          cpu.batch_norm_train_cl, cpu.batch_norm_eval_cl)[j]
+        argtypes = self.argtypes.get(k)
         if argtypes is None:
-            argtypes = self.argtypes[k] = self._argtypes(k)
+            argtypes = self.argtypes[k] = self._argtypes(j, ndim)
         entry = _numba.compiled_entry(dispatcher, argtypes)
         if entry is None:  # not compiled yet (or only for other types, e.g. a read-only x)
             return dispatcher
         self.entries[k] = entry
         return entry
 
-    def _argtypes(self, k: int) -> tuple:
-        """The numba types of the tiny path's arguments to entry ``k``."""
+    def _argtypes(self, k: int, ndim: int = 0) -> tuple:
+        """The numba types of the tiny path's arguments to entry ``k`` (of ``ndim``-D arrays for
+        the N-D entries)."""
         e = numba.from_dtype(self.kdt)
         a = types.Array(numba.from_dtype(self.pdt), 1, "C")
         s = numba.from_dtype(self.sdt)
         if k < _LN or k >= _CL:
-            x3 = types.Array(e, 3, "C")
+            x3 = types.Array(e, ndim or 3, "C")
             stats = types.Array(s, 2, "C")
             if k % _CL == _TRAIN:
                 return (x3, a, a, a, a, types.float64, types.float64, x3, stats)
             return (x3, a, a, a, a, types.float64, x3, stats)
-        x2 = types.Array(e, 2, "C")
+        x2 = types.Array(e, ndim or 2, "C")
         s1 = types.Array(s, 1, "C")
         variant = k - _LN
         return (x2, types.none if variant & 2 else a, types.none if variant & 1 else a, types.float64, x2, s1, s1)

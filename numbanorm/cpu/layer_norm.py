@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from .affine import fold_affine
-from .halfio import compute, flush_row, is_half_view, load, row_scratch, row_target, store
+from .halfio import compute, flush_row, hw_bf16_view, is_half_view, load, row_scratch, row_target, store
 from .jit import glue, parallel, serial
 from .moments import finite_shift, run_sums, sum_pieces, sums_to_moments
 from .plan import block_bounds, plan
@@ -32,8 +32,8 @@ def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias,
     ``dst`` with non-temporal stores (``_simd.normalize_row_sums``; float32/float64 rows) and
     run ``store_fence`` once the rows are done.
     """
-    if stream:
-        return normalize_row_sums(row, dst, nxt, shift, mh, rs, tail, weight, bias, True)
+    if stream or hw_bf16_view(dst):  # (bfloat16 rows: the SIMD loop's vcvtneps2bf16, see hw_bf16_view)
+        return normalize_row_sums(row, dst, nxt, shift, mh, rs, tail, weight, bias, stream)
     D = row.shape[0]
     s1 = 0.0
     s2 = 0.0
@@ -71,6 +71,9 @@ def normalize_row_and_sum_next(row, dst, nxt, shift, mh, rs, tail, weight, bias,
 def normalize_row(row, dst, mh, rs, tail, weight, bias):
     """``dst[j] = ((row[j] - mh) * rs + tail) * weight[j] + bias[j]`` (weight/bias optional);
     ``dst`` is a ``row_target``."""
+    if hw_bf16_view(dst):  # the SIMD loop's vcvtneps2bf16 (0.34 -> 0.30 ns per element, (1024, 768))
+        normalize_row_sums(row, dst, None, 0.0, mh, rs, tail, weight, bias, False)
+        return
     D = np.uint64(row.shape[0])
     # Separate loops per case (None is a compile-time type) keep each one a plain SIMD loop.
     if weight is None:
@@ -231,6 +234,17 @@ def layer_norm_forward(x2, weight, bias, eps, out2, mean_out, rstd_out, nthreads
 @serial
 def layer_norm_serial_cached(x2, weight, bias, eps, out2, mean_out, rstd_out):
     rows_cached(x2, 0, x2.shape[0], weight, bias, eps, out2, mean_out, rstd_out, row_scratch(out2, x2.shape[1]))
+
+
+@serial
+def layer_norm_serial_nd(x, weight, bias, eps, out, mean_out, rstd_out):
+    """``layer_norm_serial_cached`` of an N-D C-contiguous ``x``/``out`` over the last dim, viewed
+    as rows here: the tiny half path passes the arrays as they come (each reshape or view in
+    Python costs ~0.25 us, and the 16-bit views already cost two)."""
+    D = x.shape[-1]
+    R = x.size // D
+    x2 = x.reshape(R, D)
+    rows_cached(x2, 0, R, weight, bias, eps, out.reshape(R, D), mean_out, rstd_out, row_scratch(out, D))
 
 
 @serial
