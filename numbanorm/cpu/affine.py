@@ -13,6 +13,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from .halfio import HALF_LANES
 from .jit import glue, parallel, serial
 from .moments import cl_lanes
 from .plan import block_bounds, plan
@@ -51,6 +52,19 @@ def _to_compute(v, like):
     if isinstance(like, types.Array) and like.dtype in _F32_COMPUTE:
         return lambda v, like: np.float32(v)
     return lambda v, like: np.float64(v)
+
+
+def lane_multiple(like):
+    """Lanes per vector of ``simd.affine_rows`` over array ``like`` (jit-only; a constant): the
+    channels-last rows of ``cl_affine`` are a multiple of it, so that no row ends in a scalar tail
+    (C = 3: 264 lanes were 16 vectors and 8 scalars of float16 per row on AVX-512)."""
+    return 8
+
+
+@overload(lane_multiple)
+def _lane_multiple(like):
+    lanes = HALF_LANES if isinstance(like, types.Array) and like.dtype in (types.uint16, types.int16) else 8
+    return lambda like: lanes
 
 
 def compute_empty(n, like):
@@ -130,7 +144,7 @@ def cl_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
     # Normal stores: streaming made BN eval (32,56,56,64) 1.3-1.5x faster but BN training,
     # whose normalize follows the moments pass, 1.2-1.3x slower (one core, not understood yet).
     stream = False
-    W = cl_lanes(C)
+    W = cl_lanes(C, lane_multiple(src))
     k = W // C
     head, sc, of = tile_lanes(shift, scale, offset, W, src)
     nfull = (o1 - o0) // k

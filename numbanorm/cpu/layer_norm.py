@@ -267,6 +267,11 @@ def rms_norm_rows(x2, r0, r1, weight, eps, out2, rstd_out):
         rstd = 1.0 / math.sqrt(ss / D + eps)
         dst = out2[r]
         rstd_c = compute(rstd, row)
+        if hw_bf16_view(dst):  # (x - 0)·rstd·w: the SIMD loop's vcvtneps2bf16 (see hw_bf16_view)
+            zero = compute(0.0, row)
+            normalize_row_sums(row, dst, None, 0.0, zero, rstd_c, zero, weight, None, False)
+            rstd_out[r] = rstd
+            continue
         for j in range(D):
             v = load(row[j]) * rstd_c
             if weight is not None:

@@ -119,7 +119,7 @@ def group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width
     """
 
 
-@overload(group_dot_sums, prefer_literal=True)
+@overload(group_dot_sums, prefer_literal=True, inline="always")
 def _group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
     if a.dtype in _SIMD_ELTS and (isinstance(b, types.NoneType) or b.dtype == a.dtype):
         def simd(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
@@ -151,6 +151,27 @@ def _group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, widt
             sa[c0 + j] += ta
             sb[c0 + j] += tb
     return scalar_grad
+
+
+def wide_groups(a):
+    """Whether ``moments.cl_dot_sums`` sums ``a`` in groups of 32 channels (jit-only; a constant):
+    the 16-bit views of half arrays on AVX-512. Each row of a group is one dependent add per
+    accumulator, so a group costs about the add latency per row whatever its width; 16 half
+    channels are half a cache line, and 32 (4 + 4 zmm accumulators) do twice the work per row.
+    Measured (BatchNorm moments, (32, 56, 56, 64) float16 channels-last, one core): see
+    ``_CL_WIDE``."""
+    return False
+
+
+#: ``wide_groups``: 32-channel groups for half data where float64 vectors of 32 lanes fit the
+#: registers (AVX-512: 8 of the 32 zmm; on AVX2 they would take all 16 ymm).
+_CL_WIDE = HALF_LANES == 16
+
+
+@overload(wide_groups)
+def _wide_groups(a):
+    ok = _CL_WIDE and isinstance(a, types.Array) and half_kind(a.dtype) is not None and SIMD
+    return lambda a: ok
 
 
 def simd_ok(a):
