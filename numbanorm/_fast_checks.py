@@ -119,17 +119,22 @@ def bn_backward_common_channels(grad_out: object, x: object, mean: object, invst
                                 channel_axis: object) -> int:
     """The channel count when every ``batch_norm_backward`` argument has its common form, else -1.
 
-    Common: ``x`` a non-empty C-contiguous float32/float64 ndarray, ``channel_axis`` an in-range
-    int, ``grad_out`` an ndarray of x's shape and dtype, C-contiguous, and ``mean``/``invstd``
-    (as the forward returns them) and ``weight`` (or None) C-contiguous ndarrays of shape (C,) and
-    x's dtype: what ``batch_norm_backward_args`` accepts (with ``out=None``) without converting.
+    Common: ``x`` a non-empty C-contiguous float32/float64/float16/bfloat16 ndarray,
+    ``channel_axis`` an in-range int, ``grad_out`` an ndarray of x's shape and dtype, C-contiguous,
+    and ``mean``/``invstd`` (as the forward returns them) and ``weight`` (or None) C-contiguous
+    ndarrays of shape (C,) and x's dtype (float32 for half x: ``param_dtype``): what
+    ``batch_norm_backward_args`` accepts (with ``out=None``) without converting.
     Anything else, every error included, goes to the full check.
     """
     if type(x) is not np.ndarray or type(grad_out) is not np.ndarray or type(channel_axis) is not int:
         return -1
     dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or grad_out.dtype is not dt:
+    if grad_out.dtype is not dt:
         return -1
+    if not (dt is _F32 or dt is _F64):  # half x: float32 statistics (as the forward returns them), weight
+        dt = param_dtype(dt)
+        if dt is None:
+            return -1
     shape = x.shape
     ndim = len(shape)
     if ndim < 2 or not -ndim <= channel_axis < ndim or grad_out.shape != shape or x.size == 0:
@@ -150,17 +155,21 @@ def rows_backward_common_width(grad_out: object, x: object, normalized_shape: ob
     """The row width D when every ``layer_norm_backward`` (``centered``) / ``rms_norm_backward``
     argument has its common form, else -1 (then the full check, which alone raises, runs).
 
-    Common: ``x`` a C-contiguous float32/float64 ndarray with a last dim D > 0,
+    Common: ``x`` a C-contiguous float32/float64/float16/bfloat16 ndarray with a last dim D > 0,
     ``normalized_shape`` D or (D,) as ints, ``grad_out`` an ndarray of x's shape and dtype,
     C-contiguous, ``mean`` (when ``centered``) and ``rstd`` float32/float64 ndarrays of shape
-    ``x.shape[:-1]``, ``weight`` None or a C-contiguous ndarray of shape (D,) and x's dtype (and
-    no ``out``: the caller asks only then).
+    ``x.shape[:-1]``, ``weight`` None or a C-contiguous ndarray of shape (D,) and x's dtype
+    (float32 for half x) (and no ``out``: the caller asks only then).
     """
     if type(x) is not np.ndarray or type(grad_out) is not np.ndarray:
         return -1
     dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or grad_out.dtype is not dt:
+    if grad_out.dtype is not dt:
         return -1
+    if not (dt is _F32 or dt is _F64):  # half x: a float32 weight (param_dtype)
+        dt = param_dtype(dt)
+        if dt is None:
+            return -1
     shape = x.shape
     if type(normalized_shape) is tuple and len(normalized_shape) == 1:
         normalized_shape = normalized_shape[0]

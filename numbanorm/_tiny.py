@@ -186,13 +186,18 @@ def batch_norm_backward_tiny(grad_out, x, mean, invstd, weight, channel_axis, C,
     dt = x.dtype
     shape3 = contiguous_shape3(shape, x.size, channel_axis % len(shape), C)
     target = np.empty(shape3, dt) if out is None else out.reshape(shape3)
+    pdt = mean.dtype  # x's for float32/float64, float32 for half x (the fast check's)
     if weight is None:  # zero-length stand-ins (one compiled specialization per dtype)
-        weight, grads = cpu.none_of(dt), cpu.no_stats(dt)
+        weight, grads = cpu.none_of(pdt), cpu.no_stats(pdt)
     else:
-        grads = np.empty((2, C), dt)
-    cpu.batch_norm_backward_serial(grad_out.reshape(shape3), x.reshape(shape3), mean, invstd, weight,
-                                        target, grads)
+        grads = np.empty((2, C), pdt)
+    g3, x3 = grad_out.reshape(shape3), x.reshape(shape3)
+    if pdt is not dt:  # float16/bfloat16: the kernels' 16-bit views (cpu/halfio.py)
+        g3, x3, target = cpu.kernel_array(g3), cpu.kernel_array(x3), cpu.kernel_array(target)
+    cpu.batch_norm_backward_serial(g3, x3, mean, invstd, weight, target, grads)
     result = target.reshape(shape) if out is None else out
+    if out is None and pdt is not dt:
+        result = result.view(dt)
     if not grads.size:
         return result, None, None
     return result, grads[0], grads[1]

@@ -32,6 +32,7 @@ Grads = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 _SERIAL_SIZE = cpu.SERIAL_SIZE
 _NO_LOCK = nullcontext()
 _F64 = np.dtype(np.float64)
+_F16_VIEW = cpu.kernel_array(np.empty(0, np.float16)).dtype  # float16's kernel view (cpu/halfio.py)
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -76,7 +77,11 @@ def _rows_backward(grad_out, x, normalized_shape, mean, rstd, weight, out, *, ce
         x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
         mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
         rstd = rstd.astype(_F64).reshape(R)
-        gdt = x.dtype
+        gdt = x.dtype if weight is None else weight.dtype  # (float32 for half x: the fast check's)
+        if x.dtype.kind != "f":  # bfloat16 ("V"); float16 below
+            x2, g2 = cpu.kernel_array(x2), cpu.kernel_array(g2)
+        elif x.dtype.itemsize == 2:
+            x2, g2 = x2.view(_F16_VIEW), g2.view(_F16_VIEW)
     else:
         x = _float_input(x)
         gdt = _grad_param_dtype(weight, x.dtype)

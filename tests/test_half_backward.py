@@ -181,6 +181,43 @@ def test_batch_norm_backward_layouts(rng, dtype, layout):
         np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=2**-7, atol=2**-7)
 
 
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("weighted", [True, False], ids=["weight", "no_weight"])
+def test_common_backward_paths_match_general(rng, dtype, weighted):
+    """The fast paths (common arguments, ``out=None``: the tiny serial BatchNorm backward and the
+    row ops' unchecked views) give what the general path gives for Fortran-ordered copies."""
+    for shape in [(4, 6, 5, 5), (2, 64, 7, 7)]:
+        x, dy = _data(rng, shape, dtype), _data(rng, shape, dtype, 1.0, 0.0)
+        w = rng.uniform(-2, 2, shape[1]).astype(np.float32) if weighted else None
+        _, mean, invstd = nb.batch_norm(x, None, None, w, None, True, return_stats=True)
+        fast = nb.batch_norm_backward(dy, x, mean, invstd, w)
+        general = nb.batch_norm_backward(np.asfortranarray(dy), np.asfortranarray(x), mean, invstd, w)
+        _assert_same_grads(fast, general, dtype, w)
+    for shape in [(3, 7, 45), (96, 1031)]:
+        x, dy = _data(rng, shape, dtype), _data(rng, shape, dtype, 1.0, 0.0)
+        D = shape[-1]
+        w = rng.uniform(-2, 2, D).astype(np.float32) if weighted else None
+        _, mean, rstd = nb.layer_norm(x, D, w, None, return_stats=True)
+        fast = nb.layer_norm_backward(dy, x, D, mean, rstd, w)
+        general = nb.layer_norm_backward(np.asfortranarray(dy), np.asfortranarray(x), D, mean, rstd, w)
+        _assert_same_grads(fast, general, dtype, w)
+        _, rstd = nb.rms_norm(x, D, w, return_stats=True)
+        fast = nb.rms_norm_backward(dy, x, D, rstd, w)
+        general = nb.rms_norm_backward(np.asfortranarray(dy), np.asfortranarray(x), D, rstd, w)
+        _assert_same_grads(fast, general, dtype, w)
+
+
+def _assert_same_grads(fast, general, dtype, w):
+    assert type(fast[0]) is np.ndarray and fast[0].dtype == dtype and fast[0].flags.c_contiguous
+    np.testing.assert_array_equal(fast[0].astype(np.float64), general[0].astype(np.float64))
+    for got, ref in zip(fast[1:], general[1:]):
+        if w is None:
+            assert got is None and ref is None
+        else:
+            assert got.dtype == w.dtype
+            np.testing.assert_array_equal(got, ref)
+
+
 # ------------------------------------------------------------------------------- GroupNorm
 GN_CASES = [((3, 6, 10, 11), 3, 1), ((3, 10, 11, 6), 2, -1), ((2, 64, 9, 7), 32, 1), ((2, 9, 7, 64), 32, -1),
             ((5, 12, 33), 4, 1), ((2, 8, 60, 70), 2, 1)]
