@@ -1,7 +1,8 @@
-"""Half-precision backward: float16/bfloat16 ``grad_out``/``x`` against torch's float64 backward
-kernels given the same saved statistics (``native_layer_norm_backward``,
-``native_batch_norm_backward``, ``native_group_norm_backward``; RMSNorm: autograd of ``F.rms_norm``),
-under the contract's kind of bound:
+"""Half-precision backward: float16/bfloat16 ``grad_out``/``x`` against an independent float64
+NumPy reference (the closed forms below, from the same saved statistics) and, where torch is
+installed, against torch's float64 backward kernels given those statistics
+(``native_layer_norm_backward``, ``native_batch_norm_backward``, ``native_group_norm_backward``;
+RMSNorm: autograd of ``F.rms_norm``), under the contract's kind of bound:
 
     |g - g64| <= ulp(g64) + 2**-21 * (sum of the magnitudes of the terms g64 is made of)
 
@@ -21,7 +22,10 @@ from half_contract import assert_within
 
 import numbanorm as nb
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # the NumPy reference alone
+    torch = None
 ml_dtypes = pytest.importorskip("ml_dtypes")
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 HALVES = [F16, BF16]
@@ -37,11 +41,30 @@ def _data(rng, shape, dtype, scale=2.0, offset=1.0):
 
 def _grad_x_terms(x64, dy64, mean, rstd, gamma, axes, centered=True):
     """rstd·(|g| + |mean(g)| + |x̂·mean(g·x̂)|), g = γ·dy, means over ``axes`` (float64)."""
+    return _grad_x_ref(x64, dy64, mean, rstd, gamma, axes, centered)[1:]
+
+
+def _grad_x_ref(x64, dy64, mean, rstd, gamma, axes, centered=True):
+    """The float64 NumPy reference grad_x = rstd·(g - mean(g) - x̂·mean(g·x̂)) (no mean term when
+    not ``centered``), its terms' magnitudes (``_grad_x_terms``) and x̂."""
     xh = (x64 - mean) * rstd
     g = dy64 * gamma
     a = g.mean(axes, keepdims=True) if centered else 0.0
     b = (g * xh).mean(axes, keepdims=True)
-    return rstd * (np.abs(g) + np.abs(a) + np.abs(xh * b)), xh
+    return rstd * (g - a - xh * b), rstd * (np.abs(g) + np.abs(a) + np.abs(xh * b)), xh
+
+
+def _check_grads_numpy(gx, gw, gb, x64, dy64, mean, rstd, gamma, axes, param_axes=None, centered=True, what=""):
+    """grad_x (normalized over ``axes``), grad_weight and grad_bias (if not None; summed over
+    ``param_axes``, by default ``axes``) against the NumPy reference."""
+    rx, mag, xh = _grad_x_ref(x64, dy64, mean, rstd, gamma, axes, centered)
+    assert_within(gx, rx, mag, f"{what} grad_x (NumPy reference)")
+    param_axes = axes if param_axes is None else param_axes
+    if gw is not None:
+        dyx = dy64 * xh
+        assert_within(gw, dyx.sum(param_axes), np.abs(dyx).sum(param_axes), f"{what} grad_weight (NumPy)")
+    if gb is not None:
+        assert_within(gb, dy64.sum(param_axes), np.abs(dy64).sum(param_axes), f"{what} grad_bias (NumPy)")
 
 
 def _check_param_grads(gw, gb, rw, rb, dy64, xh, axes, wdt):
@@ -69,18 +92,21 @@ def test_layer_norm_backward(rng, dtype, wdt, shape, layout):
     gx, gw, gb = nb.layer_norm_backward(g_in, x, D, mean, rstd, w, out=out)
     assert gx is out and gx.dtype == dtype
     m64, r64 = mean.astype(np.float64)[..., None], rstd.astype(np.float64)[..., None]
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    gamma = 1.0 if w is None else w.astype(np.float64)
+    param_axes = tuple(range(x.ndim - 1))
+    assert (gw is None and gb is None) if w is None else (gw.dtype == gb.dtype == w.dtype)
+    _check_grads_numpy(gx, gw, gb, x64, dy64, m64, r64, gamma, (-1,), param_axes, what="layer_norm")
+    if torch is None:
+        return
     tw = None if w is None else _t64(w)
     rx, rw, rb = torch.ops.aten.native_layer_norm_backward(  # (a bias tensor: grad_bias needs one)
         _t64(dy), _t64(x), [D], _t64(m64), _t64(r64), tw, None if w is None else torch.zeros_like(tw),
         [True, w is not None, w is not None])
-    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
-    gamma = 1.0 if w is None else w.astype(np.float64)
     mag, xh = _grad_x_terms(x64, dy64, m64, r64, gamma, (-1,))
     assert_within(gx, rx.numpy(), mag, "layer_norm grad_x")
-    if w is None:
-        assert gw is None and gb is None
-    else:
-        _check_param_grads(gw, gb, rw, rb, dy64, xh, tuple(range(x.ndim - 1)), w.dtype)
+    if w is not None:
+        _check_param_grads(gw, gb, rw, rb, dy64, xh, param_axes, w.dtype)
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
@@ -94,16 +120,20 @@ def test_rms_norm_backward(rng, dtype, wdt, shape):
     _, rstd = nb.rms_norm(x, D, w, return_stats=True)
     out = poisoned_like(x)
     gx, gw = nb.rms_norm_backward(dy, x, D, rstd, w, out=out)
-    assert gx is out
+    assert gx is out and gx.dtype == dtype and (w is None or gw.dtype == w.dtype)
     r64 = rstd.astype(np.float64)[..., None]
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    gamma = 1.0 if w is None else w.astype(np.float64)
+    assert (gw is None) == (w is None)
+    _check_grads_numpy(gx, gw, None, x64, dy64, 0.0, r64, gamma, (-1,), (0,), centered=False, what="rms_norm")
+    if torch is None:
+        return
     # torch has no CPU kernel of _fused_rms_norm_backward: autograd of F.rms_norm in float64, whose
     # rstd differs from the saved float32 one by its rounding (2**-24, inside the bound)
     tx = _t64(x).requires_grad_()
     tw = None if w is None else _t64(w).requires_grad_()
     ty = torch.nn.functional.rms_norm(tx, [D], tw, float(np.finfo(np.float32).eps))
     rx, rw = torch.autograd.grad(ty, (tx, tw) if w is not None else (tx,), _t64(dy)) + ((None,) if w is None else ())
-    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
-    gamma = 1.0 if w is None else w.astype(np.float64)
     mag, xh = _grad_x_terms(x64, dy64, 0.0, r64, gamma, (-1,), centered=False)
     assert_within(gx, rx.numpy(), mag, "rms_norm grad_x")
     if w is not None:
@@ -133,8 +163,22 @@ def test_batch_norm_backward(rng, dtype, shape, axis, training):
     out = poisoned_like(x)
     gx, gw, gb = nb.batch_norm_backward(dy, x, mean, invstd, w, training, channel_axis=axis, out=out)
     assert gx is out and gx.dtype == dtype and gw.dtype == w.dtype == gb.dtype
-    xc, dyc = _t64(_nchw(x, axis)), _t64(_nchw(dy, axis))
     m64, i64 = mean.astype(np.float64), invstd.astype(np.float64)
+    bshape = [1] * x.ndim
+    bshape[1] = C
+    x64, dy64 = _nchw(x, axis).astype(np.float64), _nchw(dy, axis).astype(np.float64)
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    m, r, gamma = m64.reshape(bshape), i64.reshape(bshape), w.astype(np.float64).reshape(bshape)
+    if training:
+        _check_grads_numpy(_nchw(gx, axis), gw, gb, x64, dy64, m, r, gamma, axes, what="batch_norm")
+    else:  # eval: grad_x = γ·dy·invstd
+        xh = (x64 - m) * r
+        assert_within(_nchw(gx, axis), dy64 * gamma * r, np.abs(dy64 * gamma * r), "batch_norm eval grad_x (NumPy)")
+        assert_within(gw, (dy64 * xh).sum(axes), np.abs(dy64 * xh).sum(axes), "grad_weight (NumPy)")
+        assert_within(gb, dy64.sum(axes), np.abs(dy64).sum(axes), "grad_bias (NumPy)")
+    if torch is None:
+        return
+    xc, dyc = _t64(_nchw(x, axis)), _t64(_nchw(dy, axis))
     if training:
         rx, rw, rb = torch.ops.aten.native_batch_norm_backward(dyc, xc, _t64(w), None, None, _t64(m64), _t64(i64),
                                                                True, 1e-5, [True, True, True])
@@ -142,11 +186,6 @@ def test_batch_norm_backward(rng, dtype, shape, axis, training):
         var = 1.0 / (i64 * i64) - 1e-5
         rx, rw, rb = torch.ops.aten.native_batch_norm_backward(dyc, xc, _t64(w), _t64(m64), _t64(var), None, None,
                                                                False, 1e-5, [True, True, True])
-    bshape = [1] * x.ndim
-    bshape[1] = C
-    x64, dy64 = _nchw(x, axis).astype(np.float64), _nchw(dy, axis).astype(np.float64)
-    axes = tuple(i for i in range(x.ndim) if i != 1)
-    m, r, gamma = m64.reshape(bshape), i64.reshape(bshape), w.astype(np.float64).reshape(bshape)
     if training:
         mag, xh = _grad_x_terms(x64, dy64, m, r, gamma, axes)
     else:
@@ -210,12 +249,39 @@ def test_common_backward_paths_match_general(rng, dtype, weighted):
 def _assert_same_grads(fast, general, dtype, w):
     assert type(fast[0]) is np.ndarray and fast[0].dtype == dtype and fast[0].flags.c_contiguous
     np.testing.assert_array_equal(fast[0].astype(np.float64), general[0].astype(np.float64))
-    for got, ref in zip(fast[1:], general[1:]):
+    for got, ref in zip(fast[1:], general[1:], strict=True):
         if w is None:
             assert got is None and ref is None
         else:
             assert got.dtype == w.dtype
             np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype,offset,scale", [(F16, 1e4, 30.0), (BF16, 1e4, 30.0), (BF16, 1e6, 3e4)],
+                         ids=["f16-1e4", "bf16-1e4", "bf16-1e6"])
+def test_backward_at_offsets(rng, dtype, offset, scale):
+    """Inputs far from zero (the forward's statistics bound holds there): LayerNorm and training
+    BatchNorm (both layouts) backward within the bound of the NumPy reference."""
+    x = _data(rng, (6, 517), dtype, scale, offset)
+    dy = _data(rng, x.shape, dtype, 1.0, 0.0)
+    w = rng.uniform(-2, 2, 517).astype(np.float32)
+    _, mean, rstd = nb.layer_norm(x, 517, w, None, return_stats=True)
+    gx, gw, gb = nb.layer_norm_backward(dy, x, 517, mean, rstd, w, out=poisoned_like(x))
+    m64, r64 = mean.astype(np.float64)[:, None], rstd.astype(np.float64)[:, None]
+    _check_grads_numpy(gx, gw, gb, x.astype(np.float64), dy.astype(np.float64), m64, r64, w.astype(np.float64),
+                       (-1,), (0,), what=f"layer_norm at {offset}")
+    for axis in (1, -1):
+        x = _data(rng, (8, 17, 13, 11), dtype, scale, offset)
+        dy = _data(rng, x.shape, dtype, 1.0, 0.0)
+        C = x.shape[axis]
+        w = rng.uniform(-2, 2, C).astype(np.float32)
+        _, mean, invstd = nb.batch_norm(x, None, None, w, None, True, channel_axis=axis, return_stats=True)
+        gx, gw, gb = nb.batch_norm_backward(dy, x, mean, invstd, w, channel_axis=axis, out=poisoned_like(x))
+        bshape = [1, C, 1, 1]
+        m, r = mean.astype(np.float64).reshape(bshape), invstd.astype(np.float64).reshape(bshape)
+        _check_grads_numpy(_nchw(gx, axis), gw, gb, _nchw(x, axis).astype(np.float64),
+                           _nchw(dy, axis).astype(np.float64), m, r, w.astype(np.float64).reshape(bshape),
+                           (0, 2, 3), what=f"batch_norm axis {axis} at {offset}")
 
 
 # ------------------------------------------------------------------------------- GroupNorm
@@ -239,14 +305,20 @@ def test_group_norm_backward(rng, dtype, shape, groups, axis):
     HxW = x.size // (N * C)
     xc, dyc = _nchw(x, axis), _nchw(dy, axis)
     m64, r64 = mean.astype(np.float64), rstd.astype(np.float64)
-    rx, rw, rb = torch.ops.aten.native_group_norm_backward(_t64(dyc), _t64(xc), _t64(m64), _t64(r64), _t64(w),
-                                                           N, C, HxW, groups, [True, True, True])
     gshape = (N, groups, C // groups * HxW)
     x64, dy64 = xc.astype(np.float64).reshape(gshape), dyc.astype(np.float64).reshape(gshape)
     gamma = np.repeat(w.astype(np.float64).reshape(groups, C // groups), HxW, axis=1).reshape(1, groups, -1)
-    mag, xh = _grad_x_terms(x64, dy64, m64[..., None], r64[..., None], gamma, (2,))
-    assert_within(_nchw(gx, axis).reshape(gshape), rx.numpy().reshape(gshape), mag, "group_norm grad_x")
+    want, mag, xh = _grad_x_ref(x64, dy64, m64[..., None], r64[..., None], gamma, (2,))
+    assert_within(_nchw(gx, axis).reshape(gshape), want, mag, "group_norm grad_x (NumPy reference)")
     dyx = (dy64 * xh).reshape(N, C, HxW)
+    assert_within(gw, dyx.sum((0, 2)), np.abs(dyx).sum((0, 2)), "grad_weight (NumPy)")
+    assert_within(gb, dy64.reshape(N, C, HxW).sum((0, 2)), np.abs(dy64.reshape(N, C, HxW)).sum((0, 2)),
+                  "grad_bias (NumPy)")
+    if torch is None:
+        return
+    rx, rw, rb = torch.ops.aten.native_group_norm_backward(_t64(dyc), _t64(xc), _t64(m64), _t64(r64), _t64(w),
+                                                           N, C, HxW, groups, [True, True, True])
+    assert_within(_nchw(gx, axis).reshape(gshape), rx.numpy().reshape(gshape), mag, "group_norm grad_x")
     assert_within(gw, rw.numpy(), np.abs(dyx).sum((0, 2)), "grad_weight")
     assert_within(gb, rb.numpy(), np.abs(dy64.reshape(N, C, HxW)).sum((0, 2)), "grad_bias")
 

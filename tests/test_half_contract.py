@@ -259,3 +259,62 @@ def test_add_layer_norm(rng, dtype):
     want = exact.astype(np.float32).astype(dtype)  # one rounding (float32 holds the sum exactly)
     np.testing.assert_array_equal(s.view(np.uint16), want.view(np.uint16))
     assert_contract(y, layer_norm_ref(s, (75,), w, b)[0], b, "add_layer_norm")
+
+
+# ------------------------------------------------------------------------------------ torch
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("axis", [1, -1])
+def test_contract_against_torch_float64(rng, dtype, axis):
+    """The same contract with torch's float64 ops (on the half inputs' exact values, float64
+    statistics) as y64, where torch is installed: LayerNorm, RMSNorm, BatchNorm (training and
+    eval), GroupNorm."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+
+    def t64(a):
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(a).astype(np.float64)))
+
+    x = _data(rng, (4, 33, 257), dtype, 3.0, 1.5)
+    w, b = _params(rng, 257, dtype, "float32")
+    y = nb.layer_norm(x, 257, w, b, out=poisoned_like(x))
+    assert_contract(y, F.layer_norm(t64(x), (257,), t64(w), t64(b), 1e-5).numpy(), b, "layer_norm vs torch")
+    y = nb.rms_norm(x, 257, w, out=poisoned_like(x))
+    eps = float(np.finfo(np.float32).eps)  # numbanorm's default for half input, as torch's for half
+    assert_contract(y, F.rms_norm(t64(x), (257,), t64(w), eps).numpy(), 0.0, "rms_norm vs torch")
+
+    x = _data(rng, (6, 12, 9, 11) if axis == 1 else (6, 9, 11, 12), dtype, 3.0, 2.0)
+    C = 12
+    w, b = _params(rng, C, dtype, "float32")
+    xt = t64(np.moveaxis(x, axis, 1))
+    beta = _beta(b, (6, 12, 9, 11), 1)
+
+    def nchw(a):
+        return np.moveaxis(a, axis, 1)
+    for training in (True, False):
+        rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2.0, C).astype(np.float32)
+        want = F.batch_norm(xt, t64(rm), t64(rv), t64(w), t64(b), training, 0.1, 1e-5).numpy()
+        y = nb.batch_norm(x, rm, rv, w, b, training, channel_axis=axis, out=poisoned_like(x))
+        assert_contract(nchw(y), want, beta, f"batch_norm training={training} vs torch")
+    want = F.group_norm(xt, 4, t64(w), t64(b), 1e-5).numpy()
+    y = nb.group_norm(x, 4, w, b, channel_axis=axis, out=poisoned_like(x))
+    assert_contract(nchw(y), want, beta, "group_norm vs torch")
+
+
+@pytest.mark.parametrize("dtype,offset,scale", [(F16, 1e4, 30.0), (BF16, 1e4, 30.0), (BF16, 1e6, 3e4)],
+                         ids=["f16-1e4", "bf16-1e4", "bf16-1e6"])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_group_and_rms_norm_offsets(rng, dtype, offset, scale, axis):
+    """GroupNorm's statistics at large offsets keep their bound (as LayerNorm's and BatchNorm's);
+    RMSNorm's rstd at an offset (no centering: its sum of squares is the whole story)."""
+    x = _data(rng, (3, 16, 13, 11) if axis == 1 else (3, 13, 11, 16), dtype, scale, offset)
+    w, b = _params(rng, 16, dtype, "float32")
+    y, mean, rstd = nb.group_norm(x, 4, w, b, channel_axis=axis, return_stats=True)
+    ry, rmean, rrstd = group_norm_ref(x, 4, w, b, channel_axis=axis)
+    assert_contract(y, ry, _beta(b, x.shape, axis), f"group_norm at {offset}")
+    np.testing.assert_allclose(mean, rmean, rtol=STAT_RTOL)
+    np.testing.assert_allclose(rstd, rrstd, rtol=STAT_RTOL)
+    x = _data(rng, (5, 300), dtype, scale, offset)
+    y, rstd = nb.rms_norm(x, 300, None, return_stats=True)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(rstd, 1.0 / np.sqrt((x64 * x64).mean(-1) + np.finfo(np.float32).eps), rtol=STAT_RTOL)
+    assert_contract(y, rms_norm_ref(x, 1, None), 0.0, f"rms_norm at {offset}")
