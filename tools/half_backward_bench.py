@@ -15,6 +15,7 @@ round calls every peer ``reps`` times, interleaved; a peer's time is its minimum
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -132,7 +133,8 @@ def main(argv=None):
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
     dts = {"f16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16)}
     print(f"# {cpu_flags()}")
-    print(f"# threads {args.threads}, clock {args.clock}, torch {torch.__version__}")
+    print(f"# threads {args.threads}, clock {args.clock}, torch {torch.__version__}, "
+          f"load {os.getloadavg()[0]:.1f}")
     print(f"{'op':4} {'layout':6} {'shape':16} {'dt':5} {'half us':>9} {'torch us':>9} {'f32 us':>9} "
           f"{'vs torch':>8} {'half/f32':>8}")
     rows = []
