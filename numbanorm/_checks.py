@@ -157,7 +157,8 @@ def check_normalized_shape(normalized_shape: object, x_shape: tuple[int, ...]) -
 def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
     """An optional parameter (weight, bias) with exactly ``shape`` and ``dtype``, as a flat
     contiguous array, or None. For half ``dtype`` a float32 parameter is accepted too (mixed
-    precision, as torch allows), and either is returned as float64 for the kernels."""
+    precision, as torch allows), and either is returned as float32 (exact) for the kernels, which
+    compute half data in float32."""
     if p is None:
         return None
     if (type(p) is np.ndarray and p.shape == shape and p.dtype == dtype and (dtype is _F32 or dtype is _F64)
@@ -170,7 +171,7 @@ def check_param(p: object, name: str, shape: tuple[int, ...], dtype: np.dtype[An
         check_shape_dtype(name, arr.shape, arr.dtype, shape, arr.dtype)
         if arr.dtype != dtype and arr.dtype != np.float32:
             raise TypeError(f"{name} must have dtype {dtype} (the dtype of x) or float32, got {arr.dtype}")
-        return np.ascontiguousarray(arr, np.float64).reshape(-1)  # the kernels compute in float64
+        return np.ascontiguousarray(arr, np.float32).reshape(-1)  # the kernels compute in float32
     check_shape_dtype(name, arr.shape, arr.dtype, shape, dtype)
     return np.ascontiguousarray(arr).reshape(-1)
 

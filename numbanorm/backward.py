@@ -3,7 +3,9 @@ weight and bias.
 
 All take the statistics the forward returned with ``return_stats=True``, so nothing is
 recomputed; they match torch autograd of ``F.layer_norm`` / ``F.batch_norm`` / ``F.rms_norm`` /
-``F.group_norm``.
+``F.group_norm``. float16/bfloat16 ``grad_out``/``x`` are computed in float32 with float64 sums
+(the weight may be float32 or x's dtype); grad_x has x's dtype and grad_weight/grad_bias the
+weight's, as torch's mixed-dtype rules give them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _F64 = np.dtype(np.float64)
 #: (``cpu.backward.batch_norm_backward_serial``) raises the same text.
 INVSTD_MESSAGE = ("invstd must be positive (1 / sqrt(var + eps), as batch_norm(..., return_stats=True) returns it), "
                   "got a value <= 0: running_mean / running_var are not the (mean, invstd) a backward takes")
+_F16_VIEW = cpu.kernel_array(np.empty(0, np.float16)).dtype  # float16's kernel view (cpu/halfio.py)
 
 
 def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int | Sequence[int],
@@ -50,8 +53,8 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     grad_out : array_like
         dL/dy: x's shape and dtype.
     x : array_like
-        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
-        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        The forward's input: float32, float64, float16 or bfloat16 (computed in float32 with
+        float64 sums), or a CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
         in them to float64.
     normalized_shape : int or sequence of int
         As in the forward.
@@ -60,7 +63,8 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     rstd : array_like
         The rstd from ``layer_norm(..., return_stats=True)``, as ``mean``.
     weight : array_like, optional
-        The forward's weight (shape ``normalized_shape``, x's dtype); None if it had none.
+        The forward's weight (shape ``normalized_shape``, x's dtype, or float32 for half x); None
+        if it had none. grad_weight and grad_bias come in its dtype.
     out : numpy.ndarray, optional
         Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
 
@@ -77,7 +81,7 @@ def layer_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int
     Raises
     ------
     TypeError
-        x is None, not float32/float64, or an argument has the wrong dtype or type.
+        x is None, not a supported float dtype, or an argument has the wrong dtype or type.
     ValueError
         x is 0-d; ``normalized_shape`` is not x's trailing dims; ``grad_out``, a statistic or
         ``weight`` has the wrong shape; ``out`` overlaps an input other than ``grad_out``.
@@ -119,8 +123,8 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
     grad_out : array_like
         dL/dy: x's shape and dtype.
     x : array_like
-        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
-        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        The forward's input: float32, float64, float16 or bfloat16 (computed in float32 with
+        float64 sums), or a CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
         in them to float64.
     normalized_shape : int or sequence of int
         As in the forward.
@@ -128,7 +132,8 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
         From ``rms_norm(..., return_stats=True)``, shape ``x.shape[:-k]`` (it holds eps, so none
         is passed here).
     weight : array_like, optional
-        The forward's weight (shape ``normalized_shape``, x's dtype); None if it had none.
+        The forward's weight (shape ``normalized_shape``, x's dtype, or float32 for half x); None
+        if it had none. grad_weight and grad_bias come in its dtype.
     out : numpy.ndarray, optional
         Receives grad_x: x's shape and dtype, writeable; may be ``grad_out`` (in place).
 
@@ -142,7 +147,7 @@ def rms_norm_backward(grad_out: ArrayLike, x: ArrayLike, normalized_shape: int |
     Raises
     ------
     TypeError
-        x is None, not float32/float64, or an argument has the wrong dtype or type.
+        x is None, not a supported float dtype, or an argument has the wrong dtype or type.
     ValueError
         x is 0-d; ``normalized_shape`` is not x's trailing dims; ``grad_out``, ``rstd`` or
         ``weight`` has the wrong shape; ``out`` overlaps an input other than ``grad_out``.
@@ -187,12 +192,19 @@ def _rows_backward(grad_out: Any, x: Any, normalized_shape: Any, mean: Any, rstd
         x2, g2 = x.reshape(R, D), grad_out.reshape(R, D)
         mean = mean.astype(_F64).reshape(R) if centered else None  # the kernels take float64 stats
         rstd = rstd.astype(_F64).reshape(R)
+        gdt = x.dtype if weight is None else weight.dtype  # (float32 for half x: the fast check's)
+        if x.dtype.kind != "f":  # bfloat16 ("V"); float16 below
+            x2, g2 = cpu.kernel_array(x2), cpu.kernel_array(g2)
+        elif x.dtype.itemsize == 2:
+            x2, g2 = x2.view(_F16_VIEW), g2.view(_F16_VIEW)
     else:
         x = _float_input(x)
+        gdt = _grad_param_dtype(weight, x.dtype)
         shape, grad_out, mean, rstd, weight, out = rows_backward_args(HOST, x, normalized_shape, grad_out, mean,
                                                                       rstd, weight, out, centered)
         k = len(shape)
-        x2, g2 = rows_view(x, k), rows_view(grad_out, k)
+        # (float16/bfloat16: the kernels' 16-bit views, cpu/halfio.py)
+        x2, g2 = cpu.kernel_array(rows_view(x, k)), cpu.kernel_array(rows_view(grad_out, k))
     output = rows_output(out, x, x2.shape)
     if x.size < _SERIAL_SIZE:  # one task: neither the thread count (~1 us) nor the launch lock
         gw, gb = cpu.layer_norm_backward(g2, x2, mean, rstd, weight, output.kernel, 1)
@@ -202,7 +214,7 @@ def _rows_backward(grad_out: Any, x: Any, normalized_shape: Any, mean: Any, rstd
     result = output.finish()
     if weight is None:
         return result, None, None
-    return result, gw.astype(x.dtype).reshape(shape), gb.astype(x.dtype).reshape(shape)
+    return result, gw.astype(gdt).reshape(shape), gb.astype(gdt).reshape(shape)
 
 
 def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
@@ -217,8 +229,8 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     grad_out : array_like
         dL/dy: x's shape and dtype.
     x : array_like
-        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
-        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        The forward's input: float32, float64, float16 or bfloat16 (computed in float32 with
+        float64 sums), or a CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
         in them to float64.
     mean : array_like
         The mean from ``batch_norm(..., return_stats=True)``, shape (C,): the batch statistics
@@ -249,7 +261,7 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
     Raises
     ------
     TypeError
-        x is None, not float32/float64, or an argument has the wrong dtype or type.
+        x is None, not a supported float dtype, or an argument has the wrong dtype or type.
     ValueError
         x has fewer than 2 dims (or is 0-d); ``channel_axis`` is out of range; ``grad_out``, a
         statistic or ``weight`` has the wrong shape; ``invstd`` holds a value <= 0 (running
@@ -284,20 +296,22 @@ def batch_norm_backward(grad_out: ArrayLike, x: ArrayLike, mean: ArrayLike, invs
                                                              channel_axis=channel_axis, out=out)
         return on_device
     x = _float_input(x)
+    gdt = _grad_param_dtype(weight, x.dtype)
     axis, grad_out, mean, invstd, weight, out = batch_norm_backward_args(HOST, x, grad_out, mean, invstd, weight,
                                                                          channel_axis, out)
     if (invstd <= 0.0).any():  # (NaN passes: statistics of NaN data propagate, as in torch)
         raise ValueError(INVSTD_MESSAGE)
     view = input_view(x, axis)
-    g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
+    g3 = cpu.kernel_array(_matching_view(grad_out, axis, view.channels_moved, view.x3.shape))
     output = channel_output(out, x, view, axis)
-    s_dy, s_dyx = _batch_norm_backward_kernels(g3, view.x3, mean, invstd, weight, training, output.kernel)
+    s_dy, s_dyx = _batch_norm_backward_kernels(g3, cpu.kernel_array(view.x3), mean, invstd, weight, training,
+                                               output.kernel)
     result = output.finish()
     if weight is None:
         return result, None, None
     with np.errstate(all="ignore"):
-        grad_weight = (s_dyx * invstd).astype(x.dtype)
-    return result, grad_weight, s_dy.astype(x.dtype)
+        grad_weight = (s_dyx * invstd).astype(gdt)
+    return result, grad_weight, s_dy.astype(gdt)
 
 
 def _batch_norm_backward_kernels(g3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
@@ -371,8 +385,8 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     grad_out : array_like
         dL/dy: x's shape and dtype.
     x : array_like
-        The forward's input: float32 or float64 (the backward kernels have no half I/O yet), or a
-        CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
+        The forward's input: float32, float64, float16 or bfloat16 (computed in float32 with
+        float64 sums), or a CUDA array (see Notes). Lists and tuples are converted as NumPy converts them, integers
         in them to float64.
     num_groups : int
         As in the forward.
@@ -399,7 +413,7 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     Raises
     ------
     TypeError
-        x is None, not float32/float64, or an argument has the wrong dtype or type.
+        x is None, not a supported float dtype, or an argument has the wrong dtype or type.
     ValueError
         x has fewer than 2 dims (or is 0-d); ``channel_axis`` or ``num_groups`` is invalid;
         ``grad_out``, a statistic or ``weight`` has the wrong shape; ``out`` overlaps an input
@@ -425,6 +439,7 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
                                                              channel_axis=channel_axis, out=out)
         return on_device
     x = _float_input(x)
+    gdt = _grad_param_dtype(weight, x.dtype)
     axis, G, grad_out, mean, rstd, weight, out = group_norm_backward_args(HOST, x, num_groups, grad_out, mean, rstd,
                                                                           weight, channel_axis, out)
     N, C = x.shape[0], x.shape[axis]
@@ -433,12 +448,13 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     view = input_view(x, axis)
     output = channel_output(out, x, view, axis)
     if x.size == 0:
-        zeros = np.zeros(C, x.dtype)
+        zeros = np.zeros(C, gdt)
         result = output.finish()
         return (result, None, None) if weight is None else (result, zeros, zeros.copy())
     g3 = _matching_view(grad_out, axis, view.channels_moved, view.x3.shape)
     shape4 = (N, -1, C, view.x3.shape[2])
-    x4, g4, t4 = view.x3.reshape(shape4), g3.reshape(shape4), output.kernel.reshape(shape4)
+    x4, g4 = cpu.kernel_array(view.x3).reshape(shape4), cpu.kernel_array(g3).reshape(shape4)
+    t4 = output.kernel.reshape(shape4)
     cmean = np.repeat(mean, C // G, axis=1)  # the group's mean for each of its channels
     count = float(x.size // (N * C))
     nthreads = cpu.num_threads()
@@ -449,16 +465,20 @@ def group_norm_backward(grad_out: ArrayLike, x: ArrayLike, num_groups: int, mean
     result = output.finish()
     if weight is None:
         return result, None, None
-    return result, gw.astype(x.dtype), gb.astype(x.dtype)
+    return result, gw.astype(gdt), gb.astype(gdt)
 
 
 def _float_input(x: ArrayLike) -> np.ndarray:
-    """x for a backward: float32 or float64 (the backward kernels have no half I/O yet)."""
-    x = as_float_array(x)
-    if is_half(x.dtype):
-        raise TypeError(f"x must have dtype float32 or float64 for a backward, got {x.dtype} (the backward "
-                        "kernels have no half I/O yet: convert x, grad_out and the parameters to float32)")
-    return x
+    """x for a backward: float32, float64, float16 or bfloat16."""
+    return as_float_array(x)
+
+
+def _grad_param_dtype(weight: object, dtype: np.dtype) -> np.dtype:
+    """dtype of grad_weight/grad_bias: the weight's, as torch gives them (a float32 weight of half
+    x gets float32 gradients); x's for float32/float64 x (``check_param`` insists on it)."""
+    if is_half(dtype) and getattr(weight, "dtype", None) == np.float32:
+        return np.dtype(np.float32)
+    return dtype
 
 
 def _matching_view(a: np.ndarray, axis: int, channels_moved: bool, shape: tuple[int, int, int]) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._backend import device_backend, is_device_array
-from ._checks import SUPPORTED_DTYPES, as_float_array, check_channel_axis, check_eps, check_momentum
+from ._checks import as_float_array, check_channel_axis, check_eps, check_momentum, is_supported
 from .backward import batch_norm_backward, group_norm_backward, layer_norm_backward, rms_norm_backward
 from .family import group_norm, rms_norm
 from .functional import batch_norm, layer_norm
@@ -338,7 +338,7 @@ class _Norm:
         if name == "num_batches_tracked":
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"state_dict[{name!r}] must be an integer, got dtype {arr.dtype}")
-        elif arr.dtype.kind != "f":
+        elif arr.dtype.kind != "f" and not is_supported(arr.dtype):  # (bfloat16's kind is "V")
             raise TypeError(f"state_dict[{name!r}] must be floating point (cast to {target.dtype}), "
                             f"got dtype {arr.dtype}")
         return arr.astype(target.dtype)
@@ -380,9 +380,15 @@ def _shape_arg(normalized_shape: object) -> tuple[int, ...]:
 
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in SUPPORTED_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    """A layer's dtype (of its parameters, buffers and inputs): float32, float64, float16, or
+    ml_dtypes' bfloat16 (a half layer trains in half precision: its forward and backward compute
+    in float32 with float64 sums, as the functional ops do)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not is_supported(dt):
+        raise TypeError(f"dtype must be float32, float64, float16 or bfloat16, got {dtype!r}")
     return dt
 
 

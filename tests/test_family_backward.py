@@ -228,8 +228,10 @@ def test_rms_norm_backward_errors(rng):
         nb.rms_norm_backward(g, x, 5, rstd)
     with pytest.raises(ValueError, match="out overlaps x"):
         nb.rms_norm_backward(g, x, 6, rstd, out=x[::-1])
-    with pytest.raises(TypeError, match="float32 or float64 for a backward"):
-        nb.rms_norm_backward(g.astype(np.float16), x.astype(np.float16), 6, rstd)
+    with pytest.raises(TypeError, match="x must have dtype float16, bfloat16, float32 or float64"):
+        nb.rms_norm_backward(g.astype(np.int64), x.astype(np.int64), 6, rstd)
+    gx, _ = nb.rms_norm_backward(g.astype(np.float16), x.astype(np.float16), 6, rstd)  # half: accepted
+    assert gx.dtype == np.float16
 
 
 def test_group_norm_backward_errors(rng):

@@ -25,9 +25,13 @@ from .backward import (
 from .batch_norm import (
     batch_norm_eval_cl,
     batch_norm_eval_forward,
+    batch_norm_eval_nd_cl,
+    batch_norm_eval_nd_rows,
     batch_norm_eval_rows,
     batch_norm_train_cl,
     batch_norm_train_forward,
+    batch_norm_train_nd_cl,
+    batch_norm_train_nd_rows,
     batch_norm_train_rows,
     no_stats,
     none_of,
@@ -40,6 +44,7 @@ from .layer_norm import (
     layer_norm_backward,
     layer_norm_forward,
     layer_norm_serial_cached,
+    layer_norm_serial_nd,
     layer_norm_serial_pipelined,
     rms_norm_forward,
 )
@@ -48,12 +53,13 @@ from .plan import NEEDS_CALL_LOCK, SERIAL_SIZE, kernel_guard, num_threads
 
 __all__ = [
     "LN_PIPELINE_ELEMENTS", "NEEDS_CALL_LOCK", "SERIAL_SIZE", "add_layer_norm_forward", "arena_info",
-    "batch_norm_backward_serial", "batch_norm_eval_cl", "batch_norm_eval_forward", "batch_norm_eval_rows",
-    "batch_norm_train_cl", "batch_norm_train_forward", "batch_norm_train_rows", "channel_affine",
+    "batch_norm_backward_serial", "batch_norm_eval_cl", "batch_norm_eval_forward", "batch_norm_eval_nd_cl",
+    "batch_norm_eval_nd_rows", "batch_norm_eval_rows", "batch_norm_train_cl", "batch_norm_train_forward",
+    "batch_norm_train_nd_cl", "batch_norm_train_nd_rows", "batch_norm_train_rows", "channel_affine",
     "channel_grad_input", "channel_grad_sums", "channel_moments", "channel_scale_offset", "empty",
     "group_grad_coefficients", "group_norm_fused", "group_scale_offset", "is_bfloat16", "is_half",
     "kernel_array", "kernel_guard", "layer_norm_backward", "layer_norm_forward", "layer_norm_serial_cached",
-    "layer_norm_serial_pipelined", "merge_groups", "no_stats", "none_of", "num_threads", "rms_norm_forward",
-    "sample_channel_affine", "sample_channel_grad_input", "sample_channel_grad_sums", "sample_channel_moments",
-    "set_arena_limit",
+    "layer_norm_serial_nd", "layer_norm_serial_pipelined", "merge_groups", "no_stats", "none_of", "num_threads",
+    "rms_norm_forward", "sample_channel_affine", "sample_channel_grad_input", "sample_channel_grad_sums",
+    "sample_channel_moments", "set_arena_limit",
 ]

@@ -13,6 +13,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from .halfio import HALF_LANES
 from .jit import glue, parallel, serial
 from .moments import cl_lanes
 from .plan import block_bounds, plan
@@ -29,29 +30,41 @@ _STREAM_RUN_BYTES = 4096
 
 
 # Statistics are always accumulated in float64. The normalize step ``(x - mean) * scale + offset``
-# runs in float32 for float32 data (8 SIMD lanes instead of 4 on AVX2), with the mean split into
-# a float32 head (subtracted from x: exact when x is near the mean) and the rest, which is folded
-# into the offset in float64: ``(x - head) * scale + (offset - (mean - head) * scale)``. This
-# stays accurate when |mean| >> std and gives exactly ``offset`` for constant input. (Written as
-# ``(x - head) - tail`` instead, ``reassoc`` would fold head + tail back into one float32.)
-# Any other dtype computes in float64, where head == mean.
-# Statistics are always accumulated in float64. The normalize step ``(x - mean) * scale + offset``
-# runs in float32 for float32 data (8 SIMD lanes instead of 4 on AVX2), with the mean split into
-# a float32 head (subtracted from x: exact when x is near the mean) and the rest, which is folded
-# into the offset in float64: ``(x - head) * scale + (offset - (mean - head) * scale)``. This
-# stays accurate when |mean| >> std and gives exactly ``offset`` for constant input. (Written as
-# ``(x - head) - tail`` instead, ``reassoc`` would fold head + tail back into one float32.)
-# Any other dtype computes in float64, where head == mean.
+# runs in float32 for float32 and half (float16/bfloat16) data (8 or 16 SIMD lanes instead of 4 or
+# 8), with the mean split into a float32 head (subtracted from x: exact when x is near the mean)
+# and the rest, which is folded into the offset in float64:
+# ``(x - head) * scale + (offset - (mean - head) * scale)``. This stays accurate when
+# |mean| >> std and gives exactly ``offset`` for constant input. (Written as ``(x - head) - tail``
+# instead, ``reassoc`` would fold head + tail back into one float32.) float64 data computes in
+# float64, where head == mean. For half outputs the float32 evaluation costs at most a few float32
+# roundings of |x̂·γ| + |β| (the README's bound: 2**-21 of it), far below the half ulp.
 def to_compute(v, like):
     """``v`` in the compute type of array ``like`` (jit-only helper)."""
     return np.float64(v)
 
 
+#: Element types whose normalize computes in float32: float32 and the 16-bit views of half arrays.
+_F32_COMPUTE = (types.float32, types.uint16, types.int16)
+
+
 @overload(to_compute)
 def _to_compute(v, like):
-    if isinstance(like, types.Array) and like.dtype == types.float32:
+    if isinstance(like, types.Array) and like.dtype in _F32_COMPUTE:
         return lambda v, like: np.float32(v)
     return lambda v, like: np.float64(v)
+
+
+def lane_multiple(like):
+    """Lanes per vector of ``simd.affine_rows`` over array ``like`` (jit-only; a constant): the
+    channels-last rows of ``cl_affine`` are a multiple of it, so that no row ends in a scalar tail
+    (C = 3: 264 lanes were 16 vectors and 8 scalars of float16 per row on AVX-512)."""
+    return 8
+
+
+@overload(lane_multiple)
+def _lane_multiple(like):
+    lanes = HALF_LANES if isinstance(like, types.Array) and like.dtype in (types.uint16, types.int16) else 8
+    return lambda like: lanes
 
 
 def compute_empty(n, like):
@@ -61,7 +74,7 @@ def compute_empty(n, like):
 
 @overload(compute_empty)
 def _compute_empty(n, like):
-    if isinstance(like, types.Array) and like.dtype == types.float32:
+    if isinstance(like, types.Array) and like.dtype in _F32_COMPUTE:
         return lambda n, like: np.empty(n, np.float32)
     return lambda n, like: np.empty(n, np.float64)
 
@@ -131,7 +144,7 @@ def cl_affine(x3, o0, o1, i0, i1, shift, scale, offset, out3):
     # Normal stores: streaming made BN eval (32,56,56,64) 1.3-1.5x faster but BN training,
     # whose normalize follows the moments pass, 1.2-1.3x slower (one core, not understood yet).
     stream = False
-    W = cl_lanes(C)
+    W = cl_lanes(C, lane_multiple(src))
     k = W // C
     head, sc, of = tile_lanes(shift, scale, offset, W, src)
     nfull = (o1 - o0) // k

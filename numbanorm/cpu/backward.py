@@ -24,6 +24,7 @@ from numba import prange
 
 from .affine import compute_empty, to_compute
 from .family import _sample_tasks
+from .halfio import is_half_view, load, store
 from .jit import glue, parallel, serial
 from .moments import _CL_GROUP_MIN_C, cl_dot_sums, cl_lanes, sum_pieces
 from .plan import block_bounds, plan
@@ -44,9 +45,9 @@ def run_grad_sums(grun, xrun, m):
     a = 0.0
     b = 0.0
     for i in range(grun.shape[0]):
-        d = np.float64(grun[i])
+        d = np.float64(load(grun[i]))
         a += d
-        b += d * (xrun[i] - m)
+        b += d * (load(xrun[i]) - m)
     return a, b
 
 
@@ -56,10 +57,10 @@ def run_grad_sums_scaled(grun, xrun, m, scale, orun):
     a = 0.0
     b = 0.0
     for i in range(grun.shape[0]):
-        d = np.float64(grun[i])
+        d = np.float64(load(grun[i]))
         a += d
-        b += d * (xrun[i] - m)
-        orun[i] = d * scale
+        b += d * (load(xrun[i]) - m)
+        orun[i] = store(d * scale, orun)
     return a, b
 
 
@@ -94,20 +95,20 @@ def cl_sweep_sums(g2, x2, mean, r0, r1, s_dy, s_dyx):
             gb = g2[r:r + 4]
             xb = x2[r:r + 4]
             for c in range(np.uint64(C)):
-                d0, d1 = np.float64(gb[0, c]), np.float64(gb[1, c])
-                d2, d3 = np.float64(gb[2, c]), np.float64(gb[3, c])
+                d0, d1 = np.float64(load(gb[0, c])), np.float64(load(gb[1, c]))
+                d2, d3 = np.float64(load(gb[2, c])), np.float64(load(gb[3, c]))
                 m = mean[c]
                 acc[0, c] += (d0 + d1) + (d2 + d3)
-                acc[1, c] += ((d0 * (np.float64(xb[0, c]) - m) + d1 * (np.float64(xb[1, c]) - m))
-                              + (d2 * (np.float64(xb[2, c]) - m) + d3 * (np.float64(xb[3, c]) - m)))
+                acc[1, c] += ((d0 * (np.float64(load(xb[0, c])) - m) + d1 * (np.float64(load(xb[1, c])) - m))
+                              + (d2 * (np.float64(load(xb[2, c])) - m) + d3 * (np.float64(load(xb[3, c])) - m)))
             r += 4
     for o in range(r, r1):
         grow = g2[o]
         xrow = x2[o]
         for c in range(np.uint64(C)):
-            d = np.float64(grow[c])
+            d = np.float64(load(grow[c]))
             acc[0, c] += d
-            acc[1, c] += d * (np.float64(xrow[c]) - mean[c])
+            acc[1, c] += d * (np.float64(load(xrow[c])) - mean[c])
     for c in range(C):
         s_dy[c] += acc[0, c]
         s_dyx[c] += acc[1, c]
@@ -167,11 +168,11 @@ def cl_grad_sums(g3, x3, o0, o1, i0, i1, mean, scale, out3, s_dy, s_dyx):
         # Channels-last: all channels side by side so the lanes run over c.
         for o in range(o0, o1):
             for c in range(C):
-                d = np.float64(g3[o, c, 0])
+                d = np.float64(load(g3[o, c, 0]))
                 s_dy[c] += d
-                s_dyx[c] += d * (x3[o, c, 0] - mean[c])
+                s_dyx[c] += d * (load(x3[o, c, 0]) - mean[c])
                 if out3 is not None:
-                    out3[o, c, 0] = d * scale[c]
+                    out3[o, c, 0] = store(d * scale[c], out3)
 
 
 @glue
@@ -276,7 +277,17 @@ def rows_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
             pc, qc, rc, m = p[c], q[c], r[c], mean[c]
             grun = g3[o, c, i0:i1]
             orun = out3[o, c, i0:i1]
-            if x3 is None:
+            if is_half_view(orun):  # float32, with the mean folded as the forward does
+                hc = np.float32(m)
+                pc32, qc32, rc32 = np.float32(pc), np.float32(qc), np.float32(rc + (m - np.float64(hc)) * qc)
+                if x3 is None:
+                    for i in range(np.uint64(grun.shape[0])):
+                        orun[i] = store(load(grun[i]) * pc32, orun)
+                else:
+                    xrun = x3[o, c, i0:i1]
+                    for i in range(np.uint64(grun.shape[0])):
+                        orun[i] = store(load(grun[i]) * pc32 - (load(xrun[i]) - hc) * qc32 + rc32, orun)
+            elif x3 is None:
                 for i in range(grun.shape[0]):
                     orun[i] = grun[i] * pc
             else:
@@ -297,13 +308,13 @@ def cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
         for o in range(o0, o1):
             b = np.uint64(o) * w
             for c in range(w):
-                of[b + c] = gf[b + c] * p[c]
+                of[b + c] = store(load(gf[b + c]) * p[c], of)
     elif C >= _CL_GROUP_MIN_C:
         xf = x3.reshape(x3.size)
         for o in range(o0, o1):
             b = np.uint64(o) * w
             for c in range(w):
-                of[b + c] = gf[b + c] * p[c] - (xf[b + c] - mean[c]) * q[c] + r[c]
+                of[b + c] = store(load(gf[b + c]) * p[c] - (load(xf[b + c]) - mean[c]) * q[c] + r[c], of)
     else:
         # Few channels: runs of W lanes with the parameters tiled to the lanes (see above).
         xf = x3.reshape(x3.size)
@@ -316,7 +327,7 @@ def cl_grad_input(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
         for b0 in range(start, start + n, W):
             b = np.uint64(b0)
             for j in range(np.uint64(min(W, start + n - b0))):
-                of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - mw[j]) * qw[j] + rw[j]
+                of[b + j] = store(load(gf[b + j]) * pw[j] - (load(xf[b + j]) - mw[j]) * qw[j] + rw[j], of)
 
 
 @glue
@@ -337,13 +348,13 @@ def cl_grad_input_fast(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
             for o in range(o0, o1):
                 b = np.uint64(o) * w
                 for c in range(w):
-                    of[b + c] = gf[b + c] * pw[c]
+                    of[b + c] = store(load(gf[b + c]) * pw[c], of)
         else:
             xf = x3.reshape(x3.size)
             for o in range(o0, o1):
                 b = np.uint64(o) * w
                 for c in range(w):
-                    of[b + c] = gf[b + c] * pw[c] - (xf[b + c] - hw[c]) * qw[c] + rw[c]
+                    of[b + c] = store(load(gf[b + c]) * pw[c] - (load(xf[b + c]) - hw[c]) * qw[c] + rw[c], of)
     else:
         # Few channels: runs of W lanes with the coefficients tiled to the lanes (see above).
         xf = x3.reshape(x3.size)
@@ -354,7 +365,7 @@ def cl_grad_input_fast(g3, x3, o0, o1, i0, i1, mean, p, q, r, out3):
         for b0 in range(start, start + n, W):
             b = np.uint64(b0)
             for j in range(np.uint64(min(W, start + n - b0))):
-                of[b + j] = gf[b + j] * pw[j] - (xf[b + j] - hw[j]) * qw[j] + rw[j]
+                of[b + j] = store(load(gf[b + j]) * pw[j] - (load(xf[b + j]) - hw[j]) * qw[j] + rw[j], of)
 
 
 def channel_grad_input(g3, x3, mean, p, q, r, out3, nthreads):

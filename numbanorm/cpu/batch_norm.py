@@ -18,7 +18,7 @@ from .jit import glue, serial
 from .moments import cl_moments, parallel_cl_moments, parallel_rows_moments, rows_moments
 from .plan import plan
 
-_F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
 
 #: Zero-length arrays that stand for an absent weight, bias or running stats in the BN entry
 #: points: None is a compile-time type in numba, so each None/array combination compiled (and
@@ -44,10 +44,10 @@ _NO_STATS: dict = {}
 
 def _absent(p, x3):
     """``p``, or the zero-length stand-in of the dtype ``check_param`` gives a parameter for x3:
-    x's float dtype, float64 for the 16-bit views of half arrays."""
+    x's float dtype, float32 for the 16-bit views of half arrays."""
     if p is not None:
         return p
-    return none_of(x3.dtype if x3.dtype.kind == "f" else _F64)
+    return none_of(x3.dtype if x3.dtype.kind == "f" else _F32)
 
 
 @serial
@@ -196,3 +196,38 @@ def batch_norm_eval_parallel(x3, running_mean, running_var, weight, bias, eps, o
     mean, invstd, scale, offset = eval_scale_offset(running_mean, running_var, weight, bias, eps)
     (parallel_rows_affine if x3.shape[2] != 1 else parallel_cl_affine)(x3, mean, scale, offset, out3, n_o, n_i)
     return mean, invstd
+
+
+# The tiny half path's entries (``_tiny``): N-D C-contiguous ``x``/``out`` with the channels on
+# axis 1 (``*_nd_rows``) or last (``*_nd_cl``), viewed as (outer, C, inner) here, since each
+# reshape or view in Python costs ~0.25 us and the 16-bit views already cost two.
+@glue
+def nd_rows_view(a):
+    return a.reshape(a.shape[0], a.shape[1], a.size // (a.shape[0] * a.shape[1]))
+
+
+@glue
+def nd_cl_view(a):
+    return a.reshape(a.size // a.shape[-1], a.shape[-1], 1)
+
+
+@serial
+def batch_norm_train_nd_rows(x, weight, bias, running_mean, running_var, momentum, eps, out, stats_out):
+    batch_norm_train_rows(nd_rows_view(x), weight, bias, running_mean, running_var, momentum, eps,
+                          nd_rows_view(out), stats_out)
+
+
+@serial
+def batch_norm_train_nd_cl(x, weight, bias, running_mean, running_var, momentum, eps, out, stats_out):
+    batch_norm_train_cl(nd_cl_view(x), weight, bias, running_mean, running_var, momentum, eps, nd_cl_view(out),
+                        stats_out)
+
+
+@serial
+def batch_norm_eval_nd_rows(x, running_mean, running_var, weight, bias, eps, out, stats_out):
+    batch_norm_eval_rows(nd_rows_view(x), running_mean, running_var, weight, bias, eps, nd_rows_view(out), stats_out)
+
+
+@serial
+def batch_norm_eval_nd_cl(x, running_mean, running_var, weight, bias, eps, out, stats_out):
+    batch_norm_eval_cl(nd_cl_view(x), running_mean, running_var, weight, bias, eps, nd_cl_view(out), stats_out)

@@ -26,7 +26,7 @@ from numba.extending import overload
 from .halfio import load
 from .jit import glue, parallel, serial
 from .plan import block_bounds, plan
-from .simd import group_dot_sums, simd_ok
+from .simd import group_dot_sums, simd_ok, wide_groups
 
 #: Channels-last blocks are read as a flat run of ``lanes`` values (``lanes // C`` whole rows at a
 #: time), so that the SIMD lanes run over ``lanes`` accumulators even for small C (C = 3 RGB).
@@ -159,12 +159,13 @@ def merge_chunk_sums(n, nb, shift, s1, s2, mean, m2):
 
 
 @serial
-def cl_lanes(C):
-    """Lanes of the channels-last layout: a multiple of C (lane j is channel j % C) and of 8."""
+def cl_lanes(C, multiple=8):
+    """Lanes of the channels-last layout: a multiple of C (lane j is channel j % C) and of
+    ``multiple`` (the vector width: 8, or ``affine_lanes``' 16 for half data on AVX-512)."""
     if C >= _MIN_LANES or C < 1:
         return max(C, 1)
     w = C
-    while w % 8 != 0:
+    while w % multiple != 0:
         w += C
     step = w
     while w < _MIN_LANES:
@@ -273,6 +274,10 @@ def cl_dot_sums(a, sha, b, shb, r0, r1, C, sa, sb):
         n = min(tile, r1 - t0)
         base = t0 * C
         c = 0
+        if wide_groups(a):  # half rows on AVX-512: 32 channels, one cache line per row
+            while c + 32 <= C:
+                group_dot_sums(a, sha, b, shb, base + c, n, C, ahead, sa, sb, c, 32)
+                c += 32
         while c + 16 <= C:
             group_dot_sums(a, sha, b, shb, base + c, n, C, ahead, sa, sb, c, 16)
             c += 16

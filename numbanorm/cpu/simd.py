@@ -26,22 +26,30 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .._numba import SIMD, cgutils
-from .halfio import load, store
+from .halfio import HALF_LANES, emit_decode, emit_encode, half_kind, load, store
 
 #: The element types with SIMD loops; none when numba's IR helpers are not available
 #: (``numbanorm._numba.SIMD``): every kernel then takes its plain numba loop.
 _NATIVE = (types.float32, types.float64) if SIMD else ()
+#: ... and with the 16-bit views of float16 (uint16) and bfloat16 (int16) arrays, converted in
+#: registers (``halfio.emit_decode`` / ``emit_encode``).
+_SIMD_ELTS = _NATIVE + ((types.uint16, types.int16) if SIMD else ())
+#: The compute type of each element type (``affine.to_compute``): float32 for half data.
+_COMPUTE = {types.float32: types.float32, types.float64: types.float64, types.uint16: types.float32,
+            types.int16: types.float32}
 #: ``store_fence`` is ``sfence`` on x86; elsewhere an LLVM release fence.
 _X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i586", "i686"))
 
 
 @intrinsic(prefer_literal=True)
 def _simd_dot_sums(typingctx, a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
-    """SIMD body of ``group_dot_sums`` for float32/float64 arrays (see there)."""
+    """SIMD body of ``group_dot_sums`` for float32/float64 arrays and the 16-bit views of half
+    arrays (see there)."""
     no_b = isinstance(b, types.NoneType)
-    if (not isinstance(width, types.IntegerLiteral) or a.dtype not in _NATIVE
+    if (not isinstance(width, types.IntegerLiteral) or a.dtype not in _SIMD_ELTS
             or not (no_b or b.dtype == a.dtype)):
         return None
+    kind = half_kind(a.dtype)
     G = width.literal_value
     no_sha = isinstance(sha, types.NoneType)
     sig = types.none(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width)
@@ -62,7 +70,9 @@ def _simd_dot_sums(typingctx, a, sha, b, shb, base, nrows, stride, ahead, sa, sb
             return builder.load(builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer()), align=al)
 
         def widen(v):
-            return builder.fpext(v, f64v) if elt != ir.DoubleType() else v
+            if kind:  # 16-bit views: exact to float32 first
+                v = emit_decode(builder, v, kind)
+            return builder.fpext(v, f64v) if v.type.element != ir.DoubleType() else v
 
         base_v, nrows_v, stride_v, ahead_v, c0_v = as_i64(4), as_i64(5), as_i64(6), as_i64(7), as_i64(10)
         flags = ("reassoc", "contract", "nsz")
@@ -109,13 +119,13 @@ def group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width
     """
 
 
-@overload(group_dot_sums, prefer_literal=True)
+@overload(group_dot_sums, prefer_literal=True, inline="always")
 def _group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
-    if a.dtype in _NATIVE and (isinstance(b, types.NoneType) or b.dtype == a.dtype):
+    if a.dtype in _SIMD_ELTS and (isinstance(b, types.NoneType) or b.dtype == a.dtype):
         def simd(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
             _simd_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width)
         return simd
-    # float16/bfloat16 views: plain loops through ``load`` (these layouts keep the lane path).
+    # Without the SIMD loops (``_numba.SIMD`` False): plain loops through ``load``.
     if isinstance(b, types.NoneType):
         def scalar_moments(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, width):
             for j in range(width):
@@ -143,6 +153,27 @@ def _group_dot_sums(a, sha, b, shb, base, nrows, stride, ahead, sa, sb, c0, widt
     return scalar_grad
 
 
+def wide_groups(a):
+    """Whether ``moments.cl_dot_sums`` sums ``a`` in groups of 32 channels (jit-only; a constant):
+    the 16-bit views of half arrays on AVX-512. Each row of a group is one dependent add per
+    accumulator, so a group costs about the add latency per row whatever its width; 16 half
+    channels are half a cache line, and 32 (4 + 4 zmm accumulators) do twice the work per row.
+    Measured (BatchNorm moments, (32, 56, 56, 64) float16 channels-last, one core): see
+    ``_CL_WIDE``."""
+    return False
+
+
+#: ``wide_groups``: 32-channel groups for half data where float64 vectors of 32 lanes fit the
+#: registers (AVX-512: 8 of the 32 zmm; on AVX2 they would take all 16 ymm).
+_CL_WIDE = HALF_LANES == 16
+
+
+@overload(wide_groups)
+def _wide_groups(a):
+    ok = _CL_WIDE and isinstance(a, types.Array) and half_kind(a.dtype) is not None and SIMD
+    return lambda a: ok
+
+
 def simd_ok(a):
     """Whether ``group_dot_sums`` runs its SIMD loop for array ``a`` (jit-only; a constant)."""
     return False
@@ -150,27 +181,41 @@ def simd_ok(a):
 
 @overload(simd_ok)
 def _simd_ok(a):
-    ok = isinstance(a, types.Array) and a.dtype in _NATIVE
+    ok = isinstance(a, types.Array) and a.dtype in _SIMD_ELTS
     return lambda a: ok
+
+
+def _affine_types(src, dst, head, scale, offset):
+    """Whether ``affine_rows`` has a SIMD loop for these numba types: float32/float64 arrays with
+    parameters in their own type, or the 16-bit views of half arrays with float32 parameters
+    (scalars, or lane arrays, all three alike)."""
+    elt_t = src.dtype if isinstance(src, types.Array) else None
+    if elt_t not in _SIMD_ELTS or not isinstance(dst, types.Array) or dst.dtype != elt_t:
+        return False
+    ct = _COMPUTE[elt_t]
+    lanes = isinstance(head, types.Array)
+    return all(isinstance(p, types.Array) == lanes and (p.dtype if lanes else p) == ct for p in (head, scale, offset))
 
 
 @intrinsic
 def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offset, stream):
-    """SIMD body of ``affine_rows`` for float32/float64 arrays whose compute type is their own."""
-    elt_t = src.dtype if isinstance(src, types.Array) else None
-    lanes = isinstance(head, types.Array)
-    pt = head.dtype if lanes else head
-    if (elt_t not in _NATIVE or dst.dtype != elt_t or pt != elt_t
-            or any((p.dtype if lanes else p) != elt_t for p in (scale, offset))
-            or any(isinstance(p, types.Array) != lanes for p in (scale, offset))):
+    """SIMD body of ``affine_rows`` (see ``_affine_types`` for the types it takes)."""
+    if not _affine_types(src, dst, head, scale, offset):
         return None
+    elt_t = src.dtype
+    kind = half_kind(elt_t)
+    lanes = isinstance(head, types.Array)
     sig = types.none(src, dst, base, nrows, width, head, scale, offset, stream)
     can_stream = dst.aligned  # aligned stores need an element-aligned array
+    V = HALF_LANES if kind else 8  # float32 lanes per vector (16-bit elements: one ymm load/store)
 
     def codegen(context, builder, sig, args):
         elt = context.get_value_type(elt_t)
-        vty = ir.VectorType(elt, 8)
+        ct = context.get_value_type(_COMPUTE[elt_t])
+        vty = ir.VectorType(ct, V)
+        ety = ir.VectorType(elt, V)
         esize = context.get_abi_sizeof(elt)
+        psize = context.get_abi_sizeof(ct)
         i64 = ir.IntType(64)
         flags = ("reassoc", "contract", "nsz")
         nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
@@ -195,56 +240,68 @@ def _simd_affine_rows(typingctx, src, dst, base, nrows, width, head, scale, offs
             splat = []
             for k in (5, 6, 7):
                 vec = ir.Constant(vty, None)
-                for j in range(8):
+                for j in range(V):
                     vec = builder.insert_element(vec, args[k], ir.Constant(ir.IntType(32), j))
                 splat.append(vec)
 
-        def vec_at(ptr, idx):
-            return builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer())
+        def vec_at(ptr, idx, t):
+            return builder.bitcast(builder.gep(ptr, [idx]), t.as_pointer())
 
         def one_vec(off, j, nt):
-            """dst[off + j: +8] from src and the parameters of lanes j:j+8."""
+            """dst[off + j: +V] from src and the parameters of lanes j:j+V."""
             k = builder.add(off, j)
-            v = builder.load(vec_at(ps, k), align=esize)
+            v = builder.load(vec_at(ps, k, ety), align=esize)
+            if kind:
+                v = emit_decode(builder, v, kind)
             if lanes:
-                h, s, o = (builder.load(vec_at(p, j), align=esize) for p in pp)
+                h, s, o = (builder.load(vec_at(p, j, vty), align=psize) for p in pp)
             else:
                 h, s, o = splat
             y = builder.fadd(builder.fmul(builder.fsub(v, h, flags=flags), s, flags=flags), o, flags=flags)
-            st = builder.store(y, vec_at(pd, k), align=32 if nt else esize)
+            if kind:
+                y = emit_encode(builder, y, kind)
+            st = builder.store(y, vec_at(pd, k, ety), align=32 if nt else esize)
             if nt:
                 st.set_metadata("nontemporal", nt_md)
 
         def one_scalar(off, j):
             k = builder.add(off, j)
             v = builder.load(builder.gep(ps, [k]), align=esize)
+            if kind:
+                v = builder.extract_element(emit_decode(builder, builder.insert_element(
+                    ir.Constant(ir.VectorType(elt, 1), None), v, ir.Constant(ir.IntType(32), 0)), kind),
+                    ir.Constant(ir.IntType(32), 0))
             if lanes:
-                h, s, o = (builder.load(builder.gep(p, [j]), align=esize) for p in pp)
+                h, s, o = (builder.load(builder.gep(p, [j]), align=psize) for p in pp)
             else:
                 h, s, o = args[5], args[6], args[7]
             y = builder.fadd(builder.fmul(builder.fsub(v, h, flags=flags), s, flags=flags), o, flags=flags)
+            if kind:
+                y = builder.extract_element(emit_encode(builder, builder.insert_element(
+                    ir.Constant(ir.VectorType(ct, 1), None), y, ir.Constant(ir.IntType(32), 0)), kind),
+                    ir.Constant(ir.IntType(32), 0))
             builder.store(y, builder.gep(pd, [k]), align=esize)
 
         def row(off, j0, n, nt):
-            """Elements j0:j0 + n of the row at ``off``: vectors of 8 (four per iteration), then
+            """Elements j0:j0 + n of the row at ``off``: vectors of V (four per iteration), then
             scalars."""
-            n32 = builder.udiv(n, c64(32))
-            n8 = builder.udiv(builder.urem(n, c64(32)), c64(8))
-            at32 = builder.add(j0, builder.mul(n32, c64(32)))
-            tail0 = builder.add(j0, builder.mul(builder.udiv(n, c64(8)), c64(8)))
-            with cgutils.for_range(builder, n32) as q:  # four independent vectors per iteration
-                j = builder.add(j0, builder.mul(q.index, c64(32)))
+            n4 = builder.udiv(n, c64(4 * V))
+            nv = builder.udiv(builder.urem(n, c64(4 * V)), c64(V))
+            at4 = builder.add(j0, builder.mul(n4, c64(4 * V)))
+            tail0 = builder.add(j0, builder.mul(builder.udiv(n, c64(V)), c64(V)))
+            with cgutils.for_range(builder, n4) as q:  # four independent vectors per iteration
+                j = builder.add(j0, builder.mul(q.index, c64(4 * V)))
                 for u in range(4):
-                    one_vec(off, builder.add(j, c64(8 * u)), nt)
-            with cgutils.for_range(builder, n8) as q:  # normal stores: may end inside a line
-                one_vec(off, builder.add(at32, builder.mul(q.index, c64(8))), False)
+                    one_vec(off, builder.add(j, c64(V * u)), nt)
+            with cgutils.for_range(builder, nv) as q:  # normal stores: may end inside a line
+                one_vec(off, builder.add(at4, builder.mul(q.index, c64(V))), False)
             with cgutils.for_range(builder, builder.sub(builder.add(j0, n), tail0)) as q:
                 one_scalar(off, builder.add(tail0, q.index))
 
         with builder.if_else(stream_v) as (then, otherwise):
             with then:
                 # Streaming stores: scalars up to a cache-line boundary of dst, then aligned
-                # non-temporal stores of whole lines only (32 elements at a time), the rest
+                # non-temporal stores of whole lines only (4 vectors at a time), the rest
                 # normal stores: a line written partly non-temporally is flushed partly, which
                 # made short runs (8x8 planes) 4x slower.
                 dst_addr = builder.ptrtoint(pd, i64)
@@ -280,11 +337,10 @@ def affine_rows(src, dst, base, nrows, width, head, scale, offset, stream=False)
     """
 
 
-@overload(affine_rows)
+@overload(affine_rows, inline="always")
 def _affine_rows(src, dst, base, nrows, width, head, scale, offset, stream=False):
     lanes = isinstance(head, types.Array)
-    pt = head.dtype if lanes else head
-    if src.dtype in _NATIVE and dst.dtype == src.dtype and pt == src.dtype:
+    if _affine_types(src, dst, head, scale, offset):
         def simd(src, dst, base, nrows, width, head, scale, offset, stream=False):
             _simd_affine_rows(src, dst, base, nrows, width, head, scale, offset, stream)
         return simd
