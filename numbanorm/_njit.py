@@ -23,7 +23,6 @@ import numpy as np
 from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload, register_jitable
-from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from . import _njit_checks as chk
 from . import family, functional
@@ -41,7 +40,7 @@ from ._njit_checks import (
     trailing,
     tuple_size,
 )
-from ._numba import native_call
+from ._numba import native_call, to_fixed_tuple
 from .cpu import njit as kernels
 
 _STATS_HINT = "write return_stats=True (a constant), or leave it out"

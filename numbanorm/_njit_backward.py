@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 from numba.core.errors import TypingError
 from numba.extending import overload, register_jitable
-from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from . import _njit_checks as chk
 from . import backward
@@ -39,7 +38,7 @@ from ._njit_checks import (
     trailing,
     tuple_size,
 )
-from ._numba import native_call
+from ._numba import native_call, to_fixed_tuple
 from .cpu import njit as kernels
 from .cpu.plan import SERIAL_SIZE
 

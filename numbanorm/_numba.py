@@ -31,6 +31,9 @@ to a kernel's symbol      machine code (the Python-level       linked copy, opti
 ``native_num_threads``:   the thread count in jitted code      1: njit calls plan for one
 the threading layer's     without a dynamic global (numba's    thread (bits as the Python-level
 ``get_num_threads``       ``get_num_threads()`` cannot cache)  call with one numba thread)
+``to_fixed_tuple``        the njit overloads' axis moves: a    none: moved-axis layouts fail to
+(``numba.np.unsafe``)     permutation as a tuple for           compile in njit code (Python
+                          ``np.transpose``                     calls are unaffected)
 ========================  ===================================  =================================
 
 ``NUMBANORM_PLAIN_NUMBA=1`` forces every fallback, so a future numba release that breaks one of
@@ -511,3 +514,12 @@ if native_num_threads is None:
     @register_jitable
     def native_num_threads():
         return 1
+
+
+# --------------------------------------------------------------------------------------------
+# An array's values as a tuple of a length known at compile time (njit overloads' np.transpose)
+# --------------------------------------------------------------------------------------------
+try:
+    from numba.np.unsafe.ndarray import to_fixed_tuple
+except ImportError:  # moved or gone in a future numba: the njit axis moves then fail to type
+    to_fixed_tuple = None
