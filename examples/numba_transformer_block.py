@@ -142,8 +142,23 @@ def _best(run, repeats: int) -> float:
 
 def time_decode(hidden: int = 4096, ffn: int = 1024, tokens: int = 64, repeats: int = 5) -> dict[str, float]:
     """µs per token of the decode loop, and of its two norms alone: all in njit, norms from
-    Python, torch (one thread each)."""
+    Python, torch (one thread each; the caller's thread counts are restored afterwards)."""
+    numba_threads = numba.get_num_threads()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    torch_threads = torch.get_num_threads() if torch is not None else None
     numba.set_num_threads(1)
+    try:
+        return _time_decode(hidden, ffn, tokens, repeats)
+    finally:
+        numba.set_num_threads(numba_threads)
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+
+
+def _time_decode(hidden: int, ffn: int, tokens: int, repeats: int) -> dict[str, float]:
     g_rms, w1, w2, g_ln, b_ln = params = weights(hidden, ffn)
     x0 = np.random.default_rng(2).standard_normal((1, hidden)).astype(np.float32)
     u = np.random.default_rng(3).standard_normal((1, hidden)).astype(np.float32)

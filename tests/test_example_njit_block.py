@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -33,7 +34,9 @@ def test_block_example_small():
     u = ex.matvec(ex.silu(ex.matvec(h, params[1])), params[2])
     want = nb.add_layer_norm(u, x, 32, params[3], params[4], ex.EPS_LN)
     assert np.array_equal(y, want[0]) and np.array_equal(s, want[1])
+    threads = numba.get_num_threads()
     result = ex.main(["--hidden", "64", "--ffn", "32", "--tokens", "3", "--repeats", "1"])
+    assert numba.get_num_threads() == threads  # its one-thread timings restore the caller's count
     if result["error"] is not None:  # torch installed: checked against its float64 block
         assert result["error"] < 1e-5
     assert result["norms njit"] > 0 and result["block njit"] > 0
