@@ -40,7 +40,8 @@ class BatchNorm(_Norm):
     channel_axis : int, default 1
         The channel axis of the inputs (``-1``: channels-last).
     dtype : dtype_like, default numpy.float32
-        float32 or float64: the dtype of the parameters, statistics and inputs.
+        float32, float64, float16 or bfloat16 (trains in half precision): the dtype of the
+        parameters, statistics and inputs.
     bias : bool, default True
         With ``affine``, ``bias=False`` (keyword, as in torch >= 2.13) keeps ``weight`` without
         ``bias``.
@@ -63,7 +64,7 @@ class BatchNorm(_Norm):
     ValueError
         ``num_features`` is not a positive int; ``eps`` or ``momentum`` is out of range.
     TypeError
-        ``channel_axis`` is not an int; ``dtype`` is not float32 or float64.
+        ``channel_axis`` is not an int; ``dtype`` is not float32, float64, float16 or bfloat16.
 
     Notes
     -----
@@ -221,7 +222,7 @@ class GroupNorm(_Norm):
     channel_axis : int, default 1
         The channel axis of the inputs (``-1``: channels-last).
     dtype : dtype_like, default numpy.float32
-        float32 or float64: the dtype of the parameters and inputs.
+        float32, float64, float16 or bfloat16 (trains in half precision): the dtype of the parameters and inputs.
     bias : bool, default True
         With ``affine``, ``bias=False`` keeps ``weight`` without ``bias``.
 
@@ -238,7 +239,7 @@ class GroupNorm(_Norm):
         ``num_groups`` or ``num_channels`` is not a positive int, or does not divide it; ``eps``
         is out of range.
     TypeError
-        ``channel_axis`` is not an int; ``dtype`` is not float32 or float64.
+        ``channel_axis`` is not an int; ``dtype`` is not float32, float64, float16 or bfloat16.
 
     Notes
     -----

@@ -50,7 +50,7 @@ class LayerNorm(_Norm):
     bias : bool, default True
         With ``elementwise_affine``, ``bias=False`` keeps ``weight`` without ``bias``.
     dtype : dtype_like, default numpy.float32
-        float32 or float64: the dtype of the parameters and inputs.
+        float32, float64, float16 or bfloat16 (trains in half precision): the dtype of the parameters and inputs.
 
     Attributes
     ----------
@@ -63,7 +63,7 @@ class LayerNorm(_Norm):
     ------
     TypeError
         ``normalized_shape`` is not an int or a non-empty sequence of ints >= 0; ``dtype`` is not
-        float32 or float64.
+        float32, float64, float16 or bfloat16.
     ValueError
         ``eps`` is out of range.
 
@@ -164,7 +164,7 @@ class RMSNorm(_Norm):
     elementwise_affine : bool, default True
         A learnable ``weight`` (ones) of shape ``normalized_shape``.
     dtype : dtype_like, default numpy.float32
-        float32 or float64: the dtype of the parameters and inputs.
+        float32, float64, float16 or bfloat16 (trains in half precision): the dtype of the parameters and inputs.
 
     Attributes
     ----------
@@ -177,7 +177,7 @@ class RMSNorm(_Norm):
     ------
     TypeError
         ``normalized_shape`` is not an int or a non-empty sequence of ints >= 0; ``dtype`` is not
-        float32 or float64.
+        float32, float64, float16 or bfloat16.
     ValueError
         ``eps`` is out of range.
 
